@@ -1,0 +1,1 @@
+"""HTTP API: Litestar app factory, controllers, error mapping and bearer-token auth."""

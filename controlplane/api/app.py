@@ -1,0 +1,52 @@
+"""Litestar app factory; the lifespan starts and stops everything `serve` runs in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+
+from controlplane import __version__
+from controlplane.api.auth import require_token
+from controlplane.api.errors import domain_error, http_error, internal_error
+from controlplane.api.routes import ROUTES
+from controlplane.errors import ControlPlaneError
+from controlplane.runtime import Runtime
+from controlplane.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> Litestar:
+    """An app whose lifespan runs the store, worker, monitor and scheduler for `settings`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        await runtime.start()
+        app.state.services = runtime.services
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    handlers: dict[Any, Any] = {
+        ControlPlaneError: domain_error,
+        HTTPException: http_error,
+        Exception: internal_error,
+    }
+    return Litestar(
+        route_handlers=ROUTES,
+        guards=[require_token],
+        exception_handlers=handlers,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="controlplane", version=__version__, path="/schema"),
+        debug=False,
+    )
+
+

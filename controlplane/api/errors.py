@@ -1,0 +1,65 @@
+"""One place that turns domain errors (and Litestar's own) into `{name, message, details}`."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotFoundException
+
+from controlplane.errors import (
+    ConflictError,
+    ControlPlaneError,
+    DependencyError,
+    ExternalCommandError,
+    ForbiddenError,
+    InvalidInputError,
+    MalformedRequestError,
+    NotFoundError,
+    RestoreNotAllowedError,
+    UnauthorizedError,
+)
+
+log = logging.getLogger(__name__)
+
+_STATUS: tuple[tuple[type[ControlPlaneError], int], ...] = (
+    (NotFoundError, 404),
+    (InvalidInputError, 422),
+    (MalformedRequestError, 400),
+    (UnauthorizedError, 401),
+    (ForbiddenError, 403),
+    (RestoreNotAllowedError, 403),
+    (ConflictError, 409),
+    (ExternalCommandError, 502),
+    (DependencyError, 502),
+)
+
+
+def _body(name: str, message: str, details: dict[str, object] | None = None) -> dict[str, object]:
+    return {"name": name, "message": message, "details": details or {}}
+
+
+def domain_error(request: Request[object, object, object], exc: ControlPlaneError) -> Response[object]:
+    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+    if status == 500:
+        return internal_error(request, exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(_body(exc.name, exc.message, exc.details), status_code=status, headers=headers)
+
+
+def http_error(request: Request[object, object, object], exc: HTTPException) -> Response[object]:
+    """Litestar's own errors (unknown route, wrong method, bad query types) in our shape."""
+    if isinstance(exc, NotFoundException):
+        return Response(_body("not_found", "no such resource"), status_code=404)
+    status = exc.status_code
+    if status >= 500:
+        return internal_error(request, exc)
+    name = {400: "malformed_request", 405: "method_not_allowed", 413: "request_too_large",
+            415: "unsupported_media_type"}.get(status, "bad_request")
+    return Response(_body(name, str(exc.detail).lower()), status_code=status)
+
+
+def internal_error(request: Request[object, object, object], exc: Exception) -> Response[object]:
+    """Generic message to the client; the traceback only in the server log."""
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(_body("internal_error", "internal error"), status_code=500)

@@ -1,0 +1,210 @@
+"""Route handlers for /v1: databases, tasks, task logs, hosts, version, health."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from controlplane import __version__, operations
+from controlplane.errors import InvalidInputError
+from controlplane.models import TERMINAL_STATUSES, TaskLog, Version
+from controlplane.store import logs, tasks
+from controlplane.tasks.context import Services
+
+AnyRequest = Request[Any, Any, Any]
+_TASK_TYPES = {"create", "update", "delete", "node_backup", "restore", "node_restore", "verify",
+               "expire"}
+_TASK_STATUSES = {"pending", "running", "canceling", "completed", "failed", "canceled", "skipped"}
+
+
+def _services(request: AnyRequest) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _actor(request: AnyRequest) -> str:
+    return str(request.state.get("actor", "unknown"))
+
+
+def _int_param(request: AnyRequest, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInputError([{"path": f"query.{name}", "message": "must be an integer"}]) from None
+    if not low <= value <= high:
+        raise InvalidInputError(
+            [{"path": f"query.{name}", "message": f"must be between {low} and {high}"}]
+        )
+    return value
+
+
+def _choice_param(request: AnyRequest, name: str, allowed: set[str]) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in allowed:
+        raise InvalidInputError(
+            [{"path": f"query.{name}", "message": f"must be one of {', '.join(sorted(allowed))}"}]
+        )
+    return raw
+
+
+def _uuid_param(request: AnyRequest, name: str) -> uuid.UUID | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    parsed = tasks.parse_task_id(raw)
+    if parsed is None:
+        raise InvalidInputError([{"path": f"query.{name}", "message": "must be a task id (uuid)"}])
+    return parsed
+
+
+def _json(value: Any, status: int = 200) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+@post("/v1/databases", opt={"scope": "write"}, status_code=202)
+async def create_database(request: AnyRequest) -> Response[bytes]:
+    task, database = await operations.create_database(
+        _services(request), await request.body(), _actor(request)
+    )
+    return _json({"task": task, "database": database}, 202)
+
+
+@get("/v1/databases")
+async def list_databases(request: AnyRequest) -> Response[bytes]:
+    return _json({"databases": await operations.list_databases(_services(request))})
+
+
+@get("/v1/databases/{database_id:str}")
+async def get_database(request: AnyRequest, database_id: str) -> Response[bytes]:
+    return _json(await operations.get_database(_services(request), database_id))
+
+
+@post("/v1/databases/{database_id:str}", opt={"scope": "write"}, status_code=202)
+async def update_database(request: AnyRequest, database_id: str) -> Response[bytes]:
+    task, database = await operations.update_database(
+        _services(request), database_id, await request.body(), _actor(request)
+    )
+    return _json({"task": task, "database": database}, 202)
+
+
+@delete("/v1/databases/{database_id:str}", opt={"scope": "admin"}, status_code=202)
+async def delete_database(request: AnyRequest, database_id: str) -> Response[bytes]:
+    task = await operations.delete_database(_services(request), database_id, _actor(request))
+    return _json({"task": task}, 202)
+
+
+async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[bytes]:
+    if database_id is not None:
+        await operations.get_database(_services(request), database_id)
+    order = _choice_param(request, "sort_order", {"asc", "desc"}) or "desc"
+    found = await tasks.list_tasks(
+        _services(request).pool,
+        database_id=database_id,
+        status=_choice_param(request, "status", _TASK_STATUSES),
+        type=_choice_param(request, "type", _TASK_TYPES),
+        after_task_id=_uuid_param(request, "after_task_id"),
+        parent_id=_uuid_param(request, "parent_id"),
+        limit=_int_param(request, "limit", 100, 1, 1000),
+        descending=order == "desc",
+    )
+    return _json({"tasks": found})
+
+
+@get("/v1/databases/{database_id:str}/tasks")
+async def list_database_tasks(request: AnyRequest, database_id: str) -> Response[bytes]:
+    return await _list_tasks(request, database_id)
+
+
+@get("/v1/tasks")
+async def list_all_tasks(request: AnyRequest) -> Response[bytes]:
+    return await _list_tasks(request, None)
+
+
+@get("/v1/databases/{database_id:str}/tasks/{task_id:str}")
+async def get_task(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
+    return _json(await tasks.get_task(_services(request).pool, task_id, database_id=database_id))
+
+
+@post("/v1/databases/{database_id:str}/tasks/{task_id:str}/cancel", opt={"scope": "write"},
+      status_code=202)
+async def cancel_task(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
+    task = await tasks.request_cancel(_services(request).pool, task_id, database_id=database_id)
+    return _json(task, 202)
+
+
+@get("/v1/databases/{database_id:str}/tasks/{task_id:str}/log")
+async def task_log(request: AnyRequest, database_id: str, task_id: str) -> Any:
+    pool = _services(request).pool
+    task = await tasks.get_task(pool, task_id, database_id=database_id)
+    after = _int_param(request, "after_entry_id", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        last_event = request.headers.get("last-event-id", "")
+        if last_event.isdigit():
+            after = max(after, int(last_event))
+        return ServerSentEvent(_follow(_services(request), uuid.UUID(task.task_id), after))
+    entries = await logs.read_entries(pool, uuid.UUID(task.task_id), after_entry_id=after, limit=limit)
+    last = entries[-1].entry_id if entries else after
+    return _json(TaskLog(task_id=task.task_id, task_status=task.status, last_entry_id=last,
+                         entries=entries))
+
+
+async def _follow(
+    services: Services, task_id: uuid.UUID, after: int
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Stream entries as they are written; end once the task is terminal and fully drained.
+
+    The status is read before the entries: the final entry commits with the terminal status, so
+    a terminal status read first guarantees the following read sees every entry.
+    """
+    while True:
+        row = await tasks.get_task_row(services.pool, task_id)
+        status = row.status if row else "failed"
+        entries = await logs.read_entries(services.pool, task_id, after_entry_id=after, limit=500)
+        for entry in entries:
+            after = entry.entry_id
+            yield ServerSentEventMessage(
+                data=msgspec.json.encode(entry).decode(), event="entry", id=str(entry.entry_id)
+            )
+        if status in TERMINAL_STATUSES and not entries:
+            yield ServerSentEventMessage(
+                data=msgspec.json.encode({"task_status": status, "last_entry_id": after}).decode(),
+                event="end",
+            )
+            return
+        if not entries:
+            await asyncio.sleep(0.25)
+
+
+@get("/v1/hosts")
+async def list_hosts(request: AnyRequest) -> Response[bytes]:
+    return _json({"hosts": _services(request).orchestrator.hosts()})
+
+
+@get("/v1/version", opt={"public": True})
+async def version() -> Response[bytes]:
+    return _json(Version(version=__version__))
+
+
+@get("/health", opt={"public": True})
+async def health(request: AnyRequest) -> Response[bytes]:
+    await _services(request).pool.fetchval("SELECT 1")
+    return _json({"status": "ok"})
+
+
+ROUTES = [
+    create_database, list_databases, get_database, update_database, delete_database,
+    list_database_tasks, list_all_tasks, get_task, cancel_task, task_log, list_hosts, version,
+    health,
+]

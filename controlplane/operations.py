@@ -1,0 +1,166 @@
+"""Operations the API offers: validate, record, enqueue a task, return (never run anything)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from controlplane.errors import (
+    DatabaseNotModifiableError,
+    InvalidInputError,
+)
+from controlplane.models import ConnectionInfo, Database, Instance, Task
+from controlplane.spec import parse_database_request
+from controlplane.spec.models import DatabaseSpec
+from controlplane.spec.secrets import merge_secrets, redact, split_secrets
+from controlplane.store import databases, instances, tasks
+from controlplane.store.databases import DatabaseRow
+from controlplane.tasks.context import Services
+from controlplane.workflows import all_workflows
+from controlplane.workflows.common import ref_of, spec_of
+
+
+def _steps(task_type: str) -> list[str]:
+    return all_workflows()[task_type].step_names
+
+
+def _not_yet(spec: DatabaseSpec) -> list[dict[str, str]]:
+    """Spec parts whose workflows are not available in this version: refused, never ignored."""
+    errors = []
+    if spec.restore_config is not None:
+        errors.append({"path": "spec.restore_config",
+                       "message": "creating a database from a backup is not supported yet"})
+    if spec.backup_config is not None:
+        errors.append({"path": "spec.backup_config", "message": "backups are not supported yet"})
+    for i, node in enumerate(spec.nodes):
+        if node.restore_config is not None:
+            errors.append({"path": f"spec.nodes[{i}].restore_config",
+                           "message": "adding a node from a backup is not supported yet"})
+        if node.backup_config is not None:
+            errors.append({"path": f"spec.nodes[{i}].backup_config",
+                           "message": "backups are not supported yet"})
+        if node.source_node is not None:
+            errors.append({"path": f"spec.nodes[{i}].source_node",
+                           "message": "populating a node from another node is not supported yet"})
+    if len(spec.nodes) > 1 and spec.port:
+        errors.append({"path": "spec.port",
+                       "message": "a fixed database port cannot be shared by several nodes on one "
+                                  "host; set a port per node or use 0"})
+    return errors
+
+
+async def _check_placement(services: Services, spec: DatabaseSpec, database_id: str) -> None:
+    """Hosts must exist and fixed ports must be free of other instances."""
+    errors = _not_yet(spec)
+    orchestrator = services.orchestrator
+    known = {h.id for h in orchestrator.hosts()}
+    mine = {r.node_name: r for r in await instances.list_instances(services.pool, database_id)}
+    for i, node in enumerate(spec.nodes):
+        host = node.host_ids[0] if node.host_ids else orchestrator.default_host()
+        if host not in known:
+            errors.append({"path": f"spec.nodes[{i}].host_ids[0]", "message": f"unknown host {host}"})
+            continue
+        port = node.port or spec.port
+        existing = mine.get(node.name)
+        if existing is not None:
+            if port and port != existing.port:
+                errors.append({"path": f"spec.nodes[{i}].port",
+                               "message": "the port of an existing node cannot be changed"})
+            continue
+        if port and (port in await instances.used_ports(services.pool, host)
+                     or not orchestrator.port_is_free(host, port)):
+            errors.append({"path": f"spec.nodes[{i}].port",
+                           "message": f"port {port} is already in use on host {host}"})
+    if errors:
+        raise InvalidInputError(errors)
+
+
+def _encrypt(services: Services, spec: DatabaseSpec) -> tuple[dict[str, Any], str | None]:
+    public, secrets = split_secrets(spec)
+    return public, services.secret_box.encrypt(secrets) if secrets else None
+
+
+async def create_database(services: Services, body: bytes, actor: str) -> tuple[Task, Database]:
+    """Record a new database and enqueue its create task."""
+    request = parse_database_request(body)
+    database_id = request.id or str(uuid.uuid4())
+    await _check_placement(services, request.spec, database_id)
+    public, secrets = _encrypt(services, request.spec)
+    async with services.pool.acquire() as conn, conn.transaction():
+        row = await databases.insert_database(conn, database_id=database_id, spec=public,
+                                              secrets=secrets)
+        task = await tasks.insert_task(conn, database_id=database_id, type="create",
+                                       steps=_steps("create"), actor=actor)
+    return await tasks.get_task(services.pool, str(task.task_id)), await database_view(services, row)
+
+
+def _immutable_changes(old: DatabaseSpec, new: DatabaseSpec) -> list[dict[str, str]]:
+    errors = []
+    for name in ("database_name", "postgres_version"):
+        if getattr(old, name) != getattr(new, name):
+            errors.append({"path": f"spec.{name}", "message": "cannot be changed after create"})
+    return errors
+
+
+async def update_database(
+    services: Services, database_id: str, body: bytes, actor: str
+) -> tuple[Task, Database]:
+    """Store the new desired spec (secrets omitted are kept) and enqueue an update task."""
+    request = parse_database_request(body)
+    if request.id is not None and request.id != database_id:
+        raise InvalidInputError([{"path": "id", "message": "does not match the database in the URL"}])
+    row = await databases.get_database(services.pool, database_id)
+    if row.state == "deleting":
+        raise DatabaseNotModifiableError(f"database {database_id} is being deleted")
+    old = spec_of(services, row)
+    new = merge_secrets(request.spec, old)
+    errors = _immutable_changes(old, new)
+    if errors:
+        raise InvalidInputError(errors)
+    await _check_placement(services, new, database_id)
+    public, secrets = _encrypt(services, new)
+    async with services.pool.acquire() as conn, conn.transaction():
+        await databases.get_database(conn, database_id, for_update=True)
+        task = await tasks.insert_task(conn, database_id=database_id, type="update",
+                                       steps=_steps("update"), actor=actor)
+        await databases.update_spec(conn, database_id, spec=public, secrets=secrets)
+        await databases.set_state(conn, database_id, "modifying", error=row.error)
+    row = await databases.get_database(services.pool, database_id)
+    return await tasks.get_task(services.pool, str(task.task_id)), await database_view(services, row)
+
+
+async def delete_database(services: Services, database_id: str, actor: str) -> Task:
+    """Enqueue the delete task; the record goes when its instances are gone."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        await databases.get_database(conn, database_id, for_update=True)
+        task = await tasks.insert_task(conn, database_id=database_id, type="delete",
+                                       steps=_steps("delete"), actor=actor)
+        await databases.set_state(conn, database_id, "deleting")
+    return await tasks.get_task(services.pool, str(task.task_id))
+
+
+async def database_view(services: Services, row: DatabaseRow) -> Database:
+    """The API shape: spec with every secret removed, instances with connection info."""
+    spec = redact(spec_of(services, row))
+    views = []
+    for inst in await instances.list_instances(services.pool, row.id):
+        host, port = services.orchestrator.connection_info(ref_of(inst))
+        views.append(Instance(
+            id=inst.id, node_name=inst.node_name, host_id=inst.host_id, state=inst.state,  # type: ignore[arg-type]
+            role=inst.role, port=inst.port, error=inst.error,
+            connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
+        ))
+    return Database(
+        id=row.id, state=row.state, created_at=row.created_at, updated_at=row.updated_at,  # type: ignore[arg-type]
+        spec=msgspec.to_builtins(spec), error=row.error, instances=views,
+    )
+
+
+async def get_database(services: Services, database_id: str) -> Database:
+    return await database_view(services, await databases.get_database(services.pool, database_id))
+
+
+async def list_databases(services: Services) -> list[Database]:
+    return [await database_view(services, row) for row in await databases.list_databases(services.pool)]

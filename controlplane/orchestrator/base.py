@@ -1,0 +1,114 @@
+"""The Orchestrator seam: how instances are created, started, stopped and reached."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+import asyncpg
+from msgspec import Struct
+
+from controlplane.models import Host
+from controlplane.process import CommandResult, LineSink
+
+InstanceStatus = Literal["running", "stopped", "missing"]
+
+
+class InstanceRef(Struct, frozen=True, kw_only=True):
+    """What an orchestrator needs to know to place and address one instance."""
+
+    instance_id: str
+    database_id: str
+    node_name: str
+    host_id: str
+    port: int
+
+
+class Orchestrator(Protocol):
+    """Runs Postgres instances somewhere (local processes, Docker containers)."""
+
+    name: str
+
+    def hosts(self) -> list[Host]:
+        """The hosts this orchestrator can place instances on."""
+        ...
+
+    def default_host(self) -> str: ...
+
+    def port_is_free(self, host_id: str, port: int) -> bool:
+        """True when nothing listens on `port` of the host."""
+        ...
+
+    def pick_port(self, host_id: str, exclude: set[int]) -> int:
+        """A free port on the host, not in `exclude` (ports already given to instances)."""
+        ...
+
+    async def create_instance(self, ref: InstanceRef, *, on_line: LineSink) -> bool:
+        """Initialise the instance's data directory if absent; True when it was created now."""
+        ...
+
+    async def write_postgresql_conf(self, ref: InstanceRef, settings: Mapping[str, str]) -> bool:
+        """Write the managed configuration file; True when its content changed."""
+        ...
+
+    async def write_file(self, ref: InstanceRef, name: str, text: str) -> bool:
+        """Write a private file (mode 0600) into the instance directory; True when changed."""
+        ...
+
+    def file_path(self, ref: InstanceRef, name: str) -> str:
+        """Where a file written by `write_file` is seen from inside the instance."""
+        ...
+
+    async def start(
+        self, ref: InstanceRef, *, on_line: LineSink, options: Mapping[str, str] | None = None
+    ) -> None:
+        """Start Postgres (with one-off `-c` options) and wait until it accepts writes."""
+        ...
+
+    async def stop(self, ref: InstanceRef, *, on_line: LineSink) -> None:
+        """Stop Postgres (fast shutdown); a no-op when it is not running."""
+        ...
+
+    async def reload(self, ref: InstanceRef, *, on_line: LineSink) -> None: ...
+
+    async def status(self, ref: InstanceRef) -> InstanceStatus: ...
+
+    async def exec(
+        self,
+        ref: InstanceRef,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        on_line: LineSink | None = None,
+    ) -> CommandResult:
+        """Run a tool (pgbackrest, psql …) next to the instance, as the OS user."""
+        ...
+
+    async def run_one_off(
+        self,
+        ref: InstanceRef,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        on_line: LineSink | None = None,
+    ) -> CommandResult:
+        """Run a tool against the instance's data while Postgres is stopped (restore)."""
+        ...
+
+    async def remove_instance(self, ref: InstanceRef, *, on_line: LineSink) -> None:
+        """Stop and delete the instance and its data (backup repositories are kept)."""
+        ...
+
+    def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
+        """(host, port) clients use to reach the instance."""
+        ...
+
+    async def connect(self, ref: InstanceRef, database: str = "postgres") -> asyncpg.Connection:  # type: ignore[type-arg]
+        """An administrative (superuser) connection to the instance."""
+        ...
+
+    def data_dir(self, ref: InstanceRef) -> str:
+        """The instance's PGDATA as seen by tools run through `exec`/`run_one_off`."""
+        ...
+
+    def socket_dir(self, ref: InstanceRef) -> str: ...

@@ -1,0 +1,271 @@
+"""Local orchestrator: each instance is a data directory and a pg_ctl-managed postmaster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import re
+import shutil
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import asyncpg
+
+from controlplane.errors import ExternalCommandError
+from controlplane.models import Host
+from controlplane.orchestrator.base import InstanceRef, InstanceStatus
+from controlplane.process import CommandResult, LineSink, as_user, run_command
+from controlplane.settings import Settings
+
+LOCAL_HOST_ID = "local"
+_OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
+_HBA = """\
+# Managed by controlplane.
+# Unix socket: its directory is private to the OS user, so trust is safe there.
+local   all             all                                     trust
+local   replication     all                                     trust
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+"""
+
+
+class LocalOrchestrator:
+    """Instances live under `<data_dir>/instances/<instance id>`, sockets under the run dir."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._root = settings.data_path / "instances"
+        self._sockets = settings.run_dir / "i"
+
+    # -- placement -------------------------------------------------------------------------
+    def hosts(self) -> list[Host]:
+        return [Host(id=LOCAL_HOST_ID, orchestrator=self.name, state="available")]
+
+    def default_host(self) -> str:
+        return LOCAL_HOST_ID
+
+    def port_is_free(self, host_id: str, port: int) -> bool:
+        """True when nothing listens on 127.0.0.1:port (a bind attempt, closed at once)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    def pick_port(self, host_id: str, exclude: set[int]) -> int:
+        """A currently free TCP port on 127.0.0.1 that no other instance was given."""
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+            if port not in exclude:
+                return port
+        raise ExternalCommandError("no free port found on host local")
+
+    # -- paths -----------------------------------------------------------------------------
+    def _dir(self, ref: InstanceRef) -> Path:
+        return self._root / ref.instance_id
+
+    def data_dir(self, ref: InstanceRef) -> str:
+        return str(self._dir(ref) / "pgdata")
+
+    def socket_dir(self, ref: InstanceRef) -> str:
+        return str(self._sockets)
+
+    def file_path(self, ref: InstanceRef, name: str) -> str:
+        return str(self._dir(ref) / name)
+
+    def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
+        return "127.0.0.1", ref.port
+
+    def _pg(self, program: str) -> str:
+        return str(self._settings.pg_bin_dir / program)
+
+    def _as_user(self, argv: Sequence[str]) -> list[str]:
+        return as_user(argv, self._settings.os_user)
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(self._settings.os_user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _ensure_dirs(self, ref: InstanceRef) -> None:
+        data_path = self._settings.data_path
+        data_path.mkdir(parents=True, exist_ok=True)
+        data_path.chmod(0o755)
+        self._root.mkdir(mode=0o755, exist_ok=True)
+        self._sockets.parent.mkdir(mode=0o755, exist_ok=True)
+        self._sockets.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self._sockets.parent)
+        self._chown(self._sockets)
+        self._dir(ref).mkdir(mode=0o700, exist_ok=True)
+        self._chown(self._dir(ref))
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def create_instance(self, ref: InstanceRef, *, on_line: LineSink) -> bool:
+        self._ensure_dirs(ref)
+        pgdata = Path(self.data_dir(ref))
+        if (pgdata / "PG_VERSION").exists():
+            return False
+        # initdb into a scratch directory and rename: a crash mid-initdb leaves no half cluster.
+        scratch = pgdata.with_name("pgdata.init")
+        shutil.rmtree(scratch, ignore_errors=True)
+        result = await run_command(
+            self._as_user(
+                [self._pg("initdb"), "-D", str(scratch), "-U", "postgres", "-E", "UTF8",
+                 "--locale=C.UTF-8", "--data-checksums", "--auth-local=trust",
+                 "--auth-host=scram-sha-256"]
+            ),
+            on_line=on_line,
+        )
+        if result.exit_code != 0:
+            raise ExternalCommandError(
+                f"initdb of instance {ref.instance_id} failed: {result.tail(5)}",
+                exit_code=result.exit_code,
+            )
+        with (scratch / "postgresql.conf").open("a") as handle:
+            handle.write("\ninclude_if_exists = 'controlplane.conf'\n")
+        (scratch / "pg_hba.conf").write_text(_HBA)
+        scratch.rename(pgdata)
+        return True
+
+    async def write_postgresql_conf(self, ref: InstanceRef, settings: Mapping[str, str]) -> bool:
+        lines = ["# Managed by controlplane: rewritten on every change of the spec."]
+        lines += [f"{key} = {value}" for key, value in sorted(settings.items())]
+        return self._write(Path(self.data_dir(ref)) / "controlplane.conf", "\n".join(lines) + "\n")
+
+    async def write_file(self, ref: InstanceRef, name: str, text: str) -> bool:
+        self._ensure_dirs(ref)
+        return self._write(self._dir(ref) / name, text)
+
+    def _write(self, path: Path, text: str) -> bool:
+        """Atomic write (temp file + rename), mode 0600, owned by the OS user."""
+        if path.exists() and path.read_text() == text:
+            return False
+        temp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._chown(temp)
+        temp.rename(path)
+        return True
+
+    async def status(self, ref: InstanceRef) -> InstanceStatus:
+        pgdata = Path(self.data_dir(ref))
+        if not (pgdata / "PG_VERSION").exists():
+            return "missing"
+        result = await run_command(self._as_user([self._pg("pg_ctl"), "status", "-D", str(pgdata)]))
+        return "running" if result.exit_code == 0 else "stopped"
+
+    async def start(
+        self, ref: InstanceRef, *, on_line: LineSink, options: Mapping[str, str] | None = None
+    ) -> None:
+        if await self.status(ref) != "running":
+            argv = [self._pg("pg_ctl"), "start", "-w", "-t", "300", "-D", self.data_dir(ref),
+                    "-l", self.file_path(ref, "postgres.log")]
+            extra = [f"{k}={v}" for k, v in sorted((options or {}).items())]
+            if any(not _OPTION.match(item) for item in extra):
+                raise ValueError(f"unsafe start option in {extra}")
+            if extra:
+                # pg_ctl passes -o through a shell; the pattern above keeps it inert.
+                argv += ["-o", " ".join(f"-c {item}" for item in extra)]
+            result = await run_command(self._as_user(argv), on_line=on_line)
+            if result.exit_code != 0:
+                raise ExternalCommandError(
+                    f"start of instance {ref.instance_id} failed: pg_ctl exited "
+                    f"{result.exit_code}: {self._log_tail(ref)}",
+                    exit_code=result.exit_code,
+                )
+        await self._wait_writable(ref)
+
+    async def _wait_writable(self, ref: InstanceRef, timeout: float = 600.0) -> None:
+        """pg_ctl -w returns while recovery may still replay: wait for pg_is_in_recovery() = f."""
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            try:
+                conn = await self.connect(ref)
+                try:
+                    if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+                        return
+                finally:
+                    await conn.close()
+            except (OSError, asyncpg.PostgresError) as exc:
+                last_error = str(exc)
+            await asyncio.sleep(0.2)
+        raise ExternalCommandError(
+            f"instance {ref.instance_id} did not become writable in {timeout:.0f}s: {last_error}"
+        )
+
+    def _log_tail(self, ref: InstanceRef, count: int = 5) -> str:
+        try:
+            lines = Path(self.file_path(ref, "postgres.log")).read_text().splitlines()
+        except OSError:
+            return "(no server log)"
+        return " | ".join(lines[-count:])
+
+    async def stop(self, ref: InstanceRef, *, on_line: LineSink) -> None:
+        if await self.status(ref) != "running":
+            return
+        result = await run_command(
+            self._as_user(
+                [self._pg("pg_ctl"), "stop", "-m", "fast", "-w", "-t", "300", "-D", self.data_dir(ref)]
+            ),
+            on_line=on_line,
+        )
+        if result.exit_code != 0 and await self.status(ref) == "running":
+            raise ExternalCommandError(
+                f"stop of instance {ref.instance_id} failed: {result.tail(5)}",
+                exit_code=result.exit_code,
+            )
+
+    async def reload(self, ref: InstanceRef, *, on_line: LineSink) -> None:
+        conn = await self.connect(ref)
+        try:
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
+    async def exec(
+        self,
+        ref: InstanceRef,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        on_line: LineSink | None = None,
+    ) -> CommandResult:
+        return await run_command(
+            self._as_user(argv), env=env, on_line=on_line,
+            grace_seconds=self._settings.cancel_grace_seconds,
+        )
+
+    async def run_one_off(
+        self,
+        ref: InstanceRef,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        on_line: LineSink | None = None,
+    ) -> CommandResult:
+        return await self.exec(ref, argv, env=env, on_line=on_line)
+
+    async def remove_instance(self, ref: InstanceRef, *, on_line: LineSink) -> None:
+        await self.stop(ref, on_line=on_line)
+        shutil.rmtree(self._dir(ref), ignore_errors=True)
+
+    async def connect(self, ref: InstanceRef, database: str = "postgres") -> asyncpg.Connection:  # type: ignore[type-arg]
+        conn: asyncpg.Connection = await asyncpg.connect(  # type: ignore[type-arg]
+            host=self.socket_dir(ref), port=ref.port, user="postgres", database=database,
+            timeout=10,
+        )
+        return conn

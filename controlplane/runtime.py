@@ -1,0 +1,106 @@
+"""Runtime: what one `serve` process runs besides HTTP — store, worker, wake-ups, monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from typing import Any
+
+import asyncpg
+
+from controlplane.orchestrator.base import Orchestrator
+from controlplane.orchestrator.local import LocalOrchestrator
+from controlplane.settings import Settings
+from controlplane.spec.secrets import SecretBox
+from controlplane.store import tokens
+from controlplane.store.embedded import EmbeddedStore
+from controlplane.store.migrate import migrate
+from controlplane.store.pool import create_pool
+from controlplane.tasks.context import Services
+from controlplane.tasks.worker import Worker
+from controlplane.workflows import all_workflows
+from controlplane.workflows.common import task_secrets
+
+log = logging.getLogger(__name__)
+
+
+def make_orchestrator(settings: Settings) -> Orchestrator:
+    if settings.orchestrator == "local":
+        return LocalOrchestrator(settings)
+    raise NotImplementedError("the docker orchestrator is not available in this version")
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    """The key that encrypts secrets at rest: from the environment (shared by every server of
+    one store) or a 0600 file in the data dir."""
+    if settings.secret_key:
+        return SecretBox.from_key(settings.secret_key.encode())
+    return SecretBox.load_or_create(settings.secret_key_path)
+
+
+class Runtime:
+    """Starts the pieces in order and stops them in reverse."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._embedded: EmbeddedStore | None = None
+        self._background: list[asyncio.Task[Any]] = []
+        self._listener: asyncpg.Connection | None = None  # type: ignore[type-arg]
+        self.worker: Worker | None = None
+        self.services: Services | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        settings.data_path.chmod(0o755)
+        dsn = settings.database_url
+        if dsn is None:
+            self._embedded = EmbeddedStore(settings)
+            dsn = await self._embedded.start()
+        pool = await create_pool(dsn)
+        await migrate(pool)
+        self.services = Services(settings=settings, pool=pool,
+                                 orchestrator=make_orchestrator(settings),
+                                 secret_box=secret_box(settings))
+        await self._ensure_admin_token()
+        self.worker = Worker(self.services, all_workflows(), task_secrets)
+        self._listener = await asyncpg.connect(dsn)
+        await self._listener.add_listener("controlplane_tasks", self._on_notify)
+        self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
+
+    def _on_notify(self, *_: object) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    async def _ensure_admin_token(self) -> None:
+        """First start: create the `admin` token and write it, 0600, into the data dir."""
+        assert self.services is not None
+        path = self.settings.admin_token_path
+        if await tokens.has_token(self.services.pool, "admin"):
+            if not path.exists():
+                log.info("admin token exists in the store; create more with `controlplane token`")
+            return
+        token = await tokens.create_token(self.services.pool, "admin", "admin")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        print(f"admin token written to {path}", file=sys.stderr, flush=True)
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.worker is not None:
+            await self.worker.stop()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        if self.services is not None:
+            await self.services.pool.close()
+        if self._embedded is not None:
+            await self._embedded.stop()

@@ -1,0 +1,94 @@
+"""Settings: built once from the environment (`CONTROLPLANE_*`) and CLI flags, then passed down."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob of one control plane process; see README's configuration table."""
+
+    data_dir: Path = Path("./.controlplane")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 3000
+    orchestrator: Literal["local", "docker"] = "local"
+    docker_url: str | None = None
+    instance_image: str = "controlplane/postgres:15"
+    os_user: str = "postgres"
+    allow_restore: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    secret_key: str | None = None
+    pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    worker_concurrency: int = 8
+    lease_seconds: float = 30.0
+    poll_interval: float = 1.0
+    monitor_interval: float = 10.0
+    task_retention_days: int = 30
+    cancel_grace_seconds: float = 10.0
+    retry_backoff_seconds: float = 2.0
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return self.data_dir.resolve()
+
+    @property
+    def run_dir(self) -> Path:
+        """Short per-data-dir directory for unix sockets (socket paths are limited to ~100 bytes)."""
+        digest = hashlib.sha1(str(self.data_path).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"cp-{digest}"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_path / "admin-token"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.data_path / "secret.key"
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build Settings from `CONTROLPLANE_*` variables, then apply non-None CLI overrides."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    for info in msgspec.structs.fields(Settings):
+        name = info.name
+        value = env.get(f"CONTROLPLANE_{name.upper()}")
+        if value is not None and value != "":
+            raw[name] = _coerce(value, info.type)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            raw[name] = value
+    return msgspec.convert(raw, Settings, strict=False, dec_hook=_dec_hook)
+
+
+def _coerce(value: str, annotation: Any) -> Any:
+    """Interpret an environment string for a settings field (booleans accept yes/no/1/0)."""
+    if annotation is bool:
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    return value
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Path:
+        return Path(obj)
+    raise NotImplementedError(type_)

@@ -1,0 +1,188 @@
+"""Declarative database spec: the msgspec models a user submits (desired state)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+# Patterns end in `$(?!\n)`: msgspec matches with Python's `re`, whose `$` also matches before a
+# final newline, so `^n[0-9]+$` alone would accept "n1\n" (a name that then lands in paths and
+# config files). The lookahead is a no-op for JSON-schema (ECMA) readers of the OpenAPI spec.
+# Database and host ids: lowercase words joined by single hyphens (DESIGN §4: no "--").
+Identifier = Annotated[
+    str, Meta(min_length=1, max_length=36, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$(?!\n)")
+]
+NodeName = Annotated[str, Meta(min_length=2, max_length=8, pattern=r"^n[0-9]+$(?!\n)")]
+RepositoryId = Annotated[
+    str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$(?!\n)")
+]
+PgName = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[a-z_][a-z0-9_]*$(?!\n)")]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+ShortText = Annotated[str, Meta(max_length=1024)]
+Secret = Annotated[str, Meta(min_length=1, max_length=4096)]
+BackupType = Literal["full", "diff", "incr"]
+
+
+class _Request(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Base of every model a client submits: unknown fields are rejected."""
+
+
+class _RepositoryBase(_Request, kw_only=True, tag_field="type"):
+    id: RepositoryId | None = None
+    base_path: ShortText | None = None
+    retention_full: Annotated[int, Meta(ge=1, le=9999)] = 7
+    retention_full_type: Literal["count", "time"] = "count"
+    retention_diff: Annotated[int, Meta(ge=1, le=9999)] | None = None
+    storage_port: Annotated[int, Meta(ge=1, le=65535)] | None = None
+    storage_ca_file: ShortText | None = None
+    storage_verify_tls: bool | None = None
+    cipher: bool = False
+    custom_options: Annotated[dict[str, ShortText], Meta(max_length=64)] = field(
+        default_factory=dict
+    )
+
+
+class PosixRepository(_RepositoryBase, kw_only=True, tag="posix"):
+    """A directory on the instance's host (or a mounted share); `base_path` is required."""
+
+
+class S3Repository(_RepositoryBase, kw_only=True, tag="s3"):
+    s3_bucket: Annotated[str, Meta(min_length=3, max_length=63)]
+    s3_region: Annotated[str, Meta(min_length=1, max_length=64)]
+    s3_endpoint: ShortText | None = None
+    s3_key: Secret | None = None
+    s3_key_secret: Secret | None = None
+    s3_uri_style: Literal["host", "path"] | None = None
+
+
+class GcsRepository(_RepositoryBase, kw_only=True, tag="gcs"):
+    gcs_bucket: Annotated[str, Meta(min_length=3, max_length=222)]
+    gcs_endpoint: ShortText | None = None
+    gcs_key_type: Literal["service", "token", "auto"] | None = None
+    gcs_key: Secret | None = None
+
+
+class AzureRepository(_RepositoryBase, kw_only=True, tag="azure"):
+    azure_account: Annotated[str, Meta(min_length=1, max_length=64)]
+    azure_container: Annotated[str, Meta(min_length=1, max_length=63)]
+    azure_endpoint: ShortText | None = None
+    azure_key: Secret | None = None
+    azure_uri_style: Literal["host", "path"] | None = None
+
+
+Repository = PosixRepository | S3Repository | GcsRepository | AzureRepository
+
+# Write-only fields per repository type: never returned, kept when omitted on update.
+SECRET_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "posix": (),
+        "s3": ("s3_key", "s3_key_secret"),
+        "gcs": ("gcs_key",),
+        "azure": ("azure_key",),
+    }
+)
+
+
+class BackupSchedule(_Request, kw_only=True):
+    id: RepositoryId
+    type: BackupType
+    cron_expression: Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class BackupConfig(_Request, kw_only=True):
+    repositories: Annotated[list[Repository], Meta(min_length=1, max_length=4)]
+    schedules: Annotated[list[BackupSchedule], Meta(max_length=32)] = field(default_factory=list)
+
+
+class RestoreConfig(_Request, kw_only=True):
+    """Where a restore reads from: a node's backups of some database in a repository."""
+
+    source_database_id: Identifier
+    source_node_name: NodeName
+    source_database_name: PgName | None = None
+    repository: Repository
+    restore_options: Annotated[dict[str, ShortText], Meta(max_length=16)] = field(
+        default_factory=dict
+    )
+
+
+class DatabaseUser(_Request, kw_only=True):
+    username: PgName
+    password: Secret | None = None
+    db_owner: bool = False
+    attributes: Annotated[list[str], Meta(max_length=16)] = field(default_factory=list)
+
+
+ConfValue = Annotated[str, Meta(max_length=1024)] | int | float | bool
+
+
+class NodeSpec(_Request, kw_only=True):
+    name: NodeName
+    host_ids: Annotated[list[Identifier], Meta(max_length=1)] = field(default_factory=list)
+    port: Port | None = None
+    backup_config: BackupConfig | None = None
+    restore_config: RestoreConfig | None = None
+    source_node: NodeName | None = None
+
+
+class DatabaseSpec(_Request, kw_only=True):
+    database_name: PgName
+    postgres_version: Literal["15"] = "15"
+    port: Port = 0
+    database_users: Annotated[list[DatabaseUser], Meta(max_length=64)] = field(default_factory=list)
+    postgresql_conf: Annotated[dict[str, ConfValue], Meta(max_length=256)] = field(
+        default_factory=dict
+    )
+    backup_config: BackupConfig | None = None
+    restore_config: RestoreConfig | None = None
+    nodes: Annotated[list[NodeSpec], Meta(min_length=1, max_length=16)]
+
+
+class DatabaseRequest(_Request, kw_only=True):
+    """Body of create (`id` optional) and of update (full desired spec)."""
+
+    id: Identifier | None = None
+    spec: DatabaseSpec
+
+
+AnnotationKey = Annotated[str, Meta(pattern=r"^[a-z0-9_.-]{1,64}$(?!\n)")]
+AnnotationValue = Annotated[str, Meta(max_length=256)]
+
+
+class BackupRequest(_Request, kw_only=True):
+    """Body of a manual node backup: type, user annotations and an optional repository."""
+
+    type: BackupType = "full"
+    annotations: Annotated[dict[AnnotationKey, AnnotationValue], Meta(max_length=16)] = field(
+        default_factory=dict
+    )
+    repository_id: RepositoryId | None = None
+
+
+class RestoreRequest(_Request, kw_only=True):
+    """Body of an in-place restore; an empty `target_nodes` means every node."""
+
+    restore_config: RestoreConfig
+    target_nodes: Annotated[list[NodeName], Meta(max_length=16)] = field(default_factory=list)
+    pre_restore_backup: bool = False
+
+
+def to_builtins(value: object) -> object:
+    """Encode a spec model to plain JSON-compatible values (defaults omitted)."""
+    return msgspec.to_builtins(value)
+
+
+def repository_id(repository: Repository) -> str:
+    """The repository's id: the explicit `id`, else its type (unique per backup_config)."""
+    return repository.id or type_of(repository)
+
+
+def type_of(repository: Repository) -> str:
+    """The tag value (`posix`, `s3`, `gcs`, `azure`) of a repository."""
+    tag = msgspec.inspect.type_info(type(repository))
+    assert isinstance(tag, msgspec.inspect.StructType)
+    return str(tag.tag)

@@ -1,0 +1,1 @@
+"""State store: asyncpg pool, migrations, and one module per table group."""

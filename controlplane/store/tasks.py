@@ -1,0 +1,280 @@
+"""Task records: insertion under the one-operation locks, claiming with leases, steps, cancel."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from msgspec import Struct
+
+from controlplane.errors import NotFoundError, OperationInProgressError, TaskNotCancelableError
+from controlplane.models import ACTIVE_STATUSES, Task, TaskStep
+from controlplane.store.pool import Connection, Pool
+
+Executor = Pool | Connection
+
+_COLUMNS = (
+    "task_id, parent_id, database_id, node_name, type, status, trigger, actor, input, result,"
+    " error, created_at, started_at, completed_at, lease_owner, lease_expires_at, attempts,"
+    " cancel_requested_at"
+)
+_LOCKING_INDEXES = {"tasks_one_operation_per_database", "tasks_one_backup_per_node"}
+
+
+class TaskRow(Struct, kw_only=True):
+    """The full stored task, including lease and input (the API shows `Task`)."""
+
+    task_id: uuid.UUID
+    parent_id: uuid.UUID | None
+    database_id: str
+    node_name: str | None
+    type: str
+    status: str
+    trigger: str
+    actor: str | None
+    input: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: Any
+    started_at: Any
+    completed_at: Any
+    lease_owner: str | None
+    lease_expires_at: Any
+    attempts: int
+    cancel_requested_at: Any
+
+
+class StepRow(Struct, kw_only=True):
+    position: int
+    name: str
+    status: str
+    started_at: Any
+    completed_at: Any
+    state: dict[str, Any]
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 v7), so task ids sort by creation."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
+def _row(record: asyncpg.Record) -> TaskRow:
+    return TaskRow(**dict(record.items()))
+
+
+async def insert_task(
+    conn: Connection,
+    *,
+    database_id: str,
+    type: str,
+    steps: list[str],
+    node_name: str | None = None,
+    parent_id: uuid.UUID | None = None,
+    trigger: str = "manual",
+    actor: str | None = None,
+    input: dict[str, Any] | None = None,
+) -> TaskRow:
+    """Insert a pending task with its planned steps; a held lock raises OperationInProgressError.
+
+    Runs in a (sub)transaction of its own, so a caller's surrounding transaction stays usable.
+    """
+    task_id = uuid7()
+    try:
+        async with conn.transaction():
+            record = await conn.fetchrow(
+                "INSERT INTO tasks (task_id, parent_id, database_id, node_name, type, trigger,"
+                f" actor, input) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
+                task_id, parent_id, database_id, node_name, type, trigger, actor, input or {},
+            )
+            await conn.executemany(
+                "INSERT INTO task_steps (task_id, position, name) VALUES ($1, $2, $3)",
+                [(task_id, i, name) for i, name in enumerate(steps)],
+            )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name not in _LOCKING_INDEXES:
+            raise
+        raise await _in_progress(conn, database_id, node_name, type) from None
+    assert record is not None
+    return _row(record)
+
+
+async def _in_progress(
+    db: Executor, database_id: str, node_name: str | None, type: str
+) -> OperationInProgressError:
+    blocking = await find_blocking_task(db, database_id, node_name, type)
+    what = f"node {node_name} of database {database_id}" if node_name else f"database {database_id}"
+    if blocking is None:  # it finished between our insert and this look-up
+        return OperationInProgressError(f"{what} is busy; retry", task_id="")
+    return OperationInProgressError(
+        f"{what} has an operation in progress: {blocking.type} task {blocking.task_id}"
+        f" is {blocking.status}",
+        task_id=str(blocking.task_id),
+    )
+
+
+async def find_blocking_task(
+    db: Executor, database_id: str, node_name: str | None, type: str
+) -> TaskRow | None:
+    """The active task holding the lock that a new task of `type` would need."""
+    if type in ("node_backup", "verify", "expire"):
+        where = "node_name = $2 AND type IN ('node_backup', 'verify', 'expire')"
+        args: list[Any] = [database_id, node_name]
+    else:
+        where = "type IN ('create', 'update', 'delete', 'restore') AND $2::text IS NULL"
+        args = [database_id, None]
+    record = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM tasks WHERE database_id = $1 AND {where}"
+        " AND status IN ('pending', 'running', 'canceling') ORDER BY created_at LIMIT 1",
+        *args,
+    )
+    return None if record is None else _row(record)
+
+
+async def insert_skipped_task(
+    db: Executor,
+    *,
+    database_id: str,
+    type: str,
+    reason: str,
+    node_name: str | None = None,
+    trigger: str = "scheduled",
+    input: dict[str, Any] | None = None,
+    blocking_task_id: str | None = None,
+) -> TaskRow:
+    """Record work that could not run (e.g. a scheduled tick on a busy node), with the reason."""
+    result = {"blocking_task_id": blocking_task_id} if blocking_task_id else None
+    record = await db.fetchrow(
+        "INSERT INTO tasks (task_id, database_id, node_name, type, status, trigger, input, error,"
+        " result, completed_at) VALUES ($1, $2, $3, $4, 'skipped', $5, $6, $7, $8, now())"
+        f" RETURNING {_COLUMNS}",
+        uuid7(), database_id, node_name, type, trigger, input or {}, reason, result,
+    )
+    assert record is not None
+    return _row(record)
+
+
+async def get_task_row(db: Executor, task_id: uuid.UUID) -> TaskRow | None:
+    record = await db.fetchrow(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = $1", task_id)
+    return None if record is None else _row(record)
+
+
+async def get_steps(db: Executor, task_id: uuid.UUID) -> list[StepRow]:
+    records = await db.fetch(
+        "SELECT position, name, status, started_at, completed_at, state FROM task_steps"
+        " WHERE task_id = $1 ORDER BY position",
+        task_id,
+    )
+    return [StepRow(**dict(r.items())) for r in records]
+
+
+def to_task(row: TaskRow, steps: list[StepRow]) -> Task:
+    """The API view of a task."""
+    return Task(
+        task_id=str(row.task_id),
+        parent_id=str(row.parent_id) if row.parent_id else None,
+        database_id=row.database_id,
+        node_name=row.node_name,
+        type=row.type,  # type: ignore[arg-type]
+        status=row.status,  # type: ignore[arg-type]
+        trigger=row.trigger,  # type: ignore[arg-type]
+        actor=row.actor,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        error=row.error,
+        result=row.result,
+        steps=[
+            TaskStep(name=s.name, status=s.status, started_at=s.started_at,
+                     completed_at=s.completed_at)
+            for s in steps
+        ],
+    )
+
+
+async def get_task(db: Executor, task_id: str, *, database_id: str | None = None) -> Task:
+    """A task with its steps; NotFoundError if absent (or of another database)."""
+    parsed = parse_task_id(task_id)
+    row = await get_task_row(db, parsed) if parsed else None
+    if row is None or (database_id is not None and row.database_id != database_id):
+        raise NotFoundError(f"task {task_id} not found", details={"task_id": task_id})
+    return to_task(row, await get_steps(db, row.task_id))
+
+
+def parse_task_id(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+async def list_tasks(
+    db: Executor,
+    *,
+    database_id: str | None = None,
+    parent_id: uuid.UUID | None = None,
+    status: str | None = None,
+    type: str | None = None,
+    after_task_id: uuid.UUID | None = None,
+    limit: int = 100,
+    descending: bool = True,
+) -> list[Task]:
+    """Tasks filtered and paged by id (uuid7 ids sort by creation time)."""
+    compare = "<" if descending else ">"
+    records = await db.fetch(
+        f"SELECT {_COLUMNS} FROM tasks WHERE ($1::text IS NULL OR database_id = $1)"
+        " AND ($2::uuid IS NULL OR parent_id = $2) AND ($3::text IS NULL OR status = $3)"
+        f" AND ($4::text IS NULL OR type = $4) AND ($5::uuid IS NULL OR task_id {compare} $5)"
+        f" ORDER BY task_id {'DESC' if descending else 'ASC'} LIMIT $6",
+        database_id, parent_id, status, type, after_task_id, limit,
+    )
+    rows = [_row(r) for r in records]
+    steps = await _steps_for(db, [r.task_id for r in rows])
+    return [to_task(r, steps.get(r.task_id, [])) for r in rows]
+
+
+async def _steps_for(db: Executor, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[StepRow]]:
+    if not task_ids:
+        return {}
+    records = await db.fetch(
+        "SELECT task_id, position, name, status, started_at, completed_at, state FROM task_steps"
+        " WHERE task_id = ANY($1) ORDER BY task_id, position",
+        task_ids,
+    )
+    found: dict[uuid.UUID, list[StepRow]] = {}
+    for r in records:
+        values = dict(r.items())
+        found.setdefault(values.pop("task_id"), []).append(StepRow(**values))
+    return found
+
+
+async def request_cancel(db: Executor, task_id: str, *, database_id: str) -> Task:
+    """Cancel a pending task at once, or ask a running one to stop; finished tasks refuse."""
+    parsed = parse_task_id(task_id)
+    row = await get_task_row(db, parsed) if parsed else None
+    if row is None or row.database_id != database_id:
+        raise NotFoundError(f"task {task_id} not found", details={"task_id": task_id})
+    await db.execute(
+        "UPDATE tasks SET status = CASE status WHEN 'pending' THEN 'canceled'"
+        " WHEN 'running' THEN 'canceling' ELSE status END,"
+        " completed_at = CASE WHEN status = 'pending' THEN now() ELSE completed_at END,"
+        " error = CASE WHEN status = 'pending' THEN 'canceled before it started' ELSE error END,"
+        " cancel_requested_at = coalesce(cancel_requested_at, now())"
+        " WHERE task_id = $1 AND status IN ('pending', 'running', 'canceling')",
+        row.task_id,
+    )
+    task = await get_task(db, task_id, database_id=database_id)
+    if row.status not in ACTIVE_STATUSES:
+        raise TaskNotCancelableError(
+            f"task {task_id} is already {row.status}", details={"task_id": task_id}
+        )
+    return task

@@ -1,0 +1,1 @@
+"""Task engine: workflows of named steps run by workers with leases, logs and cancellation."""

@@ -1,0 +1,46 @@
+"""What a running step sees: the services, its task, its log and the workflow's saved state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from controlplane.errors import TaskCanceledError
+from controlplane.settings import Settings
+from controlplane.store.pool import Pool
+from controlplane.store.tasks import TaskRow
+from controlplane.tasks.logger import TaskLogger
+
+if TYPE_CHECKING:
+    from controlplane.orchestrator.base import Orchestrator
+    from controlplane.spec.secrets import SecretBox
+
+
+@dataclass
+class Services:
+    """Long-lived collaborators, built once at start-up and passed down (no globals)."""
+
+    settings: Settings
+    pool: Pool
+    orchestrator: Orchestrator
+    secret_box: SecretBox
+
+
+@dataclass
+class StepContext:
+    """Handed to every step; `state` merges what earlier steps of this task returned."""
+
+    services: Services
+    task: TaskRow
+    log: TaskLogger
+    state: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
+
+    @property
+    def database_id(self) -> str:
+        return self.task.database_id
+
+    def check_cancel(self) -> None:
+        """Raise between units of work when a cancel was requested."""
+        if self.cancel_requested:
+            raise TaskCanceledError(f"task {self.task.task_id} was canceled")

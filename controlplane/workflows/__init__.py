@@ -1,0 +1,13 @@
+"""Workflows: one module per operation, each an ordered tuple of idempotent steps."""
+
+from __future__ import annotations
+
+from controlplane.tasks.workflow import Workflow
+from controlplane.workflows.create_database import CREATE
+from controlplane.workflows.delete_database import DELETE
+from controlplane.workflows.update_database import UPDATE
+
+
+def all_workflows() -> dict[str, Workflow]:
+    """Task type -> workflow, for the worker."""
+    return {workflow.type: workflow for workflow in (CREATE, UPDATE, DELETE)}

@@ -1,0 +1,242 @@
+"""Steps that bring a database's instances to its spec; shared by create and update."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from controlplane.errors import ExternalCommandError, InvalidInputError
+from controlplane.orchestrator.base import InstanceRef
+from controlplane.pgbackrest.config import NOOP_ARCHIVE_COMMAND
+from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
+from controlplane.store import databases, instances
+from controlplane.tasks.context import StepContext
+from controlplane.workflows.common import (
+    instance_refs,
+    load_spec,
+    managed_settings,
+    ref_of,
+    scram_verifier,
+)
+
+
+async def for_each(
+    refs: list[InstanceRef], action: Callable[[InstanceRef], Awaitable[Any]]
+) -> list[Any]:
+    """Run `action` on every instance concurrently; the first failure is raised after all end."""
+    results = await asyncio.gather(*(action(ref) for ref in refs), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+async def plan_instances(ctx: StepContext) -> dict[str, Any]:
+    """Record an instance (host and port) for every node of the spec that has none yet."""
+    _, spec = await load_spec(ctx)
+    pool, orchestrator = ctx.services.pool, ctx.services.orchestrator
+    known = {h.id for h in orchestrator.hosts()}
+    for node in spec.nodes:
+        if await instances.get_instance(pool, ctx.database_id, node.name) is not None:
+            continue
+        host_id = node.host_ids[0] if node.host_ids else orchestrator.default_host()
+        if host_id not in known:
+            raise InvalidInputError(
+                [{"path": f"spec.nodes[{node.name}].host_ids", "message": f"unknown host {host_id}"}]
+            )
+        row = await _place(ctx, node, spec, host_id)
+        await ctx.log.info(
+            f"node {node.name}: instance {row.id} on host {host_id} port {row.port}",
+            node=node.name,
+        )
+    return {}
+
+
+async def _place(ctx: StepContext, node: NodeSpec, spec: DatabaseSpec, host_id: str) -> Any:
+    pool, orchestrator = ctx.services.pool, ctx.services.orchestrator
+    wanted = node.port or spec.port
+    for _ in range(20):
+        port = wanted or orchestrator.pick_port(host_id, await instances.used_ports(pool, host_id))
+        if wanted and not orchestrator.port_is_free(host_id, port):
+            raise ExternalCommandError(f"port {port} on host {host_id} is already in use")
+        row = await instances.insert_instance(
+            pool, database_id=ctx.database_id, node_name=node.name, host_id=host_id, port=port
+        )
+        if row is not None:
+            return row
+        if wanted:
+            raise ExternalCommandError(f"port {port} on host {host_id} is taken by another instance")
+    raise ExternalCommandError(f"no free port could be reserved on host {host_id}")
+
+
+async def _spec_refs(ctx: StepContext) -> tuple[DatabaseSpec, list[InstanceRef]]:
+    _, spec = await load_spec(ctx)
+    return spec, await instance_refs(ctx, spec.nodes)
+
+
+async def init_instances(ctx: StepContext) -> dict[str, Any]:
+    """initdb every instance that has no data directory yet."""
+    _, refs = await _spec_refs(ctx)
+
+    async def init(ref: InstanceRef) -> None:
+        sink = ctx.log.sink("initdb", node=ref.node_name)
+        if await ctx.services.orchestrator.create_instance(ref, on_line=sink):
+            await ctx.log.info(f"node {ref.node_name}: data directory initialised", node=ref.node_name)
+
+    await for_each(refs, init)
+    return {}
+
+
+async def configure_instances(ctx: StepContext) -> dict[str, Any]:
+    """Write each instance's managed postgresql settings (from the spec)."""
+    spec, refs = await _spec_refs(ctx)
+    changed = []
+    for ref in refs:
+        settings = managed_settings(ctx, spec, ref, archive_command=NOOP_ARCHIVE_COMMAND)
+        if await ctx.services.orchestrator.write_postgresql_conf(ref, settings):
+            changed.append(ref.node_name)
+    if changed:
+        await ctx.log.info(f"configuration written for {', '.join(changed)}")
+    return {}
+
+
+async def start_instances(ctx: StepContext) -> dict[str, Any]:
+    """Start every instance and wait until it accepts writes."""
+    _, refs = await _spec_refs(ctx)
+
+    async def start(ref: InstanceRef) -> None:
+        await ctx.services.orchestrator.start(ref, on_line=ctx.log.sink("pg_ctl", node=ref.node_name))
+        await ctx.log.info(f"node {ref.node_name}: running on port {ref.port}", node=ref.node_name)
+
+    await for_each(refs, start)
+    return {}
+
+
+async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
+    """Reload every instance; restart those with a setting that only takes effect on restart."""
+    _, refs = await _spec_refs(ctx)
+    orchestrator = ctx.services.orchestrator
+
+    async def apply(ref: InstanceRef) -> None:
+        await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl", node=ref.node_name))
+        conn = await orchestrator.connect(ref)
+        try:
+            pending = [r["name"] for r in await conn.fetch(
+                "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")]
+        finally:
+            await conn.close()
+        if pending:
+            await ctx.log.info(
+                f"node {ref.node_name}: restarting for {', '.join(pending)}", node=ref.node_name
+            )
+            # stop + start, never `pg_ctl restart`: restart reuses earlier one-off options.
+            sink = ctx.log.sink("pg_ctl", node=ref.node_name)
+            await orchestrator.stop(ref, on_line=sink)
+            await orchestrator.start(ref, on_line=sink)
+
+    await for_each(refs, apply)
+    return {}
+
+
+async def create_users(ctx: StepContext) -> dict[str, Any]:
+    """Create or alter the spec's roles and create the database, on every instance."""
+    spec, refs = await _spec_refs(ctx)
+
+    async def apply(ref: InstanceRef) -> None:
+        conn = await ctx.services.orchestrator.connect(ref)
+        try:
+            for user in spec.database_users:
+                await _ensure_role(conn, user)
+            owner = next((u.username for u in spec.database_users if u.db_owner), "postgres")
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", spec.database_name
+            )
+            if not exists:
+                await conn.execute(
+                    await conn.fetchval("SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
+                                        spec.database_name, owner)
+                )
+            else:
+                await conn.execute(
+                    await conn.fetchval("SELECT format('ALTER DATABASE %I OWNER TO %I', $1::text, $2::text)",
+                                        spec.database_name, owner)
+                )
+        finally:
+            await conn.close()
+        await ctx.log.info(
+            f"node {ref.node_name}: {len(spec.database_users)} user(s) and database "
+            f"{spec.database_name} in place", node=ref.node_name,
+        )
+
+    await for_each(refs, apply)
+    return {}
+
+
+async def _ensure_role(conn: Any, user: DatabaseUser) -> None:
+    attributes = list(user.attributes)
+    if "LOGIN" not in attributes and "NOLOGIN" not in attributes:
+        attributes.append("LOGIN")
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user.username)
+    verb = "ALTER" if exists else "CREATE"
+    # Attributes come from a closed list checked by validation; names are quoted by format().
+    sql = await conn.fetchval(
+        f"SELECT format('{verb} ROLE %I WITH {' '.join(attributes)}', $1::text)", user.username
+    )
+    if user.password:
+        sql += " PASSWORD " + await conn.fetchval("SELECT quote_literal($1::text)",
+                                                   scram_verifier(user.password))
+    await conn.execute(sql)
+
+
+async def mark_available(ctx: StepContext) -> dict[str, Any]:
+    """Every instance is up: the database is available."""
+    pool = ctx.services.pool
+    for row in await instances.list_instances(pool, ctx.database_id):
+        await instances.set_instance_state(pool, ctx.database_id, row.node_name, "available",
+                                           desired="running")
+    await databases.set_state(pool, ctx.database_id, "available")
+    await ctx.log.info(f"database {ctx.database_id} is available")
+    return {}
+
+
+async def remove_dropped_nodes(ctx: StepContext) -> dict[str, Any]:
+    """Stop and delete instances whose node is no longer in the spec."""
+    _, spec = await load_spec(ctx)
+    wanted = {n.name for n in spec.nodes}
+    pool = ctx.services.pool
+    for row in await instances.list_instances(pool, ctx.database_id):
+        if row.node_name in wanted:
+            continue
+        await ctx.log.info(f"node {row.node_name}: removing instance {row.id}", node=row.node_name)
+        await ctx.services.orchestrator.remove_instance(
+            ref_of(row), on_line=ctx.log.sink("pg_ctl", node=row.node_name)
+        )
+        await instances.delete_instance(pool, ctx.database_id, row.node_name)
+    return {}
+
+
+async def settle_after_failure(ctx: StepContext, message: str) -> None:
+    """A failed or canceled create/update: record the error; the state says if nodes still run."""
+    pool, orchestrator = ctx.services.pool, ctx.services.orchestrator
+    rows = await instances.list_instances(pool, ctx.database_id)
+    running = 0
+    for row in rows:
+        status = await orchestrator.status(ref_of(row))
+        if status == "running":
+            running += 1
+        else:
+            await instances.set_instance_state(pool, ctx.database_id, row.node_name,
+                                               "failed" if status == "missing" else "stopped",
+                                               error=message)
+    state = "available" if rows and running == len(rows) else "failed"
+    await databases.set_state(pool, ctx.database_id, state, error=message)
+
+
+async def stop_all_instances(ctx: StepContext) -> None:
+    """Stop every instance of the database (used when a create is canceled)."""
+    pool = ctx.services.pool
+    for row in await instances.list_instances(pool, ctx.database_id):
+        await ctx.services.orchestrator.stop(ref_of(row), on_line=ctx.log.sink("pg_ctl"))
+        await instances.set_instance_state(pool, ctx.database_id, row.node_name, "stopped",
+                                           desired="stopped")

@@ -1,0 +1,36 @@
+"""create: bring up one instance per node, create users and the database."""
+
+from __future__ import annotations
+
+from controlplane.store import databases
+from controlplane.tasks.context import StepContext
+from controlplane.tasks.workflow import Step, Workflow
+from controlplane.workflows import converge
+
+
+async def _on_failure(ctx: StepContext, message: str) -> None:
+    await converge.settle_after_failure(ctx, message)
+    await databases.set_state(ctx.services.pool, ctx.database_id, "failed", error=message)
+
+
+async def _on_cancel(ctx: StepContext, message: str) -> None:
+    # A half-created database must not keep running unattended: stop what was started.
+    await converge.stop_all_instances(ctx)
+    await databases.set_state(
+        ctx.services.pool, ctx.database_id, "failed", error="create was canceled"
+    )
+
+
+CREATE = Workflow(
+    type="create",
+    steps=(
+        Step("plan_instances", converge.plan_instances),
+        Step("init_instances", converge.init_instances),
+        Step("configure_instances", converge.configure_instances),
+        Step("start_instances", converge.start_instances),
+        Step("create_users", converge.create_users),
+        Step("mark_available", converge.mark_available),
+    ),
+    on_failure=_on_failure,
+    on_cancel=_on_cancel,
+)

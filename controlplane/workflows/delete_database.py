@@ -1,0 +1,40 @@
+"""delete: stop and remove every instance, then the record (repositories are kept)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.store import databases, instances
+from controlplane.tasks.context import StepContext
+from controlplane.tasks.workflow import Step, Workflow
+from controlplane.workflows import converge
+from controlplane.workflows.common import ref_of
+
+
+async def remove_instances(ctx: StepContext) -> dict[str, Any]:
+    """Stop and delete every instance; each is forgotten only once it is gone."""
+    pool = ctx.services.pool
+    for row in await instances.list_instances(pool, ctx.database_id):
+        await ctx.services.orchestrator.remove_instance(
+            ref_of(row), on_line=ctx.log.sink("pg_ctl", node=row.node_name)
+        )
+        await instances.delete_instance(pool, ctx.database_id, row.node_name)
+        await ctx.log.info(f"node {row.node_name}: instance {row.id} removed", node=row.node_name)
+    return {}
+
+
+async def delete_record(ctx: StepContext) -> dict[str, Any]:
+    await databases.delete_database(ctx.services.pool, ctx.database_id)
+    await ctx.log.info(f"database {ctx.database_id} deleted; backup repositories are kept")
+    return {}
+
+
+DELETE = Workflow(
+    type="delete",
+    steps=(
+        Step("remove_instances", remove_instances),
+        Step("delete_record", delete_record),
+    ),
+    on_failure=converge.settle_after_failure,
+    on_cancel=converge.settle_after_failure,
+)
