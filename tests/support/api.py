@@ -1,0 +1,77 @@
+"""Small helpers over the HTTP API used by integration tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.support.eventually import eventually
+
+TERMINAL = {"completed", "failed", "canceled", "skipped"}
+
+
+def database_body(database_id: str, *, nodes: int = 1, password: str = "s3cret-pass",
+                  **spec: Any) -> dict[str, Any]:
+    """A minimal valid create body: one owner user, `nodes` nodes on the local host."""
+    body: dict[str, Any] = {
+        "id": database_id,
+        "spec": {
+            "database_name": "app",
+            "database_users": [{"username": "admin", "password": password, "db_owner": True,
+                                "attributes": ["LOGIN"]}],
+            "nodes": [{"name": f"n{i + 1}"} for i in range(nodes)],
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+async def wait_task(api: httpx.AsyncClient, database_id: str, task_id: str,
+                    timeout: float = 120.0) -> dict[str, Any]:
+    """Poll a task until it is terminal and return it."""
+
+    async def probe() -> dict[str, Any] | None:
+        response = await api.get(f"/v1/databases/{database_id}/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        task: dict[str, Any] = response.json()
+        return task if task["status"] in TERMINAL else None
+
+    return await eventually(probe, timeout=timeout, what=f"task {task_id} to finish")
+
+
+async def create_and_wait(api: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a database, wait for its task to complete, return the database view."""
+    response = await api.post("/v1/databases", json=body)
+    assert response.status_code == 202, response.text
+    task = await wait_task(api, body["id"], response.json()["task"]["task_id"])
+    assert task["status"] == "completed", task
+    database = await api.get(f"/v1/databases/{body['id']}")
+    result: dict[str, Any] = database.json()
+    return result
+
+
+async def connect(database: dict[str, Any], node: str, *, user: str = "admin",
+                  password: str = "s3cret-pass") -> asyncpg.Connection:  # type: ignore[type-arg]
+    """Log in to a node over TCP exactly as a client application would."""
+    instance = next(i for i in database["instances"] if i["node_name"] == node)
+    info = instance["connection_info"]
+    conn: asyncpg.Connection = await asyncpg.connect(  # type: ignore[type-arg]
+        host=info["host"], port=info["port"], database=info["database"], user=user,
+        password=password,
+    )
+    return conn
+
+
+async def full_log(api: httpx.AsyncClient, database_id: str, task_id: str) -> list[dict[str, Any]]:
+    """Every log entry of a task, walked with the cursor."""
+    entries: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = (await api.get(f"/v1/databases/{database_id}/tasks/{task_id}/log",
+                              params={"after_entry_id": after, "limit": 100})).json()
+        entries += page["entries"]
+        if not page["entries"]:
+            return entries
+        after = page["last_entry_id"]

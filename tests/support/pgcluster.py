@@ -1,0 +1,62 @@
+"""A scratch PostgreSQL 15 cluster for tests (the state store of test servers)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+from tests.support.os_user import as_os_user
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ScratchCluster:
+    """initdb + pg_ctl start in `root` (a 0755 dir owned by the OS user), socket in `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = free_port()
+
+    @property
+    def socket_dir(self) -> str:
+        return str(self.root)
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@/{database}?host={self.root}&port={self.port}"
+
+    def start(self) -> None:
+        subprocess.run(
+            as_os_user([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]),
+            check=True, capture_output=True,
+        )
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.root}'\n"
+                       f"port = {self.port}\nmax_connections = 300\nfsync = off\n")
+        subprocess.run(
+            as_os_user([str(PG_BIN / "pg_ctl"), "start", "-w", "-D", str(self.data),
+                        "-l", str(self.root / "server.log")]),
+            check=True, capture_output=True,
+        )
+
+    def stop(self) -> None:
+        subprocess.run(
+            as_os_user([str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(self.data)]),
+            check=False, capture_output=True,
+        )
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            as_os_user([str(PG_BIN / "psql"), "-h", str(self.root), "-p", str(self.port), "-U",
+                        "postgres", "-d", database, "-AtX", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+            check=True, capture_output=True, text=True,
+        )
+        return result.stdout.strip()

@@ -1,0 +1,111 @@
+"""A real `controlplane serve` subprocess for integration tests: start, kill, restart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.os_user import as_os_user
+from tests.support.pgcluster import PG_BIN, free_port
+
+
+class ServerProcess:
+    """One server on its own port and data dir, optionally on an external store."""
+
+    def __init__(
+        self, data_dir: Path, *, database_url: str | None, env: dict[str, str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.port = free_port()
+        self.extra_env = env or {}
+        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.token = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+        env.update({
+            "CONTROLPLANE_DATA_DIR": str(self.data_dir),
+            "CONTROLPLANE_PORT": str(self.port),
+            "CONTROLPLANE_LEASE_SECONDS": "3",
+            "CONTROLPLANE_POLL_INTERVAL": "0.2",
+            "CONTROLPLANE_MONITOR_INTERVAL": "1",
+            "CONTROLPLANE_CANCEL_GRACE_SECONDS": "3",
+            "CONTROLPLANE_RETRY_BACKOFF_SECONDS": "0",
+        })
+        if self.database_url:
+            env["CONTROLPLANE_DATABASE_URL"] = self.database_url
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controlplane", "serve"], env=self.env(), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    self.token = (self.data_dir / "admin-token").read_text().strip()
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"server did not become healthy:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the crash every resumable task must survive."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> None:
+        self.terminate()
+        self.start()
+
+    def stop_instances(self) -> None:
+        """Managed Postgres processes are not our children: stop each by its data dir."""
+        root = self.data_dir / "instances"
+        for pid_file in root.glob("*/pgdata/postmaster.pid") if root.exists() else []:
+            subprocess.run(
+                as_os_user([str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D",
+                            str(pid_file.parent)]),
+                check=False, capture_output=True,
+            )
+        store = self.data_dir / "store"
+        if (store / "postmaster.pid").exists():
+            subprocess.run(
+                as_os_user([str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(store)]),
+                check=False, capture_output=True,
+            )
