@@ -47,17 +47,28 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_level: str
     from controlplane.api.app import create_app
 
     settings = _settings(ctx, host=host, port=port)
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     ssl: dict[str, Any] = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
         if settings.tls_client_ca:
             import ssl as ssl_module
 
-            ssl |= {"ssl_ca_certs": settings.tls_client_ca, "ssl_cert_reqs": ssl_module.CERT_REQUIRED}
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=log_level.lower(), access_log=False, lifespan="on", **ssl)
+            ssl |= {
+                "ssl_ca_certs": settings.tls_client_ca,
+                "ssl_cert_reqs": ssl_module.CERT_REQUIRED,
+            }
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        **ssl,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,14 @@ from typing import Any, Literal
 from msgspec import Struct, field
 
 DatabaseState = Literal[
-    "creating", "available", "modifying", "backing_up", "restoring", "deleting", "degraded", "failed"
+    "creating",
+    "available",
+    "modifying",
+    "backing_up",
+    "restoring",
+    "deleting",
+    "degraded",
+    "failed",
 ]
 InstanceState = Literal["creating", "available", "backing_up", "restoring", "stopped", "failed"]
 TaskType = Literal[

@@ -30,24 +30,44 @@ def _not_yet(spec: DatabaseSpec) -> list[dict[str, str]]:
     """Spec parts whose workflows are not available in this version: refused, never ignored."""
     errors = []
     if spec.restore_config is not None:
-        errors.append({"path": "spec.restore_config",
-                       "message": "creating a database from a backup is not supported yet"})
+        errors.append(
+            {
+                "path": "spec.restore_config",
+                "message": "creating a database from a backup is not supported yet",
+            }
+        )
     if spec.backup_config is not None:
         errors.append({"path": "spec.backup_config", "message": "backups are not supported yet"})
     for i, node in enumerate(spec.nodes):
         if node.restore_config is not None:
-            errors.append({"path": f"spec.nodes[{i}].restore_config",
-                           "message": "adding a node from a backup is not supported yet"})
+            errors.append(
+                {
+                    "path": f"spec.nodes[{i}].restore_config",
+                    "message": "adding a node from a backup is not supported yet",
+                }
+            )
         if node.backup_config is not None:
-            errors.append({"path": f"spec.nodes[{i}].backup_config",
-                           "message": "backups are not supported yet"})
+            errors.append(
+                {
+                    "path": f"spec.nodes[{i}].backup_config",
+                    "message": "backups are not supported yet",
+                }
+            )
         if node.source_node is not None:
-            errors.append({"path": f"spec.nodes[{i}].source_node",
-                           "message": "populating a node from another node is not supported yet"})
+            errors.append(
+                {
+                    "path": f"spec.nodes[{i}].source_node",
+                    "message": "populating a node from another node is not supported yet",
+                }
+            )
     if len(spec.nodes) > 1 and spec.port:
-        errors.append({"path": "spec.port",
-                       "message": "a fixed database port cannot be shared by several nodes on one "
-                                  "host; set a port per node or use 0"})
+        errors.append(
+            {
+                "path": "spec.port",
+                "message": "a fixed database port cannot be shared by several nodes on one "
+                "host; set a port per node or use 0",
+            }
+        )
     return errors
 
 
@@ -60,19 +80,31 @@ async def _check_placement(services: Services, spec: DatabaseSpec, database_id: 
     for i, node in enumerate(spec.nodes):
         host = node.host_ids[0] if node.host_ids else orchestrator.default_host()
         if host not in known:
-            errors.append({"path": f"spec.nodes[{i}].host_ids[0]", "message": f"unknown host {host}"})
+            errors.append(
+                {"path": f"spec.nodes[{i}].host_ids[0]", "message": f"unknown host {host}"}
+            )
             continue
         port = node.port or spec.port
         existing = mine.get(node.name)
         if existing is not None:
             if port and port != existing.port:
-                errors.append({"path": f"spec.nodes[{i}].port",
-                               "message": "the port of an existing node cannot be changed"})
+                errors.append(
+                    {
+                        "path": f"spec.nodes[{i}].port",
+                        "message": "the port of an existing node cannot be changed",
+                    }
+                )
             continue
-        if port and (port in await instances.used_ports(services.pool, host)
-                     or not orchestrator.port_is_free(host, port)):
-            errors.append({"path": f"spec.nodes[{i}].port",
-                           "message": f"port {port} is already in use on host {host}"})
+        if port and (
+            port in await instances.used_ports(services.pool, host)
+            or not orchestrator.port_is_free(host, port)
+        ):
+            errors.append(
+                {
+                    "path": f"spec.nodes[{i}].port",
+                    "message": f"port {port} is already in use on host {host}",
+                }
+            )
     if errors:
         raise InvalidInputError(errors)
 
@@ -89,11 +121,15 @@ async def create_database(services: Services, body: bytes, actor: str) -> tuple[
     await _check_placement(services, request.spec, database_id)
     public, secrets = _encrypt(services, request.spec)
     async with services.pool.acquire() as conn, conn.transaction():
-        row = await databases.insert_database(conn, database_id=database_id, spec=public,
-                                              secrets=secrets)
-        task = await tasks.insert_task(conn, database_id=database_id, type="create",
-                                       steps=_steps("create"), actor=actor)
-    return await tasks.get_task(services.pool, str(task.task_id)), await database_view(services, row)
+        row = await databases.insert_database(
+            conn, database_id=database_id, spec=public, secrets=secrets
+        )
+        task = await tasks.insert_task(
+            conn, database_id=database_id, type="create", steps=_steps("create"), actor=actor
+        )
+    return await tasks.get_task(services.pool, str(task.task_id)), await database_view(
+        services, row
+    )
 
 
 def _immutable_changes(old: DatabaseSpec, new: DatabaseSpec) -> list[dict[str, str]]:
@@ -110,7 +146,9 @@ async def update_database(
     """Store the new desired spec (secrets omitted are kept) and enqueue an update task."""
     request = parse_database_request(body)
     if request.id is not None and request.id != database_id:
-        raise InvalidInputError([{"path": "id", "message": "does not match the database in the URL"}])
+        raise InvalidInputError(
+            [{"path": "id", "message": "does not match the database in the URL"}]
+        )
     row = await databases.get_database(services.pool, database_id)
     if row.state == "deleting":
         raise DatabaseNotModifiableError(f"database {database_id} is being deleted")
@@ -123,20 +161,24 @@ async def update_database(
     public, secrets = _encrypt(services, new)
     async with services.pool.acquire() as conn, conn.transaction():
         await databases.get_database(conn, database_id, for_update=True)
-        task = await tasks.insert_task(conn, database_id=database_id, type="update",
-                                       steps=_steps("update"), actor=actor)
+        task = await tasks.insert_task(
+            conn, database_id=database_id, type="update", steps=_steps("update"), actor=actor
+        )
         await databases.update_spec(conn, database_id, spec=public, secrets=secrets)
         await databases.set_state(conn, database_id, "modifying", error=row.error)
     row = await databases.get_database(services.pool, database_id)
-    return await tasks.get_task(services.pool, str(task.task_id)), await database_view(services, row)
+    return await tasks.get_task(services.pool, str(task.task_id)), await database_view(
+        services, row
+    )
 
 
 async def delete_database(services: Services, database_id: str, actor: str) -> Task:
     """Enqueue the delete task; the record goes when its instances are gone."""
     async with services.pool.acquire() as conn, conn.transaction():
         await databases.get_database(conn, database_id, for_update=True)
-        task = await tasks.insert_task(conn, database_id=database_id, type="delete",
-                                       steps=_steps("delete"), actor=actor)
+        task = await tasks.insert_task(
+            conn, database_id=database_id, type="delete", steps=_steps("delete"), actor=actor
+        )
         await databases.set_state(conn, database_id, "deleting")
     return await tasks.get_task(services.pool, str(task.task_id))
 
@@ -147,14 +189,26 @@ async def database_view(services: Services, row: DatabaseRow) -> Database:
     views = []
     for inst in await instances.list_instances(services.pool, row.id):
         host, port = services.orchestrator.connection_info(ref_of(inst))
-        views.append(Instance(
-            id=inst.id, node_name=inst.node_name, host_id=inst.host_id, state=inst.state,  # type: ignore[arg-type]
-            role=inst.role, port=inst.port, error=inst.error,
-            connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
-        ))
+        views.append(
+            Instance(
+                id=inst.id,
+                node_name=inst.node_name,
+                host_id=inst.host_id,
+                state=inst.state,
+                role=inst.role,
+                port=inst.port,
+                error=inst.error,
+                connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
+            )
+        )
     return Database(
-        id=row.id, state=row.state, created_at=row.created_at, updated_at=row.updated_at,  # type: ignore[arg-type]
-        spec=msgspec.to_builtins(spec), error=row.error, instances=views,
+        id=row.id,
+        state=row.state,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        spec=msgspec.to_builtins(spec),
+        error=row.error,
+        instances=views,
     )
 
 
@@ -163,4 +217,6 @@ async def get_database(services: Services, database_id: str) -> Database:
 
 
 async def list_databases(services: Services) -> list[Database]:
-    return [await database_view(services, row) for row in await databases.list_databases(services.pool)]
+    return [
+        await database_view(services, row) for row in await databases.list_databases(services.pool)
+    ]

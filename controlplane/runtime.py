@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from controlplane.monitor import Monitor
 from controlplane.orchestrator.base import Orchestrator
 from controlplane.orchestrator.local import LocalOrchestrator
 from controlplane.settings import Settings
@@ -48,7 +49,7 @@ class Runtime:
         self.settings = settings
         self._embedded: EmbeddedStore | None = None
         self._background: list[asyncio.Task[Any]] = []
-        self._listener: asyncpg.Connection | None = None  # type: ignore[type-arg]
+        self._listener: asyncpg.Connection | None = None
         self.worker: Worker | None = None
         self.services: Services | None = None
 
@@ -62,14 +63,18 @@ class Runtime:
             dsn = await self._embedded.start()
         pool = await create_pool(dsn)
         await migrate(pool)
-        self.services = Services(settings=settings, pool=pool,
-                                 orchestrator=make_orchestrator(settings),
-                                 secret_box=secret_box(settings))
+        self.services = Services(
+            settings=settings,
+            pool=pool,
+            orchestrator=make_orchestrator(settings),
+            secret_box=secret_box(settings),
+        )
         await self._ensure_admin_token()
         self.worker = Worker(self.services, all_workflows(), task_secrets)
         self._listener = await asyncpg.connect(dsn)
         await self._listener.add_listener("controlplane_tasks", self._on_notify)
         self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
+        self._background.append(asyncio.create_task(Monitor(self.services).run(), name="monitor"))
 
     def _on_notify(self, *_: object) -> None:
         if self.worker is not None:

@@ -38,6 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     task_retention_days: int = 30
     cancel_grace_seconds: float = 10.0
     retry_backoff_seconds: float = 2.0
+    # Testing aid for crash tests: "<task type>:<step>" makes the server SIGKILL itself right
+    # after that step commits, so every step boundary can be crashed deterministically.
+    crash_after_step: str | None = None
 
     @property
     def data_path(self) -> Path:
@@ -46,7 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def run_dir(self) -> Path:
-        """Short per-data-dir directory for unix sockets (socket paths are limited to ~100 bytes)."""
+        """Short per-data-dir directory for unix sockets (their paths are limited to ~100 bytes)."""
         digest = hashlib.sha1(str(self.data_path).encode()).hexdigest()[:10]
         return Path("/tmp") / f"cp-{digest}"
 

@@ -48,5 +48,3 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=OpenAPIConfig(title="controlplane", version=__version__, path="/schema"),
         debug=False,
     )
-
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
@@ -39,7 +40,7 @@ def _body(name: str, message: str, details: dict[str, object] | None = None) -> 
     return {"name": name, "message": message, "details": details or {}}
 
 
-def domain_error(request: Request[object, object, object], exc: ControlPlaneError) -> Response[object]:
+def domain_error(request: Request[Any, Any, Any], exc: ControlPlaneError) -> Response[object]:
     status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
     if status == 500:
         return internal_error(request, exc)
@@ -47,19 +48,23 @@ def domain_error(request: Request[object, object, object], exc: ControlPlaneErro
     return Response(_body(exc.name, exc.message, exc.details), status_code=status, headers=headers)
 
 
-def http_error(request: Request[object, object, object], exc: HTTPException) -> Response[object]:
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
     """Litestar's own errors (unknown route, wrong method, bad query types) in our shape."""
     if isinstance(exc, NotFoundException):
         return Response(_body("not_found", "no such resource"), status_code=404)
     status = exc.status_code
     if status >= 500:
         return internal_error(request, exc)
-    name = {400: "malformed_request", 405: "method_not_allowed", 413: "request_too_large",
-            415: "unsupported_media_type"}.get(status, "bad_request")
+    name = {
+        400: "malformed_request",
+        405: "method_not_allowed",
+        413: "request_too_large",
+        415: "unsupported_media_type",
+    }.get(status, "bad_request")
     return Response(_body(name, str(exc.detail).lower()), status_code=status)
 
 
-def internal_error(request: Request[object, object, object], exc: Exception) -> Response[object]:
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
     """Generic message to the client; the traceback only in the server log."""
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response(_body("internal_error", "internal error"), status_code=500)

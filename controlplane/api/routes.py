@@ -18,8 +18,16 @@ from controlplane.store import logs, tasks
 from controlplane.tasks.context import Services
 
 AnyRequest = Request[Any, Any, Any]
-_TASK_TYPES = {"create", "update", "delete", "node_backup", "restore", "node_restore", "verify",
-               "expire"}
+_TASK_TYPES = {
+    "create",
+    "update",
+    "delete",
+    "node_backup",
+    "restore",
+    "node_restore",
+    "verify",
+    "expire",
+}
 _TASK_STATUSES = {"pending", "running", "canceling", "completed", "failed", "canceled", "skipped"}
 
 
@@ -39,7 +47,9 @@ def _int_param(request: AnyRequest, name: str, default: int, low: int, high: int
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInputError([{"path": f"query.{name}", "message": "must be an integer"}]) from None
+        raise InvalidInputError(
+            [{"path": f"query.{name}", "message": "must be an integer"}]
+        ) from None
     if not low <= value <= high:
         raise InvalidInputError(
             [{"path": f"query.{name}", "message": f"must be between {low} and {high}"}]
@@ -48,7 +58,7 @@ def _int_param(request: AnyRequest, name: str, default: int, low: int, high: int
 
 
 def _choice_param(request: AnyRequest, name: str, allowed: set[str]) -> str | None:
-    raw = request.query_params.get(name)
+    raw: str | None = request.query_params.get(name)
     if raw is None or raw == "":
         return None
     if raw not in allowed:
@@ -136,8 +146,11 @@ async def get_task(request: AnyRequest, database_id: str, task_id: str) -> Respo
     return _json(await tasks.get_task(_services(request).pool, task_id, database_id=database_id))
 
 
-@post("/v1/databases/{database_id:str}/tasks/{task_id:str}/cancel", opt={"scope": "write"},
-      status_code=202)
+@post(
+    "/v1/databases/{database_id:str}/tasks/{task_id:str}/cancel",
+    opt={"scope": "write"},
+    status_code=202,
+)
 async def cancel_task(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
     task = await tasks.request_cancel(_services(request).pool, task_id, database_id=database_id)
     return _json(task, 202)
@@ -154,10 +167,13 @@ async def task_log(request: AnyRequest, database_id: str, task_id: str) -> Any:
         if last_event.isdigit():
             after = max(after, int(last_event))
         return ServerSentEvent(_follow(_services(request), uuid.UUID(task.task_id), after))
-    entries = await logs.read_entries(pool, uuid.UUID(task.task_id), after_entry_id=after, limit=limit)
+    entries = await logs.read_entries(
+        pool, uuid.UUID(task.task_id), after_entry_id=after, limit=limit
+    )
     last = entries[-1].entry_id if entries else after
-    return _json(TaskLog(task_id=task.task_id, task_status=task.status, last_entry_id=last,
-                         entries=entries))
+    return _json(
+        TaskLog(task_id=task.task_id, task_status=task.status, last_entry_id=last, entries=entries)
+    )
 
 
 async def _follow(
@@ -204,7 +220,17 @@ async def health(request: AnyRequest) -> Response[bytes]:
 
 
 ROUTES = [
-    create_database, list_databases, get_database, update_database, delete_database,
-    list_database_tasks, list_all_tasks, get_task, cancel_task, task_log, list_hosts, version,
+    create_database,
+    list_databases,
+    get_database,
+    update_database,
+    delete_database,
+    list_database_tasks,
+    list_all_tasks,
+    get_task,
+    cancel_task,
+    task_log,
+    list_hosts,
+    version,
     health,
 ]

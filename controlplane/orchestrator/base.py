@@ -103,7 +103,7 @@ class Orchestrator(Protocol):
         """(host, port) clients use to reach the instance."""
         ...
 
-    async def connect(self, ref: InstanceRef, database: str = "postgres") -> asyncpg.Connection:  # type: ignore[type-arg]
+    async def connect(self, ref: InstanceRef, database: str = "postgres") -> asyncpg.Connection:
         """An administrative (superuser) connection to the instance."""
         ...
 

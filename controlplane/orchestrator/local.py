@@ -120,9 +120,19 @@ class LocalOrchestrator:
         shutil.rmtree(scratch, ignore_errors=True)
         result = await run_command(
             self._as_user(
-                [self._pg("initdb"), "-D", str(scratch), "-U", "postgres", "-E", "UTF8",
-                 "--locale=C.UTF-8", "--data-checksums", "--auth-local=trust",
-                 "--auth-host=scram-sha-256"]
+                [
+                    self._pg("initdb"),
+                    "-D",
+                    str(scratch),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--data-checksums",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ]
             ),
             on_line=on_line,
         )
@@ -171,8 +181,17 @@ class LocalOrchestrator:
         self, ref: InstanceRef, *, on_line: LineSink, options: Mapping[str, str] | None = None
     ) -> None:
         if await self.status(ref) != "running":
-            argv = [self._pg("pg_ctl"), "start", "-w", "-t", "300", "-D", self.data_dir(ref),
-                    "-l", self.file_path(ref, "postgres.log")]
+            argv = [
+                self._pg("pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                "300",
+                "-D",
+                self.data_dir(ref),
+                "-l",
+                self.file_path(ref, "postgres.log"),
+            ]
             extra = [f"{k}={v}" for k, v in sorted((options or {}).items())]
             if any(not _OPTION.match(item) for item in extra):
                 raise ValueError(f"unsafe start option in {extra}")
@@ -188,9 +207,9 @@ class LocalOrchestrator:
                 )
         await self._wait_writable(ref)
 
-    async def _wait_writable(self, ref: InstanceRef, timeout: float = 600.0) -> None:
+    async def _wait_writable(self, ref: InstanceRef, limit: float = 600.0) -> None:
         """pg_ctl -w returns while recovery may still replay: wait for pg_is_in_recovery() = f."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit
         last_error = ""
         while time.monotonic() < deadline:
             try:
@@ -204,7 +223,7 @@ class LocalOrchestrator:
                 last_error = str(exc)
             await asyncio.sleep(0.2)
         raise ExternalCommandError(
-            f"instance {ref.instance_id} did not become writable in {timeout:.0f}s: {last_error}"
+            f"instance {ref.instance_id} did not become writable in {limit:.0f}s: {last_error}"
         )
 
     def _log_tail(self, ref: InstanceRef, count: int = 5) -> str:
@@ -219,7 +238,17 @@ class LocalOrchestrator:
             return
         result = await run_command(
             self._as_user(
-                [self._pg("pg_ctl"), "stop", "-m", "fast", "-w", "-t", "300", "-D", self.data_dir(ref)]
+                [
+                    self._pg("pg_ctl"),
+                    "stop",
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "300",
+                    "-D",
+                    self.data_dir(ref),
+                ]
             ),
             on_line=on_line,
         )
@@ -245,7 +274,9 @@ class LocalOrchestrator:
         on_line: LineSink | None = None,
     ) -> CommandResult:
         return await run_command(
-            self._as_user(argv), env=env, on_line=on_line,
+            self._as_user(argv),
+            env=env,
+            on_line=on_line,
             grace_seconds=self._settings.cancel_grace_seconds,
         )
 
@@ -263,9 +294,12 @@ class LocalOrchestrator:
         await self.stop(ref, on_line=on_line)
         shutil.rmtree(self._dir(ref), ignore_errors=True)
 
-    async def connect(self, ref: InstanceRef, database: str = "postgres") -> asyncpg.Connection:  # type: ignore[type-arg]
-        conn: asyncpg.Connection = await asyncpg.connect(  # type: ignore[type-arg]
-            host=self.socket_dir(ref), port=ref.port, user="postgres", database=database,
+    async def connect(self, ref: InstanceRef, database: str = "postgres") -> asyncpg.Connection:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            host=self.socket_dir(ref),
+            port=ref.port,
+            user="postgres",
+            database=database,
             timeout=10,
         )
         return conn

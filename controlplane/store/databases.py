@@ -9,16 +9,15 @@ import asyncpg
 from msgspec import Struct
 
 from controlplane.errors import DatabaseAlreadyExistsError, NotFoundError
-from controlplane.store.pool import Connection, Pool
-
-Executor = Pool | Connection
+from controlplane.models import DatabaseState
+from controlplane.store.pool import Executor
 
 
 class DatabaseRow(Struct, kw_only=True):
     """A database as stored: `spec` is public (no secrets), `secrets` the encrypted remainder."""
 
     id: str
-    state: str
+    state: DatabaseState
     spec: dict[str, Any]
     secrets: str | None
     error: str | None
@@ -58,7 +57,9 @@ async def get_database(db: Executor, database_id: str, *, for_update: bool = Fal
     lock = " FOR UPDATE" if for_update else ""
     record = await db.fetchrow(f"SELECT {_COLUMNS} FROM databases WHERE id = $1{lock}", database_id)
     if record is None:
-        raise NotFoundError(f"database {database_id} not found", details={"database_id": database_id})
+        raise NotFoundError(
+            f"database {database_id} not found", details={"database_id": database_id}
+        )
     return _row(record)
 
 

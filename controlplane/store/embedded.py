@@ -33,7 +33,9 @@ class EmbeddedStore:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{STORE_USER}@/{STORE_DATABASE}?host={self.socket_dir}&port={STORE_PORT}"
+        return (
+            f"postgresql://{STORE_USER}@/{STORE_DATABASE}?host={self.socket_dir}&port={STORE_PORT}"
+        )
 
     def _pg(self, program: str) -> str:
         return str(self._settings.pg_bin_dir / program)
@@ -47,15 +49,26 @@ class EmbeddedStore:
         if not (self.data_dir / "PG_VERSION").exists():
             await self._initdb()
         self._write_conf()
-        status = await run_command(self._run([self._pg("pg_ctl"), "status", "-D", str(self.data_dir)]))
+        status = await run_command(
+            self._run([self._pg("pg_ctl"), "status", "-D", str(self.data_dir)])
+        )
         if status.exit_code == 0:
             log.info("embedded store already running in %s", self.data_dir)
             return self.dsn
         self._remove_stale_pid()
         result = await run_command(
             self._run(
-                [self._pg("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data_dir),
-                 "-l", str(self.data_dir / "server.log")]
+                [
+                    self._pg("pg_ctl"),
+                    "start",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.data_dir / "server.log"),
+                ]
             )
         )
         if result.exit_code != 0:
@@ -93,8 +106,17 @@ class EmbeddedStore:
     async def _initdb(self) -> None:
         result = await run_command(
             self._run(
-                [self._pg("initdb"), "-D", str(self.data_dir), "-U", STORE_USER, "-E", "UTF8",
-                 "--locale=C.UTF-8", "--auth=trust"]
+                [
+                    self._pg("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    STORE_USER,
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--auth=trust",
+                ]
             )
         )
         if result.exit_code != 0:

@@ -8,9 +8,8 @@ from typing import Any
 import asyncpg
 from msgspec import Struct
 
-from controlplane.store.pool import Connection, Pool
-
-Executor = Pool | Connection
+from controlplane.models import InstanceState
+from controlplane.store.pool import Executor
 
 
 class InstanceRow(Struct, kw_only=True):
@@ -19,7 +18,7 @@ class InstanceRow(Struct, kw_only=True):
     node_name: str
     host_id: str
     port: int
-    state: str
+    state: InstanceState
     role: str
     desired: str
     error: str | None
@@ -66,7 +65,9 @@ async def insert_instance(
 
 async def list_instances(db: Executor, database_id: str | None = None) -> list[InstanceRow]:
     if database_id is None:
-        records = await db.fetch(f"SELECT {_COLUMNS} FROM instances ORDER BY database_id, node_name")
+        records = await db.fetch(
+            f"SELECT {_COLUMNS} FROM instances ORDER BY database_id, node_name"
+        )
     else:
         records = await db.fetch(
             f"SELECT {_COLUMNS} FROM instances WHERE database_id = $1 ORDER BY node_name",

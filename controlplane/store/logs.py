@@ -6,9 +6,7 @@ import uuid
 from typing import Any
 
 from controlplane.models import LogEntry
-from controlplane.store.pool import Connection, Pool
-
-Executor = Pool | Connection
+from controlplane.store.pool import Executor
 
 
 async def last_entry_id(db: Executor, task_id: uuid.UUID) -> int:
@@ -42,7 +40,10 @@ async def read_entries(
     )
     return [
         LogEntry(
-            entry_id=r["entry_id"], timestamp=r["ts"], level=r["level"], message=r["message"],
+            entry_id=r["entry_id"],
+            timestamp=r["ts"],
+            level=r["level"],
+            message=r["message"],
             fields=r["fields"],
         )
         for r in records

@@ -8,11 +8,18 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
     Pool = asyncpg.Pool[asyncpg.Record]
-    Connection = asyncpg.Connection[asyncpg.Record]
+    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 else:  # asyncpg's classes are not subscriptable at run time
+    from asyncpg.pool import PoolConnectionProxy
+
     Pool = asyncpg.Pool
-    Connection = asyncpg.Connection
+    Connection = asyncpg.Connection | PoolConnectionProxy
+
+# Anything that runs a query: the pool itself or one (pooled) connection.
+Executor = Pool | Connection
 
 
 async def _init_connection(conn: Connection) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from controlplane.store.pool import Connection, Pool
+from controlplane.store.pool import Executor
 from controlplane.store.tasks import _COLUMNS, TaskRow, _row
-
-Executor = Pool | Connection
 
 
 async def claim_next_task(db: Executor, *, worker_id: str, lease_seconds: float) -> TaskRow | None:

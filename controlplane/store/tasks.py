@@ -11,10 +11,15 @@ import asyncpg
 from msgspec import Struct
 
 from controlplane.errors import NotFoundError, OperationInProgressError, TaskNotCancelableError
-from controlplane.models import ACTIVE_STATUSES, Task, TaskStep
-from controlplane.store.pool import Connection, Pool
-
-Executor = Pool | Connection
+from controlplane.models import (
+    ACTIVE_STATUSES,
+    Task,
+    TaskStatus,
+    TaskStep,
+    TaskTrigger,
+    TaskType,
+)
+from controlplane.store.pool import Connection, Executor
 
 _COLUMNS = (
     "task_id, parent_id, database_id, node_name, type, status, trigger, actor, input, result,"
@@ -31,9 +36,9 @@ class TaskRow(Struct, kw_only=True):
     parent_id: uuid.UUID | None
     database_id: str
     node_name: str | None
-    type: str
-    status: str
-    trigger: str
+    type: TaskType
+    status: TaskStatus
+    trigger: TaskTrigger
     actor: str | None
     input: dict[str, Any]
     result: dict[str, Any] | None
@@ -94,7 +99,14 @@ async def insert_task(
             record = await conn.fetchrow(
                 "INSERT INTO tasks (task_id, parent_id, database_id, node_name, type, trigger,"
                 f" actor, input) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
-                task_id, parent_id, database_id, node_name, type, trigger, actor, input or {},
+                task_id,
+                parent_id,
+                database_id,
+                node_name,
+                type,
+                trigger,
+                actor,
+                input or {},
             )
             await conn.executemany(
                 "INSERT INTO task_steps (task_id, position, name) VALUES ($1, $2, $3)",
@@ -157,7 +169,14 @@ async def insert_skipped_task(
         "INSERT INTO tasks (task_id, database_id, node_name, type, status, trigger, input, error,"
         " result, completed_at) VALUES ($1, $2, $3, $4, 'skipped', $5, $6, $7, $8, now())"
         f" RETURNING {_COLUMNS}",
-        uuid7(), database_id, node_name, type, trigger, input or {}, reason, result,
+        uuid7(),
+        database_id,
+        node_name,
+        type,
+        trigger,
+        input or {},
+        reason,
+        result,
     )
     assert record is not None
     return _row(record)
@@ -184,9 +203,9 @@ def to_task(row: TaskRow, steps: list[StepRow]) -> Task:
         parent_id=str(row.parent_id) if row.parent_id else None,
         database_id=row.database_id,
         node_name=row.node_name,
-        type=row.type,  # type: ignore[arg-type]
-        status=row.status,  # type: ignore[arg-type]
-        trigger=row.trigger,  # type: ignore[arg-type]
+        type=row.type,
+        status=row.status,
+        trigger=row.trigger,
         actor=row.actor,
         created_at=row.created_at,
         started_at=row.started_at,
@@ -194,8 +213,9 @@ def to_task(row: TaskRow, steps: list[StepRow]) -> Task:
         error=row.error,
         result=row.result,
         steps=[
-            TaskStep(name=s.name, status=s.status, started_at=s.started_at,
-                     completed_at=s.completed_at)
+            TaskStep(
+                name=s.name, status=s.status, started_at=s.started_at, completed_at=s.completed_at
+            )
             for s in steps
         ],
     )
@@ -235,7 +255,12 @@ async def list_tasks(
         " AND ($2::uuid IS NULL OR parent_id = $2) AND ($3::text IS NULL OR status = $3)"
         f" AND ($4::text IS NULL OR type = $4) AND ($5::uuid IS NULL OR task_id {compare} $5)"
         f" ORDER BY task_id {'DESC' if descending else 'ASC'} LIMIT $6",
-        database_id, parent_id, status, type, after_task_id, limit,
+        database_id,
+        parent_id,
+        status,
+        type,
+        after_task_id,
+        limit,
     )
     rows = [_row(r) for r in records]
     steps = await _steps_for(db, [r.task_id for r in rows])

@@ -10,9 +10,8 @@ import asyncpg
 from msgspec import Struct
 
 from controlplane.errors import ConflictError, NotFoundError
-from controlplane.store.pool import Connection, Pool
+from controlplane.store.pool import Executor
 
-Executor = Pool | Connection
 SCOPES = ("read", "write", "admin")
 
 

@@ -10,9 +10,7 @@ from typing import Any
 
 from controlplane.process import LineSink
 from controlplane.store import logs
-from controlplane.store.pool import Connection, Pool
-
-Executor = Pool | Connection
+from controlplane.store.pool import Executor, Pool
 
 log = logging.getLogger(__name__)
 REDACTED = "********"
@@ -38,7 +36,9 @@ class TaskLogger:
     @classmethod
     async def open(cls, pool: Pool, task_id: uuid.UUID, secrets: set[str]) -> TaskLogger:
         """Resume numbering after the last entry a previous attempt wrote."""
-        return cls(pool, task_id, next_id=await logs.last_entry_id(pool, task_id) + 1, secrets=secrets)
+        return cls(
+            pool, task_id, next_id=await logs.last_entry_id(pool, task_id) + 1, secrets=secrets
+        )
 
     def redact(self, text: str) -> str:
         return redact_text(text, self.secrets)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -56,7 +57,8 @@ class Worker:
             if len(self._running) < self.settings.worker_concurrency:
                 try:
                     claimed = await task_runs.claim_next_task(
-                        self._services.pool, worker_id=self.worker_id,
+                        self._services.pool,
+                        worker_id=self.worker_id,
                         lease_seconds=self.settings.lease_seconds,
                     )
                 except (OSError, ControlPlaneError) as exc:  # store briefly unreachable
@@ -130,7 +132,9 @@ class _TaskRun:
             await asyncio.sleep(interval)
             try:
                 ours, cancel = await task_runs.renew_lease(
-                    self.services.pool, self.row.task_id, worker_id=self.worker.worker_id,
+                    self.services.pool,
+                    self.row.task_id,
+                    worker_id=self.worker.worker_id,
                     lease_seconds=self.worker.settings.lease_seconds,
                 )
             except Exception as exc:  # keep trying until the lease runs out
@@ -191,6 +195,8 @@ class _TaskRun:
             await ctx.log.info(
                 f"step {step.name} completed in {time.monotonic() - began:.1f}s", step=step.name
             )
+            if self.worker.settings.crash_after_step == f"{workflow.type}:{step.name}":
+                os.kill(os.getpid(), signal.SIGKILL)
         await self._finish(ctx, "completed", None, result=ctx.state.get("result"))
 
     async def _run_step(self, ctx: StepContext, workflow: Workflow, step: Any) -> dict[str, Any]:
@@ -222,18 +228,26 @@ class _TaskRun:
         await self._finish(ctx, status, message)
 
     async def _finish(
-        self, ctx: StepContext, status: str, error: str | None,
+        self,
+        ctx: StepContext,
+        status: str,
+        error: str | None,
         result: dict[str, Any] | None = None,
     ) -> None:
         # The last entry commits with the terminal status: a follower that sees the task end
         # has every entry available.
         async with self.services.pool.acquire() as conn, conn.transaction():
             done = await task_runs.finish_task(
-                conn, self.row.task_id, worker_id=self.worker.worker_id,
-                status=status, error=error, result=result,
+                conn,
+                self.row.task_id,
+                worker_id=self.worker.worker_id,
+                status=status,
+                error=error,
+                result=result,
             )
             if done:
                 await ctx.log.write(
                     "info" if status == "completed" else "warning",
-                    f"task {status}" + (f": {error}" if error else ""), db=conn,
+                    f"task {status}" + (f": {error}" if error else ""),
+                    db=conn,
                 )

@@ -41,8 +41,11 @@ async def task_secrets(services: Services, task: TaskRow) -> set[str]:
 
 def ref_of(row: InstanceRow) -> InstanceRef:
     return InstanceRef(
-        instance_id=row.id, database_id=row.database_id, node_name=row.node_name,
-        host_id=row.host_id, port=row.port,
+        instance_id=row.id,
+        database_id=row.database_id,
+        node_name=row.node_name,
+        host_id=row.host_id,
+        port=row.port,
     )
 
 

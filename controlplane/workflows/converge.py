@@ -43,7 +43,12 @@ async def plan_instances(ctx: StepContext) -> dict[str, Any]:
         host_id = node.host_ids[0] if node.host_ids else orchestrator.default_host()
         if host_id not in known:
             raise InvalidInputError(
-                [{"path": f"spec.nodes[{node.name}].host_ids", "message": f"unknown host {host_id}"}]
+                [
+                    {
+                        "path": f"spec.nodes[{node.name}].host_ids",
+                        "message": f"unknown host {host_id}",
+                    }
+                ]
             )
         row = await _place(ctx, node, spec, host_id)
         await ctx.log.info(
@@ -66,7 +71,9 @@ async def _place(ctx: StepContext, node: NodeSpec, spec: DatabaseSpec, host_id: 
         if row is not None:
             return row
         if wanted:
-            raise ExternalCommandError(f"port {port} on host {host_id} is taken by another instance")
+            raise ExternalCommandError(
+                f"port {port} on host {host_id} is taken by another instance"
+            )
     raise ExternalCommandError(f"no free port could be reserved on host {host_id}")
 
 
@@ -82,7 +89,9 @@ async def init_instances(ctx: StepContext) -> dict[str, Any]:
     async def init(ref: InstanceRef) -> None:
         sink = ctx.log.sink("initdb", node=ref.node_name)
         if await ctx.services.orchestrator.create_instance(ref, on_line=sink):
-            await ctx.log.info(f"node {ref.node_name}: data directory initialised", node=ref.node_name)
+            await ctx.log.info(
+                f"node {ref.node_name}: data directory initialised", node=ref.node_name
+            )
 
     await for_each(refs, init)
     return {}
@@ -106,7 +115,9 @@ async def start_instances(ctx: StepContext) -> dict[str, Any]:
     _, refs = await _spec_refs(ctx)
 
     async def start(ref: InstanceRef) -> None:
-        await ctx.services.orchestrator.start(ref, on_line=ctx.log.sink("pg_ctl", node=ref.node_name))
+        await ctx.services.orchestrator.start(
+            ref, on_line=ctx.log.sink("pg_ctl", node=ref.node_name)
+        )
         await ctx.log.info(f"node {ref.node_name}: running on port {ref.port}", node=ref.node_name)
 
     await for_each(refs, start)
@@ -122,8 +133,12 @@ async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
         await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl", node=ref.node_name))
         conn = await orchestrator.connect(ref)
         try:
-            pending = [r["name"] for r in await conn.fetch(
-                "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")]
+            pending = [
+                r["name"]
+                for r in await conn.fetch(
+                    "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name"
+                )
+            ]
         finally:
             await conn.close()
         if pending:
@@ -154,19 +169,26 @@ async def create_users(ctx: StepContext) -> dict[str, Any]:
             )
             if not exists:
                 await conn.execute(
-                    await conn.fetchval("SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
-                                        spec.database_name, owner)
+                    await conn.fetchval(
+                        "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
+                        spec.database_name,
+                        owner,
+                    )
                 )
             else:
                 await conn.execute(
-                    await conn.fetchval("SELECT format('ALTER DATABASE %I OWNER TO %I', $1::text, $2::text)",
-                                        spec.database_name, owner)
+                    await conn.fetchval(
+                        "SELECT format('ALTER DATABASE %I OWNER TO %I', $1::text, $2::text)",
+                        spec.database_name,
+                        owner,
+                    )
                 )
         finally:
             await conn.close()
         await ctx.log.info(
             f"node {ref.node_name}: {len(spec.database_users)} user(s) and database "
-            f"{spec.database_name} in place", node=ref.node_name,
+            f"{spec.database_name} in place",
+            node=ref.node_name,
         )
 
     await for_each(refs, apply)
@@ -184,8 +206,9 @@ async def _ensure_role(conn: Any, user: DatabaseUser) -> None:
         f"SELECT format('{verb} ROLE %I WITH {' '.join(attributes)}', $1::text)", user.username
     )
     if user.password:
-        sql += " PASSWORD " + await conn.fetchval("SELECT quote_literal($1::text)",
-                                                   scram_verifier(user.password))
+        sql += " PASSWORD " + await conn.fetchval(
+            "SELECT quote_literal($1::text)", scram_verifier(user.password)
+        )
     await conn.execute(sql)
 
 
@@ -193,8 +216,9 @@ async def mark_available(ctx: StepContext) -> dict[str, Any]:
     """Every instance is up: the database is available."""
     pool = ctx.services.pool
     for row in await instances.list_instances(pool, ctx.database_id):
-        await instances.set_instance_state(pool, ctx.database_id, row.node_name, "available",
-                                           desired="running")
+        await instances.set_instance_state(
+            pool, ctx.database_id, row.node_name, "available", desired="running"
+        )
     await databases.set_state(pool, ctx.database_id, "available")
     await ctx.log.info(f"database {ctx.database_id} is available")
     return {}
@@ -226,9 +250,13 @@ async def settle_after_failure(ctx: StepContext, message: str) -> None:
         if status == "running":
             running += 1
         else:
-            await instances.set_instance_state(pool, ctx.database_id, row.node_name,
-                                               "failed" if status == "missing" else "stopped",
-                                               error=message)
+            await instances.set_instance_state(
+                pool,
+                ctx.database_id,
+                row.node_name,
+                "failed" if status == "missing" else "stopped",
+                error=message,
+            )
     state = "available" if rows and running == len(rows) else "failed"
     await databases.set_state(pool, ctx.database_id, state, error=message)
 
@@ -238,5 +266,6 @@ async def stop_all_instances(ctx: StepContext) -> None:
     pool = ctx.services.pool
     for row in await instances.list_instances(pool, ctx.database_id):
         await ctx.services.orchestrator.stop(ref_of(row), on_line=ctx.log.sink("pg_ctl"))
-        await instances.set_instance_state(pool, ctx.database_id, row.node_name, "stopped",
-                                           desired="stopped")
+        await instances.set_instance_state(
+            pool, ctx.database_id, row.node_name, "stopped", desired="stopped"
+        )

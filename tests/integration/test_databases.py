@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -32,7 +33,8 @@ async def test_create_two_node_database_accepts_logins_with_spec_credentials(
             assert await conn.fetchval("SELECT count(*) FROM items") == 50
             assert await conn.fetchval("SELECT current_database()") == "app"
             owner = await conn.fetchval(
-                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'")
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'"
+            )
             assert owner == "admin"
         finally:
             await conn.close()
@@ -146,9 +148,13 @@ async def test_auth_required(server: ServerProcess) -> None:
     async with httpx.AsyncClient(base_url=server.url) as anonymous:
         assert (await anonymous.get("/v1/version")).status_code == 200
         assert (await anonymous.get("/health")).status_code == 200
-        for method, path in [("GET", "/v1/databases"), ("POST", "/v1/databases"),
-                             ("GET", "/v1/tasks"), ("GET", "/v1/hosts"),
-                             ("DELETE", "/v1/databases/x")]:
+        for method, path in [
+            ("GET", "/v1/databases"),
+            ("POST", "/v1/databases"),
+            ("GET", "/v1/tasks"),
+            ("GET", "/v1/hosts"),
+            ("DELETE", "/v1/databases/x"),
+        ]:
             response = await anonymous.request(method, path)
             assert response.status_code == 401, (method, path)
             assert response.json()["name"] == "unauthorized"
@@ -161,12 +167,18 @@ async def test_read_token_cannot_mutate(server: ServerProcess) -> None:
     import subprocess
     import sys
 
-    token = subprocess.run(
+    token = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "controlplane", "token", "create", "viewer", "--scope", "read"],
-        env=server.env(), check=True, capture_output=True, text=True,
-    ).stdout.strip()
-    async with httpx.AsyncClient(base_url=server.url,
-                                 headers={"Authorization": f"Bearer {token}"}) as viewer:
+        env=server.env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    token = token.stdout.strip()
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}
+    ) as viewer:
         assert (await viewer.get("/v1/databases")).status_code == 200
         response = await viewer.post("/v1/databases", json=database_body("nope"))
         assert response.status_code == 403
@@ -186,8 +198,12 @@ async def test_secrets_never_returned_or_logged(
     updated = await api.post("/v1/databases/canary", json=body)
     await wait_task(api, "canary", updated.json()["task"]["task_id"])
     texts = [created.text, updated.text]
-    for path in ("/v1/databases", "/v1/databases/canary", "/v1/tasks",
-                 f"/v1/databases/canary/tasks/{task_id}"):
+    for path in (
+        "/v1/databases",
+        "/v1/databases/canary",
+        "/v1/tasks",
+        f"/v1/databases/canary/tasks/{task_id}",
+    ):
         texts.append((await api.get(path)).text)
     for task in (await api.get("/v1/tasks")).json()["tasks"]:
         texts += [str(e) for e in await full_log(api, "canary", task["task_id"])]
@@ -200,8 +216,9 @@ async def test_secrets_never_returned_or_logged(
     await conn.close()
     store = await asyncpg.connect(server.database_url)
     try:
-        dumped = await store.fetchval("SELECT string_agg(spec::text || coalesce(secrets, ''), '')"
-                                      " FROM databases")
+        dumped = await store.fetchval(
+            "SELECT string_agg(spec::text || coalesce(secrets, ''), '') FROM databases"
+        )
     finally:
         await store.close()
     assert CANARY not in dumped

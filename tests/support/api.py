@@ -12,15 +12,22 @@ from tests.support.eventually import eventually
 TERMINAL = {"completed", "failed", "canceled", "skipped"}
 
 
-def database_body(database_id: str, *, nodes: int = 1, password: str = "s3cret-pass",
-                  **spec: Any) -> dict[str, Any]:
+def database_body(
+    database_id: str, *, nodes: int = 1, password: str = "s3cret-pass", **spec: Any
+) -> dict[str, Any]:
     """A minimal valid create body: one owner user, `nodes` nodes on the local host."""
     body: dict[str, Any] = {
         "id": database_id,
         "spec": {
             "database_name": "app",
-            "database_users": [{"username": "admin", "password": password, "db_owner": True,
-                                "attributes": ["LOGIN"]}],
+            "database_users": [
+                {
+                    "username": "admin",
+                    "password": password,
+                    "db_owner": True,
+                    "attributes": ["LOGIN"],
+                }
+            ],
             "nodes": [{"name": f"n{i + 1}"} for i in range(nodes)],
         },
     }
@@ -28,8 +35,9 @@ def database_body(database_id: str, *, nodes: int = 1, password: str = "s3cret-p
     return body
 
 
-async def wait_task(api: httpx.AsyncClient, database_id: str, task_id: str,
-                    timeout: float = 120.0) -> dict[str, Any]:
+async def wait_task(
+    api: httpx.AsyncClient, database_id: str, task_id: str, timeout: float = 120.0
+) -> dict[str, Any]:
     """Poll a task until it is terminal and return it."""
 
     async def probe() -> dict[str, Any] | None:
@@ -52,13 +60,17 @@ async def create_and_wait(api: httpx.AsyncClient, body: dict[str, Any]) -> dict[
     return result
 
 
-async def connect(database: dict[str, Any], node: str, *, user: str = "admin",
-                  password: str = "s3cret-pass") -> asyncpg.Connection:  # type: ignore[type-arg]
+async def connect(
+    database: dict[str, Any], node: str, *, user: str = "admin", password: str = "s3cret-pass"
+) -> asyncpg.Connection:  # type: ignore[type-arg]
     """Log in to a node over TCP exactly as a client application would."""
     instance = next(i for i in database["instances"] if i["node_name"] == node)
     info = instance["connection_info"]
     conn: asyncpg.Connection = await asyncpg.connect(  # type: ignore[type-arg]
-        host=info["host"], port=info["port"], database=info["database"], user=user,
+        host=info["host"],
+        port=info["port"],
+        database=info["database"],
+        user=user,
         password=password,
     )
     return conn
@@ -69,8 +81,12 @@ async def full_log(api: httpx.AsyncClient, database_id: str, task_id: str) -> li
     entries: list[dict[str, Any]] = []
     after = 0
     while True:
-        page = (await api.get(f"/v1/databases/{database_id}/tasks/{task_id}/log",
-                              params={"after_entry_id": after, "limit": 100})).json()
+        page = (
+            await api.get(
+                f"/v1/databases/{database_id}/tasks/{task_id}/log",
+                params={"after_entry_id": after, "limit": 100},
+            )
+        ).json()
         entries += page["entries"]
         if not page["entries"]:
             return entries

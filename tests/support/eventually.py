@@ -11,7 +11,10 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 60.0, interval: float = 0.2,
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 60.0,
+    interval: float = 0.2,
     what: str = "condition",
 ) -> T:
     """Await `probe()` until it returns something truthy; fail with `what` after `timeout`."""

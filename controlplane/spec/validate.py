@@ -1,0 +1,261 @@
+"""Request validation: parse a JSON body into a spec model, reporting every error at once.
+
+Parsing has two passes. The shape pass (`shape.py`) checks types, bounds and unknown fields
+against the msgspec model; only when the shape is right does the semantic pass run, which
+checks what a type cannot say (unique names, safe paths, managed options, restore targets).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+import msgspec
+
+from controlplane.errors import InvalidInputError, MalformedRequestError
+from controlplane.spec.models import (
+    BackupRequest,
+    ConfValue,
+    DatabaseRequest,
+    DatabaseSpec,
+    DatabaseUser,
+    RestoreRequest,
+)
+from controlplane.spec.paths import (
+    UNSAFE_TEXT,
+    Problem,
+    field_path,
+    has_control_chars,
+    item_path,
+    problem,
+)
+from controlplane.spec.repositories import check_backup_config
+from controlplane.spec.restore_options import check_restore_config
+from controlplane.spec.shape import shape_errors, validation_message
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+RESERVED_ANNOTATION = "controlplane_task_id"
+ROLE_ATTRIBUTES = frozenset(
+    {
+        *("SUPERUSER", "NOSUPERUSER", "CREATEDB", "NOCREATEDB", "CREATEROLE", "NOCREATEROLE"),
+        *("INHERIT", "NOINHERIT", "LOGIN", "NOLOGIN", "REPLICATION", "NOREPLICATION"),
+        *("BYPASSRLS", "NOBYPASSRLS"),
+    }
+)
+# Roles the control plane and PostgreSQL itself rely on.
+_RESERVED_USERS = frozenset({"postgres", "controlplane"})
+_CONF_KEY = re.compile(r"^[a-z_][a-z0-9_.]{0,63}$")
+# Settings the control plane renders itself: changing them would detach the instance from its
+# orchestration, archiving or replication.
+_MANAGED_CONF = frozenset(
+    {
+        *("port", "listen_addresses", "unix_socket_directories", "unix_socket_permissions"),
+        *("data_directory", "hba_file", "ident_file", "config_file", "external_pid_file"),
+        *("include", "include_dir", "include_if_exists"),
+        *("archive_mode", "archive_command", "archive_library", "restore_command"),
+        *("primary_conninfo", "primary_slot_name", "shared_preload_libraries"),
+        *("wal_level", "cluster_name"),
+    }
+)
+
+
+def parse_request(body: bytes | str, model: type[T]) -> T:
+    """Decode a JSON body into `model`, raising InvalidInputError with every problem found.
+
+    A body that is not JSON, or not a JSON object, raises MalformedRequestError.
+    """
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedRequestError(f"request body is not valid json: {exc}") from None
+    if not isinstance(document, dict):
+        raise MalformedRequestError("request body must be a json object")
+    errors = shape_errors(document, model)
+    if errors:
+        raise InvalidInputError(errors)
+    try:
+        request = msgspec.convert(document, model)
+    except msgspec.ValidationError as exc:  # the shape pass should have caught it already
+        raise InvalidInputError([problem(_error_path(exc), validation_message(exc))]) from None
+    errors = validate_request(request)
+    if errors:
+        raise InvalidInputError(errors)
+    return request
+
+
+def parse_database_request(body: bytes | str) -> DatabaseRequest:
+    """Parse and validate the body of a database create or update."""
+    return parse_request(body, DatabaseRequest)
+
+
+def parse_backup_request(body: bytes | str) -> BackupRequest:
+    """Parse and validate the body of a manual node backup."""
+    return parse_request(body, BackupRequest)
+
+
+def parse_restore_request(body: bytes | str) -> RestoreRequest:
+    """Parse and validate the body of an in-place restore."""
+    return parse_request(body, RestoreRequest)
+
+
+def validate_request(request: msgspec.Struct) -> list[Problem]:
+    """Semantic problems of an already well-shaped request (paths relative to the body)."""
+    if isinstance(request, DatabaseRequest):
+        return validate_database_spec(request.spec)
+    if isinstance(request, BackupRequest):
+        return validate_backup_request(request)
+    if isinstance(request, RestoreRequest):
+        return validate_restore_request(request)
+    return []
+
+
+def validate_database_spec(spec: DatabaseSpec) -> list[Problem]:
+    """Semantic problems of a database spec, with paths prefixed `spec.`."""
+    errors = _check_nodes(spec)
+    errors += _check_ports(spec)
+    errors += _check_users(spec.database_users, "spec.database_users")
+    errors += _check_postgresql_conf(spec.postgresql_conf, "spec.postgresql_conf")
+    if spec.backup_config is not None:
+        errors += check_backup_config(spec.backup_config, "spec.backup_config")
+    if spec.restore_config is not None:
+        errors += check_restore_config(spec.restore_config, "spec.restore_config")
+    for index, node in enumerate(spec.nodes):
+        node_path = item_path("spec.nodes", index)
+        if node.backup_config is not None:
+            errors += check_backup_config(node.backup_config, f"{node_path}.backup_config")
+        if node.restore_config is not None:
+            errors += check_restore_config(node.restore_config, f"{node_path}.restore_config")
+    return errors
+
+
+def validate_backup_request(request: BackupRequest) -> list[Problem]:
+    """Semantic problems of a manual backup request (its annotations)."""
+    errors: list[Problem] = []
+    for key, value in request.annotations.items():
+        path = field_path("annotations", key)
+        if key == RESERVED_ANNOTATION:
+            errors.append(problem(path, f"annotation {key} is reserved for the control plane"))
+        elif has_control_chars(value):
+            errors.append(problem(path, UNSAFE_TEXT))
+    return errors
+
+
+def validate_restore_request(request: RestoreRequest) -> list[Problem]:
+    """Semantic problems of an in-place restore request."""
+    errors = check_restore_config(request.restore_config, "restore_config")
+    errors += _check_unique(request.target_nodes, "target_nodes", "node")
+    return errors
+
+
+def _error_path(exc: msgspec.ValidationError) -> str:
+    match = re.search(r" - at `\$\.?([^`]*)`$", str(exc))
+    return match.group(1) if match else ""
+
+
+def _check_unique(values: Sequence[str], path: str, noun: str) -> list[Problem]:
+    errors: list[Problem] = []
+    first: dict[str, int] = {}
+    for index, value in enumerate(values):
+        if value in first:
+            also = item_path(path.rsplit(".", 1)[-1], first[value])
+            message = f"duplicate {noun} {value} (also {also})"
+            errors.append(problem(item_path(path, index), message))
+        else:
+            first[value] = index
+    return errors
+
+
+def _check_nodes(spec: DatabaseSpec) -> list[Problem]:
+    names = [node.name for node in spec.nodes]
+    errors = [
+        problem(f"{error['path']}.name", error["message"])
+        for error in _check_unique(names, "spec.nodes", "node name")
+    ]
+    for index, node in enumerate(spec.nodes):
+        path = f"{item_path('spec.nodes', index)}.source_node"
+        if node.source_node is None:
+            continue
+        if node.source_node == node.name:
+            errors.append(problem(path, f"node {node.name} cannot be its own source_node"))
+        elif node.source_node not in names:
+            errors.append(problem(path, f"node {node.source_node} is not a node of this spec"))
+        if node.restore_config is not None:
+            message = (
+                "source_node and restore_config are exclusive: a node is populated either "
+                "from another node or from a backup"
+            )
+            errors.append(problem(path, message))
+    return errors
+
+
+def _check_ports(spec: DatabaseSpec) -> list[Problem]:
+    # Instances share a host's network (local processes, host-networked containers), so two
+    # nodes cannot listen on the same fixed port; 0 lets the orchestrator pick a free one.
+    errors: list[Problem] = []
+    used_by: dict[int, str] = {}
+    for index, node in enumerate(spec.nodes):
+        port = spec.port if node.port is None else node.port
+        if port == 0:
+            continue
+        if port not in used_by:
+            used_by[port] = node.name
+        elif node.port is None:
+            message = (
+                f"port {port}, inherited by node {node.name}, is also used by node "
+                f"{used_by[port]}: set a port per node or use 0"
+            )
+            errors.append(problem("spec.port", message))
+        else:
+            message = f"port {port} is also used by node {used_by[port]}"
+            errors.append(problem(f"{item_path('spec.nodes', index)}.port", message))
+    return errors
+
+
+def _check_users(users: Sequence[DatabaseUser], path: str) -> list[Problem]:
+    errors = [
+        problem(f"{error['path']}.username", error["message"])
+        for error in _check_unique([user.username for user in users], path, "username")
+    ]
+    owner: str | None = None
+    for index, user in enumerate(users):
+        user_path = item_path(path, index)
+        name = user.username
+        if name in _RESERVED_USERS or name.startswith("pg_"):
+            errors.append(problem(f"{user_path}.username", f"username {name} is reserved"))
+        if user.db_owner and owner is not None:
+            message = f"only one user may be db_owner (already {owner})"
+            errors.append(problem(f"{user_path}.db_owner", message))
+        elif user.db_owner:
+            owner = name
+        errors += _check_attributes(user.attributes, f"{user_path}.attributes")
+    return errors
+
+
+def _check_attributes(attributes: Sequence[str], path: str) -> list[Problem]:
+    errors: list[Problem] = []
+    for index, attribute in enumerate(attributes):
+        if attribute not in ROLE_ATTRIBUTES:
+            message = f"unknown role attribute {attribute!r} (expected e.g. LOGIN or NOLOGIN)"
+            errors.append(problem(item_path(path, index), message))
+            continue
+        opposite = attribute[2:] if attribute.startswith("NO") else f"NO{attribute}"
+        if opposite in attributes[:index]:
+            message = f"attribute {attribute} contradicts {opposite}"
+            errors.append(problem(item_path(path, index), message))
+    return errors
+
+
+def _check_postgresql_conf(conf: Mapping[str, ConfValue], path: str) -> list[Problem]:
+    errors: list[Problem] = []
+    for key, value in conf.items():
+        key_path = field_path(path, key)
+        if not _CONF_KEY.fullmatch(key) or has_control_chars(key):
+            message = "invalid parameter name (expected ^[a-z_][a-z0-9_.]*$, at most 64 chars)"
+            errors.append(problem(key_path, message))
+        elif key in _MANAGED_CONF or key.startswith("recovery_target"):
+            errors.append(problem(key_path, f"parameter {key} is managed by the control plane"))
+        elif isinstance(value, str) and has_control_chars(value):
+            errors.append(problem(key_path, UNSAFE_TEXT))
+    return errors
