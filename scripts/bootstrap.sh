@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what controlplane needs on Debian bookworm and create the virtualenv.
+# Usage: scripts/bootstrap.sh [--test]   (--test adds the test tools and object-storage servers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+packages=(postgresql-15 pgbackrest postgresql-15-pglogical python3-venv)
+if [ "${1:-}" = "--test" ] && ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -qq
+  # Debian starts a default cluster on install; controlplane runs its own clusters instead.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null
+if [ "${1:-}" = "--test" ]; then
+  .venv/bin/pip install -q -e '.[test]'
+  if [ -x tests/support/install-object-storage.sh ]; then
+    tests/support/install-object-storage.sh .venv
+  fi
+else
+  .venv/bin/pip install -q -e .
+fi

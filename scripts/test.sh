@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (first run) and run every check: ruff, mypy --strict, unit and integration tests.
+# Extra arguments go to pytest (e.g. -k backup).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh --test
+.venv/bin/ruff check controlplane tests bench
+.venv/bin/ruff format --check controlplane tests bench
+.venv/bin/mypy
+.venv/bin/pytest tests/unit "$@"
+.venv/bin/pytest tests/integration "$@"
