@@ -36,21 +36,12 @@ def _not_yet(spec: DatabaseSpec) -> list[dict[str, str]]:
                 "message": "creating a database from a backup is not supported yet",
             }
         )
-    if spec.backup_config is not None:
-        errors.append({"path": "spec.backup_config", "message": "backups are not supported yet"})
     for i, node in enumerate(spec.nodes):
         if node.restore_config is not None:
             errors.append(
                 {
                     "path": f"spec.nodes[{i}].restore_config",
                     "message": "adding a node from a backup is not supported yet",
-                }
-            )
-        if node.backup_config is not None:
-            errors.append(
-                {
-                    "path": f"spec.nodes[{i}].backup_config",
-                    "message": "backups are not supported yet",
                 }
             )
         if node.source_node is not None:

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from controlplane import __version__, operations
+from controlplane import __version__, backup_operations, operations
 from controlplane.errors import InvalidInputError
 from controlplane.models import TERMINAL_STATUSES, TaskLog, Version
 from controlplane.store import logs, tasks
@@ -203,6 +203,50 @@ async def _follow(
             await asyncio.sleep(0.25)
 
 
+@post(
+    "/v1/databases/{database_id:str}/nodes/{node:str}/backups",
+    opt={"scope": "write"},
+    status_code=202,
+)
+async def start_backup(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
+    task = await backup_operations.start_backup(
+        _services(request), database_id, node, await request.body(), _actor(request)
+    )
+    return _json({"task": task}, 202)
+
+
+@get("/v1/databases/{database_id:str}/nodes/{node:str}/backups")
+async def list_backups(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
+    return _json(await backup_operations.backup_catalog(_services(request), database_id, node))
+
+
+@post(
+    "/v1/databases/{database_id:str}/nodes/{node:str}/backups/verify",
+    opt={"scope": "write"},
+    status_code=202,
+)
+async def verify_backups(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
+    task = await backup_operations.start_verify(
+        _services(request), database_id, node, _actor(request)
+    )
+    return _json({"task": task}, 202)
+
+
+@delete(
+    "/v1/databases/{database_id:str}/nodes/{node:str}/backups/{label:str}",
+    opt={"scope": "admin"},
+    status_code=202,
+)
+async def expire_backup(
+    request: AnyRequest, database_id: str, node: str, label: str
+) -> Response[bytes]:
+    force = _choice_param(request, "force", {"true", "false"}) == "true"
+    task = await backup_operations.start_expire(
+        _services(request), database_id, node, label, force=force, actor=_actor(request)
+    )
+    return _json({"task": task}, 202)
+
+
 @get("/v1/hosts")
 async def list_hosts(request: AnyRequest) -> Response[bytes]:
     return _json({"hosts": _services(request).orchestrator.hosts()})
@@ -230,6 +274,10 @@ ROUTES = [
     get_task,
     cancel_task,
     task_log,
+    start_backup,
+    list_backups,
+    verify_backups,
+    expire_backup,
     list_hosts,
     version,
     health,

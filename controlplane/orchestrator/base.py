@@ -55,6 +55,15 @@ class Orchestrator(Protocol):
         """Write a private file (mode 0600) into the instance directory; True when changed."""
         ...
 
+    async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
+        """Environment Postgres starts with (archive-push runs inside it and needs repository
+        secrets); True when it changed, which takes a restart to apply."""
+        ...
+
+    async def make_dirs(self, ref: InstanceRef, paths: Sequence[str]) -> None:
+        """Create directories (absolute, as seen by the instance) owned by the OS user."""
+        ...
+
     def file_path(self, ref: InstanceRef, name: str) -> str:
         """Where a file written by `write_file` is seen from inside the instance."""
         ...

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
+import msgspec
 
 from controlplane.errors import ExternalCommandError
 from controlplane.models import Host
@@ -21,6 +22,8 @@ from controlplane.process import CommandResult, LineSink, as_user, run_command
 from controlplane.settings import Settings
 
 LOCAL_HOST_ID = "local"
+# Postmaster environment (repository secrets for archive-push), private to the OS user.
+_ENV_FILE = "postmaster.env"
 _OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
 _HBA = """\
 # Managed by controlplane.
@@ -156,6 +159,26 @@ class LocalOrchestrator:
         self._ensure_dirs(ref)
         return self._write(self._dir(ref) / name, text)
 
+    async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
+        return await self.write_file(ref, _ENV_FILE, msgspec.json.encode(dict(env)).decode())
+
+    def _environment(self, ref: InstanceRef) -> dict[str, str]:
+        path = self._dir(ref) / _ENV_FILE
+        if not path.exists():
+            return {}
+        return msgspec.json.decode(path.read_bytes(), type=dict[str, str])
+
+    async def make_dirs(self, ref: InstanceRef, paths: Sequence[str]) -> None:
+        await asyncio.to_thread(self._make_dirs, paths)
+
+    def _make_dirs(self, paths: Sequence[str]) -> None:
+        for raw in paths:
+            path = Path(raw)
+            missing = [p for p in (path, *path.parents) if not p.exists()]
+            path.mkdir(parents=True, exist_ok=True, mode=0o750)
+            for created in missing:
+                self._chown(created)
+
     def _write(self, path: Path, text: str) -> bool:
         """Atomic write (temp file + rename), mode 0600, owned by the OS user."""
         if path.exists() and path.read_text() == text:
@@ -198,7 +221,9 @@ class LocalOrchestrator:
             if extra:
                 # pg_ctl passes -o through a shell; the pattern above keeps it inert.
                 argv += ["-o", " ".join(f"-c {item}" for item in extra)]
-            result = await run_command(self._as_user(argv), on_line=on_line)
+            result = await run_command(
+                self._as_user(argv), env=self._environment(ref), on_line=on_line
+            )
             if result.exit_code != 0:
                 raise ExternalCommandError(
                     f"start of instance {ref.instance_id} failed: pg_ctl exited "

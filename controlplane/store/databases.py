@@ -99,3 +99,25 @@ async def set_state(
 async def delete_database(db: Executor, database_id: str) -> None:
     """Remove the record (its instances go with it; task history is kept)."""
     await db.execute("DELETE FROM databases WHERE id = $1", database_id)
+
+
+async def mark_backing_up(db: Executor, database_id: str) -> None:
+    """An available database shows `backing_up` while a backup runs (other states win)."""
+    await db.execute(
+        "UPDATE databases SET state = 'backing_up', updated_at = now()"
+        " WHERE id = $1 AND state = 'available'",
+        database_id,
+    )
+
+
+async def clear_backing_up(db: Executor, database_id: str, finishing_task: object) -> None:
+    """Back to `available` once no other backup of the database is still active."""
+    await db.execute(
+        "UPDATE databases SET state = 'available', updated_at = now()"
+        " WHERE id = $1 AND state = 'backing_up' AND NOT EXISTS ("
+        "   SELECT 1 FROM tasks WHERE database_id = $1 AND task_id <> $2"
+        "   AND type IN ('node_backup', 'verify')"
+        "   AND status IN ('pending', 'running', 'canceling'))",
+        database_id,
+        finishing_task,
+    )

@@ -5,9 +5,14 @@ from __future__ import annotations
 from controlplane.tasks.workflow import Workflow
 from controlplane.workflows.create_database import CREATE
 from controlplane.workflows.delete_database import DELETE
+from controlplane.workflows.maintain_backups import EXPIRE, VERIFY
+from controlplane.workflows.node_backup import NODE_BACKUP
 from controlplane.workflows.update_database import UPDATE
 
 
 def all_workflows() -> dict[str, Workflow]:
     """Task type -> workflow, for the worker."""
-    return {workflow.type: workflow for workflow in (CREATE, UPDATE, DELETE)}
+    return {
+        workflow.type: workflow
+        for workflow in (CREATE, UPDATE, DELETE, NODE_BACKUP, VERIFY, EXPIRE)
+    }

@@ -8,10 +8,12 @@ from typing import Any
 
 from controlplane.errors import ExternalCommandError, InvalidInputError
 from controlplane.orchestrator.base import InstanceRef
-from controlplane.pgbackrest.config import NOOP_ARCHIVE_COMMAND
+from controlplane.pgbackrest.command import check_argv, stanza_create_argv
 from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
 from controlplane.store import databases, instances
+from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import StepContext
+from controlplane.workflows import backups
 from controlplane.workflows.common import (
     instance_refs,
     load_spec,
@@ -98,16 +100,65 @@ async def init_instances(ctx: StepContext) -> dict[str, Any]:
 
 
 async def configure_instances(ctx: StepContext) -> dict[str, Any]:
-    """Write each instance's managed postgresql settings (from the spec)."""
-    spec, refs = await _spec_refs(ctx)
-    changed = []
-    for ref in refs:
-        settings = managed_settings(ctx, spec, ref, archive_command=NOOP_ARCHIVE_COMMAND)
+    """Write each instance's pgBackRest config and environment, then its managed postgresql
+    settings (archive_command points at the repository only when a backup_config applies)."""
+    _, spec = await load_spec(ctx)
+    rows = await _spec_rows(ctx, spec)
+    changed, env_changed = [], []
+    for row in rows:
+        ref = ref_of(row)
+        setup = await backups.backup_setup(ctx.services, spec, row, ref)
+        if await backups.write_backup_files(ctx.services, setup):
+            env_changed.append(ref.node_name)
+        settings = managed_settings(ctx, spec, ref, archive_command=setup.archive_command)
         if await ctx.services.orchestrator.write_postgresql_conf(ref, settings):
             changed.append(ref.node_name)
     if changed:
         await ctx.log.info(f"configuration written for {', '.join(changed)}")
+    return {"environment_changed": env_changed}
+
+
+async def _spec_rows(ctx: StepContext, spec: DatabaseSpec) -> list[InstanceRow]:
+    wanted = {n.name for n in spec.nodes}
+    rows = await instances.list_instances(ctx.services.pool, ctx.database_id)
+    return [r for r in rows if r.node_name in wanted]
+
+
+async def configure_backups(ctx: StepContext) -> dict[str, Any]:
+    """Create the stanza and `check` archiving on every node with a backup_config.
+
+    `check` forces a WAL switch and waits for it to reach the repository, so a node is only
+    called protected when its WAL really arrives.
+    """
+    _, spec = await load_spec(ctx)
+
+    async def configure(row: InstanceRow) -> None:
+        ref = ref_of(row)
+        setup = await backups.backup_setup(ctx.services, spec, row, ref)
+        if not setup.enabled:
+            return
+        sink = ctx.log.sink("pgbackrest", node=ref.node_name)
+        for argv, what in (
+            (stanza_create_argv(setup.config_path), "stanza creation"),
+            (check_argv(setup.config_path), "archive check"),
+        ):
+            await backups.run_pgbackrest(
+                ctx.services, setup, argv, on_line=sink, subject=backups.subject_of(ref, what)
+            )
+        await ctx.log.info(f"node {ref.node_name}: backups configured", node=ref.node_name)
+
+    await for_each_row(await _spec_rows(ctx, spec), configure)
     return {}
+
+
+async def for_each_row(
+    rows: list[InstanceRow], action: Callable[[InstanceRow], Awaitable[Any]]
+) -> None:
+    """Run `action` on every instance row concurrently; the first failure is raised."""
+    results = await asyncio.gather(*(action(row) for row in rows), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def start_instances(ctx: StepContext) -> dict[str, Any]:
@@ -129,6 +180,8 @@ async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
     _, refs = await _spec_refs(ctx)
     orchestrator = ctx.services.orchestrator
 
+    env_changed = set(ctx.state.get("environment_changed", []))
+
     async def apply(ref: InstanceRef) -> None:
         await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl", node=ref.node_name))
         conn = await orchestrator.connect(ref)
@@ -141,6 +194,9 @@ async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
             ]
         finally:
             await conn.close()
+        if ref.node_name in env_changed:
+            # archive-push runs inside Postgres: new repository secrets need a restart.
+            pending.append("repository credentials")
         if pending:
             await ctx.log.info(
                 f"node {ref.node_name}: restarting for {', '.join(pending)}", node=ref.node_name

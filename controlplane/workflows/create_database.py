@@ -29,6 +29,7 @@ CREATE = Workflow(
         Step("configure_instances", converge.configure_instances),
         Step("start_instances", converge.start_instances),
         Step("create_users", converge.create_users),
+        Step("configure_backups", converge.configure_backups),
         Step("mark_available", converge.mark_available),
     ),
     on_failure=_on_failure,

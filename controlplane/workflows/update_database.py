@@ -14,6 +14,7 @@ UPDATE = Workflow(
         Step("start_instances", converge.start_instances),
         Step("apply_configuration", converge.apply_configuration),
         Step("create_users", converge.create_users),
+        Step("configure_backups", converge.configure_backups),
         Step("remove_dropped_nodes", converge.remove_dropped_nodes),
         Step("mark_available", converge.mark_available),
     ),

@@ -1,0 +1,165 @@
+"""Backup plumbing shared by workflows: a node's effective config, rendering, running pgbackrest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from controlplane.errors import ExternalCommandError, InvalidInputError
+from controlplane.orchestrator.base import InstanceRef
+from controlplane.pgbackrest import command as pgb
+from controlplane.pgbackrest import info as pgb_info
+from controlplane.pgbackrest.config import (
+    NOOP_ARCHIVE_COMMAND,
+    InstanceLayout,
+    RepositoryPlan,
+    archive_command,
+    plan_repositories,
+    render_config,
+    secret_env,
+    state_dirs,
+)
+from controlplane.process import CommandResult, LineSink
+from controlplane.spec.models import BackupConfig, DatabaseSpec, repository_id, type_of
+from controlplane.store import repository_keys
+from controlplane.store.instances import InstanceRow
+from controlplane.tasks.context import Services
+
+CONFIG_FILE = "pgbackrest.conf"
+
+
+def effective_backup_config(spec: DatabaseSpec, node_name: str) -> BackupConfig | None:
+    """A node-level backup_config replaces the database-level one whole."""
+    node = next((n for n in spec.nodes if n.name == node_name), None)
+    if node is not None and node.backup_config is not None:
+        return node.backup_config
+    return spec.backup_config
+
+
+@dataclass
+class BackupSetup:
+    """Everything needed to run pgbackrest for one instance."""
+
+    ref: InstanceRef
+    config_path: str
+    plans: list[RepositoryPlan] = field(default_factory=list)
+    config_text: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.plans)
+
+    @property
+    def archive_command(self) -> str:
+        # Archiving is always on; without a repository WAL is discarded so that enabling backups
+        # later takes a reload, not a restart.
+        return archive_command(self.config_path) if self.plans else NOOP_ARCHIVE_COMMAND
+
+    def repo_index(self, repo_id: str | None) -> int | None:
+        """pgBackRest's repo number for a repository id (None: the first)."""
+        if repo_id is None:
+            return None
+        for plan in self.plans:
+            if repository_id(plan.repository) == repo_id:
+                return plan.index
+        raise InvalidInputError(
+            [{"path": "repository_id", "message": f"no repository {repo_id} for this node"}]
+        )
+
+    @property
+    def repository_ids(self) -> dict[int, str]:
+        return {plan.index: repository_id(plan.repository) for plan in self.plans}
+
+
+async def backup_setup(
+    services: Services, spec: DatabaseSpec, row: InstanceRow, ref: InstanceRef
+) -> BackupSetup:
+    """Plan the node's repositories (generation, passphrase) and render its config text."""
+    orchestrator = services.orchestrator
+    setup = BackupSetup(ref=ref, config_path=orchestrator.file_path(ref, CONFIG_FILE))
+    config = effective_backup_config(spec, ref.node_name)
+    if config is None:
+        return setup
+    passes = {}
+    for repo in config.repositories:
+        if repo.cipher:
+            passes[repository_id(repo)] = await repository_keys.cipher_pass(
+                services.pool, services.secret_box, ref.database_id, repository_id(repo)
+            )
+    generations = {k: int(v) for k, v in row.generations.items()}
+    setup.plans = plan_repositories(
+        config,
+        database_id=ref.database_id,
+        node_name=ref.node_name,
+        generations=generations,
+        cipher_passes=passes,
+    )
+    setup.config_text = render_config(
+        _layout(services, ref), setup.plans, process_max=min(4, os.cpu_count() or 1)
+    )
+    setup.env = secret_env(setup.plans)
+    return setup
+
+
+def _layout(services: Services, ref: InstanceRef) -> InstanceLayout:
+    orchestrator = services.orchestrator
+    return InstanceLayout(
+        instance_dir=orchestrator.file_path(ref, ""),
+        pg_data=orchestrator.data_dir(ref),
+        pg_port=ref.port,
+        pg_socket_dir=orchestrator.socket_dir(ref),
+        pg_user="postgres",
+    )
+
+
+async def write_backup_files(services: Services, setup: BackupSetup) -> bool:
+    """Write the config, the postmaster environment and the directories pgbackrest needs.
+
+    Returns True when the environment changed: archive-push only sees it after a restart.
+    """
+    orchestrator, ref = services.orchestrator, setup.ref
+    if setup.enabled:
+        await orchestrator.write_file(ref, CONFIG_FILE, setup.config_text)
+        dirs = state_dirs(_layout(services, ref))
+        dirs += [p.path for p in setup.plans if type_of(p.repository) == "posix"]
+        await orchestrator.make_dirs(ref, dirs)
+    return await orchestrator.set_environment(ref, setup.env)
+
+
+async def run_pgbackrest(
+    services: Services,
+    setup: BackupSetup,
+    argv: Sequence[str],
+    *,
+    subject: str,
+    on_line: LineSink | None = None,
+    one_off: bool = False,
+) -> CommandResult:
+    """Run a pgbackrest argv next to the instance with its secrets in the environment; a
+    non-zero exit raises ExternalCommandError in words (`subject` names what failed)."""
+    orchestrator = services.orchestrator
+    runner = orchestrator.run_one_off if one_off else orchestrator.exec
+    result = await runner(setup.ref, argv, env=setup.env, on_line=on_line)
+    if result.exit_code != 0:
+        command = argv[-1]
+        raise pgb.error_for(result.exit_code, result.tail(20), command=command, subject=subject)
+    return result
+
+
+async def read_info(services: Services, setup: BackupSetup, *, subject: str) -> pgb_info.StanzaInfo:
+    """`pgbackrest info` for the node's stanza, parsed."""
+    result = await run_pgbackrest(
+        services, setup, pgb.info_argv(setup.config_path), subject=subject
+    )
+    # Console log lines (warnings) may surround the JSON, which pgBackRest prints on one line.
+    json_lines = [line for line in result.lines if line.startswith("[")]
+    stanzas = pgb_info.parse_info(json_lines[-1].encode()) if json_lines else []
+    if not stanzas:
+        raise ExternalCommandError(f"{subject} failed: pgbackrest info returned no stanza")
+    return stanzas[0]
+
+
+def subject_of(ref: InstanceRef, what: str) -> str:
+    return f"{what} of node {ref.node_name} of {ref.database_id}"

@@ -1,0 +1,113 @@
+"""verify and expire: check a node's repository, or remove one backup set from it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from controlplane.errors import ConflictError
+from controlplane.pgbackrest import command as pgb
+from controlplane.pgbackrest import info as pgb_info
+from controlplane.tasks.context import StepContext
+from controlplane.tasks.workflow import Step, Workflow
+from controlplane.workflows import backups
+from controlplane.workflows.node_backup import _on_end, _setup, write_config
+
+# `verify --output=text --verbose` prints one line per backup set it checked.
+_SET_LINE = re.compile(r"backup:\s*(?P<label>[0-9A-Za-z_-]+),\s*status:\s*(?P<status>[a-z ]+)")
+_STATUS_LINE = re.compile(r"^\s*status:\s*(?P<status>.+)$")
+
+
+async def run_verify(ctx: StepContext) -> dict[str, Any]:
+    """`pgbackrest verify`: checksums of every set and WAL segment; per-set results returned."""
+    setup = await _setup(ctx)
+    argv = pgb.pgbackrest_argv(
+        "verify", config_path=setup.config_path, options={"output": "text", "verbose": True}
+    )
+    result = await backups.run_pgbackrest(
+        ctx.services,
+        setup,
+        argv,
+        subject=backups.subject_of(setup.ref, "verify"),
+        on_line=ctx.log.sink("pgbackrest"),
+    )
+    sets = [m.groupdict() for line in result.lines if (m := _SET_LINE.search(line))]
+    overall = next(
+        (m.group("status").strip() for line in result.lines if (m := _STATUS_LINE.match(line))),
+        "unknown",
+    )
+    invalid = [s["label"] for s in sets if s["status"].strip() != "valid"]
+    await ctx.log.info(
+        f"verify: {len(sets)} set(s) checked, status {overall}"
+        + (f", invalid: {', '.join(invalid)}" if invalid else "")
+    )
+    if overall != "ok" or invalid:
+        raise ConflictError(
+            f"verify of node {setup.ref.node_name} found problems: "
+            f"status {overall}, invalid sets {invalid or 'none'}"
+        )
+    return {"result": {"status": overall, "sets": sets}}
+
+
+def dependents(entries: list[pgb_info.CatalogEntry], label: str) -> set[str]:
+    """The set and every set that builds on it (expiring a full expires its diffs/incrs)."""
+    gone = {label}
+    changed = True
+    while changed:
+        changed = False
+        for entry in entries:
+            if entry.label not in gone and entry.prior in gone:
+                gone.add(entry.label)
+                changed = True
+    return gone
+
+
+def expire_refusal(entries: list[pgb_info.CatalogEntry], label: str, force: bool) -> str | None:
+    """Why expiring `label` would be refused: it does not exist, or nothing restorable remains."""
+    if label not in {e.label for e in entries}:
+        return f"backup set {label} not found"
+    if not force and not (set(e.label for e in entries) - dependents(entries, label)):
+        return (
+            f"backup set {label} is the last restorable set of this node: expiring it "
+            "loses the whole recovery window (use force=true to do it anyway)"
+        )
+    return None
+
+
+async def expire_set(ctx: StepContext) -> dict[str, Any]:
+    """Expire the requested set unless an earlier attempt already did."""
+    setup = await _setup(ctx)
+    label = str(ctx.task.input["label"])
+    subject = backups.subject_of(setup.ref, f"expire of set {label}")
+    entries = pgb_info.catalog(
+        await backups.read_info(ctx.services, setup, subject=subject), setup.repository_ids
+    )
+    if label not in {e.label for e in entries}:
+        await ctx.log.info(f"set {label} is no longer in the repository")
+        return {"result": {"label": label, "expired": sorted(ctx.state.get("expired", []))}}
+    refusal = expire_refusal(entries, label, bool(ctx.task.input.get("force")))
+    if refusal:
+        raise ConflictError(refusal)
+    gone = sorted(dependents(entries, label))
+    repo = next(e.repository_id for e in entries if e.label == label)
+    argv = pgb.expire_argv(setup.config_path, set_label=label, repo=setup.repo_index(repo))
+    await backups.run_pgbackrest(
+        ctx.services, setup, argv, subject=subject, on_line=ctx.log.sink("pgbackrest")
+    )
+    await ctx.log.info(f"expired {', '.join(gone)}")
+    return {"result": {"label": label, "expired": gone}}
+
+
+VERIFY = Workflow(
+    type="verify",
+    steps=(Step("write_config", write_config), Step("run_verify", run_verify)),
+    on_failure=_on_end,
+    on_cancel=_on_end,
+)
+
+EXPIRE = Workflow(
+    type="expire",
+    steps=(Step("write_config", write_config), Step("expire_set", expire_set)),
+    on_failure=_on_end,
+    on_cancel=_on_end,
+)

@@ -1,0 +1,146 @@
+"""node_backup: take one pgBackRest backup of a node, exactly once per task, then expire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from controlplane.errors import ExternalCommandError
+from controlplane.pgbackrest import command as pgb
+from controlplane.pgbackrest import info as pgb_info
+from controlplane.store import databases, instances
+from controlplane.tasks.context import StepContext
+from controlplane.tasks.workflow import Step, Workflow
+from controlplane.workflows import backups
+from controlplane.workflows.common import load_spec, ref_of
+
+
+async def _setup(ctx: StepContext) -> backups.BackupSetup:
+    _, spec = await load_spec(ctx)
+    node = ctx.task.node_name or ""
+    row = await instances.get_instance(ctx.services.pool, ctx.database_id, node)
+    if row is None:
+        raise ExternalCommandError(f"node {node} of {ctx.database_id} has no instance")
+    setup = await backups.backup_setup(ctx.services, spec, row, ref_of(row))
+    if not setup.enabled:
+        raise ExternalCommandError(f"node {node} of {ctx.database_id} has no backup_config")
+    return setup
+
+
+async def resolve_node(ctx: StepContext) -> dict[str, Any]:
+    """The node must be running; mark it (and an idle database) as backing up."""
+    setup = await _setup(ctx)
+    status = await ctx.services.orchestrator.status(setup.ref)
+    if status != "running":
+        raise ExternalCommandError(f"node {setup.ref.node_name} of {ctx.database_id} is {status}")
+    pool = ctx.services.pool
+    await instances.set_instance_state(pool, ctx.database_id, setup.ref.node_name, "backing_up")
+    await databases.mark_backing_up(pool, ctx.database_id)
+    return {}
+
+
+async def write_config(ctx: StepContext) -> dict[str, Any]:
+    """Render the node's pgBackRest config from the current spec."""
+    setup = await _setup(ctx)
+    await backups.write_backup_files(ctx.services, setup)
+    return {}
+
+
+async def ensure_stanza(ctx: StepContext) -> dict[str, Any]:
+    """stanza-create is a no-op when the repository already matches this node."""
+    setup = await _setup(ctx)
+    await backups.run_pgbackrest(
+        ctx.services,
+        setup,
+        pgb.stanza_create_argv(setup.config_path),
+        subject=backups.subject_of(setup.ref, "stanza creation"),
+        on_line=ctx.log.sink("pgbackrest"),
+    )
+    return {}
+
+
+async def take_backup(ctx: StepContext) -> dict[str, Any]:
+    """Run the backup unless an earlier attempt of this task already finished it."""
+    setup = await _setup(ctx)
+    task_id = str(ctx.task.task_id)
+    subject = backups.subject_of(setup.ref, "backup")
+    found = _mine(await backups.read_info(ctx.services, setup, subject=subject), setup, task_id)
+    if found is not None:
+        await ctx.log.info(f"backup {found.label} of this task already exists; not taking another")
+        return {"label": found.label}
+    request = ctx.task.input
+    argv = pgb.backup_argv(
+        setup.config_path,
+        type=request.get("type", "full"),
+        task_id=task_id,
+        annotations=request.get("annotations") or {},
+        repo=setup.repo_index(request.get("repository_id")),
+    )
+    await backups.run_pgbackrest(
+        ctx.services, setup, argv, subject=subject, on_line=ctx.log.sink("pgbackrest")
+    )
+    found = _mine(await backups.read_info(ctx.services, setup, subject=subject), setup, task_id)
+    if found is None:
+        raise ExternalCommandError(f"{subject} finished but its set is not in the repository")
+    await ctx.log.info(f"backup {found.label} ({found.type}) taken")
+    return {"label": found.label}
+
+
+def _mine(
+    stanza: pgb_info.StanzaInfo, setup: backups.BackupSetup, task_id: str
+) -> pgb_info.CatalogEntry | None:
+    return pgb_info.find_by_task(pgb_info.catalog(stanza, setup.repository_ids), task_id)
+
+
+async def apply_retention(ctx: StepContext) -> dict[str, Any]:
+    """Expire sets and WAL beyond each repository's retention."""
+    setup = await _setup(ctx)
+    await backups.run_pgbackrest(
+        ctx.services,
+        setup,
+        pgb.expire_argv(setup.config_path),
+        subject=backups.subject_of(setup.ref, "expire"),
+        on_line=ctx.log.sink("pgbackrest"),
+    )
+    return {}
+
+
+async def record_result(ctx: StepContext) -> dict[str, Any]:
+    """Put the set's catalog entry in the task result and clear the busy states."""
+    setup = await _setup(ctx)
+    stanza = await backups.read_info(
+        ctx.services, setup, subject=backups.subject_of(setup.ref, "backup")
+    )
+    entry = _mine(stanza, setup, str(ctx.task.task_id))
+    await _settle(ctx)
+    return {"result": msgspec.to_builtins(entry) if entry else {"label": ctx.state.get("label")}}
+
+
+async def _settle(ctx: StepContext, message: str | None = None) -> None:
+    pool = ctx.services.pool
+    node = ctx.task.node_name or ""
+    row = await instances.get_instance(pool, ctx.database_id, node)
+    if row is not None and row.state == "backing_up":
+        await instances.set_instance_state(pool, ctx.database_id, node, "available")
+    await databases.clear_backing_up(pool, ctx.database_id, ctx.task.task_id)
+
+
+async def _on_end(ctx: StepContext, message: str) -> None:
+    await _settle(ctx, message)
+
+
+NODE_BACKUP = Workflow(
+    type="node_backup",
+    steps=(
+        Step("resolve_node", resolve_node),
+        Step("write_config", write_config),
+        Step("ensure_stanza", ensure_stanza),
+        Step("take_backup", take_backup),
+        Step("apply_retention", apply_retention),
+        Step("record_result", record_result),
+    ),
+    on_failure=_on_end,
+    on_cancel=_on_end,
+    retryable_steps=frozenset({"ensure_stanza", "take_backup"}),
+)
