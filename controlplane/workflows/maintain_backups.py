@@ -63,14 +63,25 @@ def dependents(entries: list[pgb_info.CatalogEntry], label: str) -> set[str]:
 
 
 def expire_refusal(entries: list[pgb_info.CatalogEntry], label: str, force: bool) -> str | None:
-    """Why expiring `label` would be refused: it does not exist, or nothing restorable remains."""
-    if label not in {e.label for e in entries}:
+    """Why expiring `label` is refused, or None.
+
+    pgBackRest never expires the last full backup of a repository, forced or not. Expiring the
+    oldest chain moves the start of the recovery window later, so that needs `force`.
+    """
+    target = next((e for e in entries if e.label == label), None)
+    if target is None:
         return f"backup set {label} not found"
-    if not force and not (set(e.label for e in entries) - dependents(entries, label)):
-        return (
-            f"backup set {label} is the last restorable set of this node: expiring it "
-            "loses the whole recovery window (use force=true to do it anyway)"
-        )
+    fulls = [e for e in entries if e.type == "full" and e.repository_id == target.repository_id]
+    if target.type == "full" and len(fulls) == 1:
+        return (f"full backup {label} is the last full backup of repository "
+                f"{target.repository_id}: pgBackRest cannot expire it until another full backup "
+                "exists")
+    gone = dependents(entries, label)
+    remaining = [e for e in entries if e.label not in gone]
+    if not force and entries[0].label in gone and remaining:
+        return (f"expiring {label} moves the start of the recovery window from "
+                f"{entries[0].stopped_at.isoformat()} to {remaining[0].stopped_at.isoformat()}; "
+                "repeat with force=true to do it")
     return None
 
 

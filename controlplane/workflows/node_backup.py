@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import msgspec
@@ -14,6 +16,8 @@ from controlplane.tasks.context import StepContext
 from controlplane.tasks.workflow import Step, Workflow
 from controlplane.workflows import backups
 from controlplane.workflows.common import load_spec, ref_of
+
+_LOCK_WAIT_SECONDS = 6 * 3600
 
 
 async def _setup(ctx: StepContext) -> backups.BackupSetup:
@@ -65,7 +69,7 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
     setup = await _setup(ctx)
     task_id = str(ctx.task.task_id)
     subject = backups.subject_of(setup.ref, "backup")
-    found = _mine(await backups.read_info(ctx.services, setup, subject=subject), setup, task_id)
+    found = await _wait_for_lock(ctx, setup, task_id, subject)
     if found is not None:
         await ctx.log.info(f"backup {found.label} of this task already exists; not taking another")
         return {"label": found.label}
@@ -85,6 +89,30 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
         raise ExternalCommandError(f"{subject} finished but its set is not in the repository")
     await ctx.log.info(f"backup {found.label} ({found.type}) taken")
     return {"label": found.label}
+
+
+async def _wait_for_lock(
+    ctx: StepContext, setup: backups.BackupSetup, task_id: str, subject: str
+) -> pgb_info.CatalogEntry | None:
+    """Observe before acting: a backup still running (e.g. this task's attempt from before a
+    crash, which outlives the server) holds the stanza lock; wait for it, then look again for
+    this task's set rather than starting a second backup."""
+    waited = False
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        stanza = await backups.read_info(ctx.services, setup, subject=subject)
+        found = _mine(stanza, setup, task_id)
+        locks = stanza.status.lock
+        held = bool(locks and locks.backup and locks.backup.held)
+        if found is not None or not held:
+            return found
+        if time.monotonic() > deadline:
+            raise ExternalCommandError(f"{subject} failed: the stanza lock stayed held for "
+                                       f"{_LOCK_WAIT_SECONDS // 60} minutes")
+        if not waited:
+            await ctx.log.info("another backup holds this node's stanza lock; waiting for it")
+            waited = True
+        await asyncio.sleep(2)
 
 
 def _mine(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.api import connect, create_and_wait, database_body, full_log, wait_task
 from tests.support.restore_check import restore_and_query
@@ -83,3 +87,221 @@ async def test_posix_full_incr_diff_catalog_and_restored_data(
         assert restored == expected[kind], kind
     messages = [e["message"] for e in await full_log(api, "bk", tasks["full"]["task_id"])]
     assert any("backup start archive" in m or "new backup label" in m for m in messages)
+
+
+async def test_concurrent_backup_of_one_node_conflicts(
+    api: httpx.AsyncClient, scratch_dir: Path
+) -> None:
+    """A second backup request while one runs is 409 naming the running task."""
+    database = await create_and_wait(
+        api, database_body("twice", backup_config=posix_config(scratch_dir / "repo"))
+    )
+    await write_rows(database, 1, 100)
+    first = await api.post("/v1/databases/twice/nodes/n1/backups", json={"type": "full"})
+    second = await api.post("/v1/databases/twice/nodes/n1/backups", json={"type": "full"})
+    assert first.status_code == 202
+    assert second.status_code == 409
+    assert second.json()["name"] == "operation_in_progress"
+    assert second.json()["details"]["task_id"] == first.json()["task"]["task_id"]
+    await wait_task(api, "twice", first.json()["task"]["task_id"])
+
+
+async def test_backup_requests_validated(api: httpx.AsyncClient, scratch_dir: Path) -> None:
+    """No backup_config, an unknown node or repository, or a bad type are refused up front."""
+    await create_and_wait(api, database_body("plain"))
+    response = await api.post("/v1/databases/plain/nodes/n1/backups", json={"type": "full"})
+    assert response.status_code == 422
+    assert response.json()["details"]["errors"][0]["path"] == "node"
+    assert (await api.post("/v1/databases/plain/nodes/n9/backups", json={})).status_code == 404
+    await create_and_wait(
+        api, database_body("withrepo", backup_config=posix_config(scratch_dir / "repo"))
+    )
+    bad_repo = await api.post(
+        "/v1/databases/withrepo/nodes/n1/backups", json={"repository_id": "nope"}
+    )
+    assert bad_repo.status_code == 422
+    assert bad_repo.json()["details"]["errors"][0]["path"] == "repository_id"
+    bad_type = await api.post("/v1/databases/withrepo/nodes/n1/backups", json={"type": "weekly"})
+    assert bad_type.status_code == 422
+    assert bad_type.json()["details"]["errors"][0]["path"] == "type"
+    assert (await api.get("/v1/databases/withrepo/nodes/n1/backups")).json()["backups"] == []
+
+
+async def test_backup_survives_sigkill_after_backup_step(
+    server: ServerProcess, scratch_dir: Path
+) -> None:
+    """Killed right after the backup step, the resumed task does not take a second backup."""
+    server.terminate()
+    server.extra_env = {"CONTROLPLANE_CRASH_AFTER_STEP": "node_backup:take_backup"}
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        database = await create_and_wait(
+            client, database_body("crashbk", backup_config=posix_config(scratch_dir / "repo"))
+        )
+        await write_rows(database, 1, 200)
+        response = await client.post("/v1/databases/crashbk/nodes/n1/backups", json={})
+    assert server.proc is not None
+    await asyncio.to_thread(server.proc.wait, 120)
+    server.extra_env = {}
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        task = await wait_task(client, "crashbk", response.json()["task"]["task_id"])
+        assert task["status"] == "completed", task
+        sets = (await client.get("/v1/databases/crashbk/nodes/n1/backups")).json()["backups"]
+        assert [s["task_id"] for s in sets] == [task["task_id"]]
+        assert (await client.get("/v1/databases/crashbk")).json()["state"] == "available"
+
+
+async def test_backup_survives_sigkill_mid_backup(server: ServerProcess, scratch_dir: Path) -> None:
+    """Killed while pgbackrest runs, the resumed task waits for that backup and adopts it (or
+    takes one if it failed): exactly one set carries the task id."""
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        database = await create_and_wait(
+            client, database_body("midbk", backup_config=posix_config(scratch_dir / "repo"))
+        )
+        await write_rows(database, 1, 20000)
+        response = await client.post("/v1/databases/midbk/nodes/n1/backups", json={})
+        task_id = response.json()["task"]["task_id"]
+
+        async def backing_up() -> bool:
+            task = (await client.get(f"/v1/databases/midbk/tasks/{task_id}")).json()
+            return any(
+                s["name"] == "take_backup" and s["status"] == "running" for s in task["steps"]
+            )
+
+        from tests.support.eventually import eventually
+
+        await eventually(backing_up, interval=0.05, what="the backup to run")
+    server.kill()
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        task = await wait_task(client, "midbk", task_id)
+        assert task["status"] == "completed", task
+        sets = (await client.get("/v1/databases/midbk/nodes/n1/backups")).json()["backups"]
+        assert [s["task_id"] for s in sets].count(task_id) == 1
+        config = str(server.data_dir / "instances" / "midbk-n1" / "pgbackrest.conf")
+        label = next(s["label"] for s in sets if s["task_id"] == task_id)
+        restored = await asyncio.to_thread(
+            restore_and_query, config, label, "SELECT count(*) FROM items", scratch_dir
+        )
+        assert restored == "20000"
+
+
+async def test_enable_backups_later_needs_no_restart(
+    api: httpx.AsyncClient, scratch_dir: Path
+) -> None:
+    """Adding a backup_config by update reloads (archive_command) and backups then work."""
+    body = database_body("later")
+    database = await create_and_wait(api, body)
+    conn = await connect(database, "n1")
+    started = await conn.fetchval("SELECT pg_postmaster_start_time()")
+    await conn.close()
+    body["spec"]["backup_config"] = posix_config(scratch_dir / "repo")
+    response = await api.post("/v1/databases/later", json=body)
+    task = await wait_task(api, "later", response.json()["task"]["task_id"])
+    assert task["status"] == "completed", task
+    conn = await connect(database, "n1")
+    try:
+        assert await conn.fetchval("SELECT pg_postmaster_start_time()") == started
+        assert "archive-push" in await conn.fetchval("SHOW archive_command")
+    finally:
+        await conn.close()
+    await write_rows(database, 1, 10)
+    await backup(api, "later", "n1")
+    assert len((await api.get("/v1/databases/later/nodes/n1/backups")).json()["backups"]) == 1
+
+
+async def test_retention_full_count(api: httpx.AsyncClient, scratch_dir: Path) -> None:
+    """retention_full=1 keeps only the newest full backup."""
+    database = await create_and_wait(
+        api,
+        database_body("keep1", backup_config=posix_config(scratch_dir / "repo", retention_full=1)),
+    )
+    await write_rows(database, 1, 10)
+    await backup(api, "keep1", "n1")
+    second = await backup(api, "keep1", "n1")
+    sets = (await api.get("/v1/databases/keep1/nodes/n1/backups")).json()["backups"]
+    assert [s["task_id"] for s in sets] == [second["task_id"]]
+
+
+async def test_verify_and_expire(api: httpx.AsyncClient, scratch_dir: Path) -> None:
+    """verify reports every set valid; expiring a set removes it and its dependents; the last
+    restorable set is refused unless forced."""
+    database = await create_and_wait(
+        api, database_body("maint", backup_config=posix_config(scratch_dir / "repo"))
+    )
+    await write_rows(database, 1, 100)
+    full1 = await backup(api, "maint", "n1")
+    incr1 = await backup(api, "maint", "n1", type="incr")
+    full2 = await backup(api, "maint", "n1")
+    response = await api.post("/v1/databases/maint/nodes/n1/backups/verify")
+    verify = await wait_task(api, "maint", response.json()["task"]["task_id"])
+    assert verify["status"] == "completed", verify
+    labels = {s["label"] for s in verify["result"]["sets"]}
+    assert {full1["result"]["label"], incr1["result"]["label"], full2["result"]["label"]} <= labels
+    assert (
+        await api.delete("/v1/databases/maint/nodes/n1/backups/20990101-000000F")
+    ).status_code == 404
+    oldest = f"/v1/databases/maint/nodes/n1/backups/{full1['result']['label']}"
+    unforced = await api.delete(oldest)
+    assert unforced.status_code == 409
+    assert "moves the start of the recovery window" in unforced.json()["message"]
+    response = await api.delete(oldest, params={"force": "true"})
+    assert response.status_code == 202
+    expire = await wait_task(api, "maint", response.json()["task"]["task_id"])
+    assert expire["status"] == "completed", expire["error"]
+    assert sorted(expire["result"]["expired"]) == sorted(
+        [full1["result"]["label"], incr1["result"]["label"]]
+    )
+    sets = (await api.get("/v1/databases/maint/nodes/n1/backups")).json()["backups"]
+    assert [s["label"] for s in sets] == [full2["result"]["label"]]
+    last = f"/v1/databases/maint/nodes/n1/backups/{full2['result']['label']}"
+    for params in ({}, {"force": "true"}):
+        refused = await api.delete(last, params=params)
+        assert refused.status_code == 409
+        assert "last full backup" in refused.json()["message"]
+    assert len((await api.get("/v1/databases/maint/nodes/n1/backups")).json()["backups"]) == 1
+
+
+async def test_encrypted_repository_keeps_passphrase_secret(
+    api: httpx.AsyncClient, server: ServerProcess, scratch_dir: Path
+) -> None:
+    """cipher: true encrypts the repository; the generated passphrase is in no file we render,
+    no response and no log, and the set still restores."""
+    database = await create_and_wait(
+        api, database_body("enc", backup_config=posix_config(scratch_dir / "repo", cipher=True))
+    )
+    await write_rows(database, 1, 300)
+    task = await backup(api, "enc", "n1")
+    config = server.data_dir / "instances" / "enc-n1" / "pgbackrest.conf"
+    text = config.read_text()
+    assert "repo1-cipher-type=aes-256-cbc" in text
+    assert "cipher-pass" not in text
+    env_file = server.data_dir / "instances" / "enc-n1" / "postmaster.env"
+    passphrase = json.loads(env_file.read_text())["PGBACKREST_REPO1_CIPHER_PASS"]
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    logs = [str(e) for e in await full_log(api, "enc", task["task_id"])]
+    assert not [line for line in logs if passphrase in line]
+    assert passphrase not in server.log_text()
+    assert passphrase not in (await api.get("/v1/databases/enc")).text
+    env = {**os.environ, "PGBACKREST_REPO1_CIPHER_PASS": passphrase}
+    try:
+        restored = await asyncio.to_thread(
+            restore_and_query,
+            str(config),
+            task["result"]["label"],
+            "SELECT count(*) FROM items",
+            scratch_dir,
+            env=env,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise AssertionError(exc.output) from exc
+    assert restored == "300"
+    with pytest.raises(subprocess.CalledProcessError):
+        await asyncio.to_thread(
+            restore_and_query,
+            str(config),
+            task["result"]["label"],
+            "SELECT count(*) FROM items",
+            scratch_dir,
+        )

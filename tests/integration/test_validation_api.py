@@ -35,63 +35,124 @@ CASES: list[tuple[str, Mutation, list[str]]] = [
     ("bad id", _set("id", "Bad_Id"), ["id"]),
     ("id with double dash", _set("id", "a--b"), ["id"]),
     ("bad node name", _set("spec.nodes", [{"name": "node1"}]), ["spec.nodes[0].name"]),
-    ("duplicate nodes", _set("spec.nodes", [{"name": "n1"}, {"name": "n1"}]), ["spec.nodes[1].name"]),
-    ("unknown field", _set("spec.nodes", [{"name": "n1", "colour": "red"}]),
-     ["spec.nodes[0].colour"]),
+    (
+        "duplicate nodes",
+        _set("spec.nodes", [{"name": "n1"}, {"name": "n1"}]),
+        ["spec.nodes[1].name"],
+    ),
+    (
+        "unknown field",
+        _set("spec.nodes", [{"name": "n1", "colour": "red"}]),
+        ["spec.nodes[0].colour"],
+    ),
     ("missing database_name", lambda b: b["spec"].pop("database_name"), ["spec.database_name"]),
     ("wrong type", _set("spec.port", "5432"), ["spec.port"]),
-    ("bad cron", _set("spec.backup_config",
-                      {"repositories": [POSIX],
-                       "schedules": [{"id": "nightly", "type": "full",
-                                      "cron_expression": "61 * * * *"}]}),
-     ["spec.backup_config.schedules[0].cron_expression"]),
-    ("relative base_path", _set("spec.backup_config",
-                                {"repositories": [{"type": "posix", "base_path": "backups"}]}),
-     ["spec.backup_config.repositories[0].base_path"]),
-    ("dotdot base_path", _set("spec.backup_config",
-                              {"repositories": [{"type": "posix", "base_path": "/a/../etc"}]}),
-     ["spec.backup_config.repositories[0].base_path"]),
-    ("newline injection", _set("spec.backup_config",
-                               {"repositories": [{"type": "s3", "s3_bucket": "bucket",
-                                                  "s3_region": "us-east-1\nrepo1-path=/x"}]}),
-     ["spec.backup_config.repositories[0].s3_region"]),
-    ("custom option key pattern", _set("spec.backup_config",
-                                       {"repositories": [{**POSIX, "custom_options":
-                                                          {"Bad=Key": "1"}}]}),
-     ["spec.backup_config.repositories[0].custom_options.Bad=Key"]),
-    ("custom option sets a path", _set("spec.backup_config",
-                                       {"repositories": [{**POSIX, "custom_options":
-                                                          {"repo-path": "/tmp/x"}}]}),
-     ["spec.backup_config.repositories[0].custom_options.repo-path"]),
-    ("custom option sets cipher pass", _set("spec.backup_config",
-                                            {"repositories": [{**POSIX, "custom_options":
-                                                               {"repo-cipher-pass": "x"}}]}),
-     ["spec.backup_config.repositories[0].custom_options.repo-cipher-pass"]),
-    ("custom option sets pg path", _set("spec.backup_config",
-                                        {"repositories": [{**POSIX, "custom_options":
-                                                           {"pg1-path": "/x"}}]}),
-     ["spec.backup_config.repositories[0].custom_options.pg1-path"]),
-    ("unknown repository type", _set("spec.backup_config", {"repositories": [{"type": "ftp"}]}),
-     ["spec.backup_config.repositories[0].type"]),
-    ("oversized secret", _set("spec.database_users.0.password", "x" * 5000),
-     ["spec.database_users[0].password"]),
-    ("managed setting", _set("spec.postgresql_conf", {"archive_command": "rm -rf /"}),
-     ["spec.postgresql_conf.archive_command"]),
-    ("reserved user", _set("spec.database_users.0.username", "postgres"),
-     ["spec.database_users[0].username"]),
-    ("time target without timezone",
-     _set("spec.restore_config", {"source_database_id": "src", "source_node_name": "n1",
-                                  "repository": POSIX,
-                                  "restore_options": {"type": "time",
-                                                      "target": "2026-01-01 10:00:00"}}),
-     ["spec.restore_config.restore_options.target"]),
+    (
+        "bad cron",
+        _set(
+            "spec.backup_config",
+            {
+                "repositories": [POSIX],
+                "schedules": [{"id": "nightly", "type": "full", "cron_expression": "61 * * * *"}],
+            },
+        ),
+        ["spec.backup_config.schedules[0].cron_expression"],
+    ),
+    (
+        "relative base_path",
+        _set("spec.backup_config", {"repositories": [{"type": "posix", "base_path": "backups"}]}),
+        ["spec.backup_config.repositories[0].base_path"],
+    ),
+    (
+        "dotdot base_path",
+        _set("spec.backup_config", {"repositories": [{"type": "posix", "base_path": "/a/../etc"}]}),
+        ["spec.backup_config.repositories[0].base_path"],
+    ),
+    (
+        "newline injection",
+        _set(
+            "spec.backup_config",
+            {
+                "repositories": [
+                    {"type": "s3", "s3_bucket": "bucket", "s3_region": "us-east-1\nrepo1-path=/x"}
+                ]
+            },
+        ),
+        ["spec.backup_config.repositories[0].s3_region"],
+    ),
+    (
+        "custom option key pattern",
+        _set(
+            "spec.backup_config", {"repositories": [{**POSIX, "custom_options": {"Bad=Key": "1"}}]}
+        ),
+        ["spec.backup_config.repositories[0].custom_options.Bad=Key"],
+    ),
+    (
+        "custom option sets a path",
+        _set(
+            "spec.backup_config",
+            {"repositories": [{**POSIX, "custom_options": {"repo-path": "/tmp/x"}}]},
+        ),
+        ["spec.backup_config.repositories[0].custom_options.repo-path"],
+    ),
+    (
+        "custom option sets cipher pass",
+        _set(
+            "spec.backup_config",
+            {"repositories": [{**POSIX, "custom_options": {"repo-cipher-pass": "x"}}]},
+        ),
+        ["spec.backup_config.repositories[0].custom_options.repo-cipher-pass"],
+    ),
+    (
+        "custom option sets pg path",
+        _set(
+            "spec.backup_config",
+            {"repositories": [{**POSIX, "custom_options": {"pg1-path": "/x"}}]},
+        ),
+        ["spec.backup_config.repositories[0].custom_options.pg1-path"],
+    ),
+    (
+        "unknown repository type",
+        _set("spec.backup_config", {"repositories": [{"type": "ftp"}]}),
+        ["spec.backup_config.repositories[0].type"],
+    ),
+    (
+        "oversized secret",
+        _set("spec.database_users.0.password", "x" * 5000),
+        ["spec.database_users[0].password"],
+    ),
+    (
+        "managed setting",
+        _set("spec.postgresql_conf", {"archive_command": "rm -rf /"}),
+        ["spec.postgresql_conf.archive_command"],
+    ),
+    (
+        "reserved user",
+        _set("spec.database_users.0.username", "postgres"),
+        ["spec.database_users[0].username"],
+    ),
+    (
+        "time target without timezone",
+        _set(
+            "spec.restore_config",
+            {
+                "source_database_id": "src",
+                "source_node_name": "n1",
+                "repository": POSIX,
+                "restore_options": {"type": "time", "target": "2026-01-01 10:00:00"},
+            },
+        ),
+        ["spec.restore_config.restore_options.target"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("mutation", "paths"), [(m, p) for _, m, p in CASES],
-                         ids=[c[0] for c in CASES])
-async def test_rule_reports_its_path(api: httpx.AsyncClient, mutation: Mutation,
-                                     paths: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("mutation", "paths"), [(m, p) for _, m, p in CASES], ids=[c[0] for c in CASES]
+)
+async def test_rule_reports_its_path(
+    api: httpx.AsyncClient, mutation: Mutation, paths: list[str]
+) -> None:
     """Each validation rule answers 422 invalid_input with the offending field's path."""
     body = copy.deepcopy(database_body("valid"))
     mutation(body)

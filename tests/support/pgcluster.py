@@ -34,29 +34,72 @@ class ScratchCluster:
 
     def start(self) -> None:
         subprocess.run(
-            as_os_user([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]),
-            check=True, capture_output=True,
+            as_os_user(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.root}'\n"
-                       f"port = {self.port}\nmax_connections = 300\nfsync = off\n")
+            conf.write(
+                f"listen_addresses = ''\nunix_socket_directories = '{self.root}'\n"
+                f"port = {self.port}\nmax_connections = 300\nfsync = off\n"
+            )
         subprocess.run(
-            as_os_user([str(PG_BIN / "pg_ctl"), "start", "-w", "-D", str(self.data),
-                        "-l", str(self.root / "server.log")]),
-            check=True, capture_output=True,
+            as_os_user(
+                [
+                    str(PG_BIN / "pg_ctl"),
+                    "start",
+                    "-w",
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.root / "server.log"),
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
 
     def stop(self) -> None:
         subprocess.run(
             as_os_user([str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(self.data)]),
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(
-            as_os_user([str(PG_BIN / "psql"), "-h", str(self.root), "-p", str(self.port), "-U",
-                        "postgres", "-d", database, "-AtX", "-v", "ON_ERROR_STOP=1", "-c", sql]),
-            check=True, capture_output=True, text=True,
+            as_os_user(
+                [
+                    str(PG_BIN / "psql"),
+                    "-h",
+                    str(self.root),
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    database,
+                    "-AtX",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    sql,
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return result.stdout.strip()

@@ -40,15 +40,17 @@ class ServerProcess:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
-        env.update({
-            "CONTROLPLANE_DATA_DIR": str(self.data_dir),
-            "CONTROLPLANE_PORT": str(self.port),
-            "CONTROLPLANE_LEASE_SECONDS": "3",
-            "CONTROLPLANE_POLL_INTERVAL": "0.2",
-            "CONTROLPLANE_MONITOR_INTERVAL": "1",
-            "CONTROLPLANE_CANCEL_GRACE_SECONDS": "3",
-            "CONTROLPLANE_RETRY_BACKOFF_SECONDS": "0",
-        })
+        env.update(
+            {
+                "CONTROLPLANE_DATA_DIR": str(self.data_dir),
+                "CONTROLPLANE_PORT": str(self.port),
+                "CONTROLPLANE_LEASE_SECONDS": "3",
+                "CONTROLPLANE_POLL_INTERVAL": "0.2",
+                "CONTROLPLANE_MONITOR_INTERVAL": "1",
+                "CONTROLPLANE_CANCEL_GRACE_SECONDS": "3",
+                "CONTROLPLANE_RETRY_BACKOFF_SECONDS": "0",
+            }
+        )
         if self.database_url:
             env["CONTROLPLANE_DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
@@ -57,14 +59,19 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane", "serve"], env=self.env(), stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "controlplane", "serve"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"server exited {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     self.token = (self.data_dir / "admin-token").read_text().strip()
@@ -99,13 +106,16 @@ class ServerProcess:
         root = self.data_dir / "instances"
         for pid_file in root.glob("*/pgdata/postmaster.pid") if root.exists() else []:
             subprocess.run(
-                as_os_user([str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D",
-                            str(pid_file.parent)]),
-                check=False, capture_output=True,
+                as_os_user(
+                    [str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(pid_file.parent)]
+                ),
+                check=False,
+                capture_output=True,
             )
         store = self.data_dir / "store"
         if (store / "postmaster.pid").exists():
             subprocess.run(
                 as_os_user([str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(store)]),
-                check=False, capture_output=True,
+                check=False,
+                capture_output=True,
             )

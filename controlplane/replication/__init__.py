@@ -1,0 +1,51 @@
+"""pglogical multi-master mesh between the nodes of one database (what pgEdge does with Spock).
+
+Everything here works on asyncpg connections the caller opens (a superuser's, to each node's
+application database) and on libpq DSNs by which the nodes reach each other: no HTTP, no tasks.
+"""
+
+from controlplane.replication.errors import ReplicationError
+from controlplane.replication.mesh import MeshChanges, converge_mesh
+from controlplane.replication.names import (
+    REPLICATION_SETS,
+    MeshNode,
+    pglogical_node_name,
+    subscription_name,
+)
+from controlplane.replication.nodes import (
+    FENCED_START_SETTINGS,
+    ensure_node,
+    local_node_name,
+    reset_restored_node,
+)
+from controlplane.replication.schema import PgTools, copy_schema
+from controlplane.replication.subscriptions import (
+    SubscriptionStatus,
+    drop_node_links,
+    drop_subscription,
+    ensure_subscription,
+    subscription_status,
+    wait_for_sync,
+)
+
+__all__ = [
+    "FENCED_START_SETTINGS",
+    "REPLICATION_SETS",
+    "MeshChanges",
+    "MeshNode",
+    "PgTools",
+    "ReplicationError",
+    "SubscriptionStatus",
+    "converge_mesh",
+    "copy_schema",
+    "drop_node_links",
+    "drop_subscription",
+    "ensure_node",
+    "ensure_subscription",
+    "local_node_name",
+    "pglogical_node_name",
+    "reset_restored_node",
+    "subscription_name",
+    "subscription_status",
+    "wait_for_sync",
+]

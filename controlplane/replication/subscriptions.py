@@ -1,0 +1,283 @@
+"""pglogical subscriptions of the mesh: create, wait for, report, drop, and unlink a node.
+
+A subscription lives on the subscriber and pulls the provider's writes through a logical slot on
+the provider. Every one is created with `forward_origins := '{}'`: a node sends only the writes
+made on it, never the ones it received, so a write travels exactly one hop and never loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import asyncpg
+import msgspec
+
+from controlplane.replication.errors import ReplicationError
+from controlplane.replication.names import (
+    REPLICATION_SETS,
+    MeshNode,
+    pglogical_node_name,
+    subscription_name,
+)
+from controlplane.store.pool import Connection
+
+POLL_INTERVAL = 0.2
+
+# Where a detached subscription points: a unix socket directory that cannot exist, so that
+# pglogical.drop_subscription fails fast to reach the provider and leaves its slots alone.
+DETACHED_INTERFACE = "cp_detached"
+DETACHED_DSN = "host=/nonexistent/cp-detached port=1 dbname=cp_detached connect_timeout=1"
+
+SUBSCRIPTIONS_SQL = """
+SELECT s.sub_name, n.node_name AS provider, s.sub_slot_name
+  FROM pglogical.subscription s JOIN pglogical.node n ON n.node_id = s.sub_origin
+ ORDER BY s.sub_name
+"""
+
+
+class SubscriptionStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One subscription of a node as the API reports it (`status`: replicating, initializing,
+    down, disabled or unknown, as pglogical.show_subscription_status says)."""
+
+    provider_node: str
+    name: str
+    status: str
+
+
+class Subscription(msgspec.Struct, frozen=True, kw_only=True):
+    """A subscription in a node's catalog: its name, provider node and slot on the provider."""
+
+    name: str
+    provider: str
+    slot_name: str
+
+
+async def is_pglogical_node(conn: Connection) -> bool:
+    """True when the database has the pglogical extension and a local pglogical node."""
+    if await conn.fetchval("SELECT to_regclass('pglogical.local_node')") is None:
+        return False
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pglogical.local_node)"))
+
+
+async def list_subscriptions(conn: Connection) -> list[Subscription]:
+    """Every subscription in the node's catalog (empty when pglogical is not set up)."""
+    if await conn.fetchval("SELECT to_regclass('pglogical.subscription')") is None:
+        return []
+    return [
+        Subscription(name=r["sub_name"], provider=r["provider"], slot_name=r["sub_slot_name"])
+        for r in await conn.fetch(SUBSCRIPTIONS_SQL)
+    ]
+
+
+async def subscription_status(conn: Connection) -> list[SubscriptionStatus]:
+    """The node's subscriptions with their live status, ordered by name; empty when the
+    database is not a pglogical node."""
+    if not await is_pglogical_node(conn):
+        return []
+    rows = await conn.fetch(
+        "SELECT subscription_name, status, provider_node "
+        "FROM pglogical.show_subscription_status() ORDER BY subscription_name"
+    )
+    return [
+        SubscriptionStatus(
+            provider_node=r["provider_node"], name=r["subscription_name"], status=r["status"]
+        )
+        for r in rows
+    ]
+
+
+async def ensure_subscription(
+    subscriber_conn: Connection,
+    *,
+    provider: MeshNode,
+    subscriber: MeshNode,
+    synchronize_data: bool,
+) -> bool:
+    """Create `subscription_name(provider, subscriber)` on the subscriber if it is missing.
+
+    The structure is never synchronised by pglogical (see `schema.py`). True when created. An
+    existing subscription with that name but another provider is an error, not silently kept.
+    """
+    name = subscription_name(provider.name, subscriber.name)
+    local = await subscriber_conn.fetchval(
+        "SELECT n.node_name FROM pglogical.local_node l JOIN pglogical.node n USING (node_id)"
+    )
+    if local != pglogical_node_name(subscriber.name):
+        raise ReplicationError(
+            f"cannot create subscription {name}: the database is pglogical node {local}, "
+            f"not {subscriber.name}"
+        )
+    existing = {s.name: s for s in await list_subscriptions(subscriber_conn)}
+    if name in existing:
+        _check_provider(existing[name], provider.name)
+        return False
+    async with subscriber_conn.transaction():
+        await subscriber_conn.execute(
+            "SELECT pglogical.create_subscription(subscription_name := $1, provider_dsn := $2, "
+            "replication_sets := $3::text[], synchronize_structure := false, "
+            "synchronize_data := $4, forward_origins := '{}')",
+            name,
+            provider.dsn,
+            list(REPLICATION_SETS),
+            synchronize_data,
+        )
+        # pglogical names the provider after what the DSN reached: a DSN pointing at the
+        # wrong node must not leave a subscription whose name lies about its source.
+        created = {s.name: s for s in await list_subscriptions(subscriber_conn)}
+        _check_provider(created[name], provider.name)
+    return True
+
+
+def _check_provider(subscription: Subscription, provider: str) -> None:
+    if subscription.provider != pglogical_node_name(provider):
+        raise ReplicationError(
+            f"subscription {subscription.name} replicates from pglogical node "
+            f"{subscription.provider}, not {provider}"
+        )
+
+
+# A timeout parameter rather than the caller's asyncio.timeout: on expiry the error must name the
+# subscription and the status it was stuck in, which only this function knows.
+async def wait_for_sync(
+    subscriber_conn: Connection,
+    *,
+    provider: str,
+    subscriber: str,
+    timeout: float = 60.0,  # noqa: ASYNC109
+) -> None:
+    """Wait until the subscription from `provider` to `subscriber` is replicating and its
+    initial data copy (if any) is complete; raise ReplicationError naming the subscription and
+    its last status after `timeout` seconds."""
+    name = subscription_name(provider, subscriber)
+    deadline = time.monotonic() + timeout
+    status = await _status_of(subscriber_conn, name)
+    while status != "replicating":
+        if time.monotonic() >= deadline:
+            raise ReplicationError(
+                f"subscription {name} on node {subscriber} is {status}, not replicating, "
+                f"after {timeout:g}s (see the server logs of {subscriber} and {provider})"
+            )
+        await asyncio.sleep(POLL_INTERVAL)
+        status = await _status_of(subscriber_conn, name)
+    try:
+        # Also covers per-table syncs; bounded because the function itself never gives up.
+        await subscriber_conn.execute(
+            "SELECT pglogical.wait_for_subscription_sync_complete($1)",
+            name,
+            timeout=max(deadline - time.monotonic(), 1.0),
+        )
+    except TimeoutError:
+        raise ReplicationError(
+            f"subscription {name} on node {subscriber} did not finish its table sync "
+            f"in {timeout:g}s"
+        ) from None
+
+
+async def _status_of(conn: Connection, name: str) -> str:
+    status = await conn.fetchval(
+        "SELECT status FROM pglogical.show_subscription_status() WHERE subscription_name = $1",
+        name,
+    )
+    if status is None:
+        raise ReplicationError(f"subscription {name} does not exist")
+    return str(status)
+
+
+async def drop_subscription(conn: Connection, name: str, *, drop_remote_slot: bool = True) -> bool:
+    """Drop subscription `name` from this node's catalog; False when it did not exist.
+
+    With `drop_remote_slot` (the normal case) pglogical also drops the slot on the provider; a
+    provider that is unreachable or has no such slot only yields a WARNING, so this succeeds on
+    a restored node too. Pass False for a catalog restored from a backup: its slot name may
+    belong to a live subscription of the node the backup was taken from, and dropping it would
+    silently cut that node off.
+    """
+    existing = {s.name: s for s in await list_subscriptions(conn)}
+    if name not in existing:
+        return False
+    async with conn.transaction():
+        if not drop_remote_slot:
+            await _detach(conn, existing[name])
+        await conn.execute("SELECT pglogical.drop_subscription($1, ifexists := true)", name)
+    return True
+
+
+async def _detach(conn: Connection, subscription: Subscription) -> None:
+    """Point the subscription at an interface nobody listens on (drop then cannot connect)."""
+    has_interface = await conn.fetchval(
+        "SELECT 1 FROM pglogical.node_interface i JOIN pglogical.node n ON n.node_id = i.if_nodeid "
+        "WHERE n.node_name = $1 AND i.if_name = $2",
+        subscription.provider,
+        DETACHED_INTERFACE,
+    )
+    if not has_interface:
+        await conn.execute(
+            "SELECT pglogical.alter_node_add_interface($1, $2, $3)",
+            subscription.provider,
+            DETACHED_INTERFACE,
+            DETACHED_DSN,
+        )
+    await conn.execute(
+        "SELECT pglogical.alter_subscription_interface($1, $2)",
+        subscription.name,
+        DETACHED_INTERFACE,
+    )
+
+
+async def drop_node_links(conns_by_node: Mapping[str, Connection], node_name: str) -> bool:
+    """Cut `node_name` out of the mesh: drop every subscription to and from it on the given
+    nodes and any replication slot left for it; True when anything was dropped.
+
+    Run before removing a node or restoring it (slots are not in backups, and a restored
+    subscriber that kept its subscription would silently skip rows). `conns_by_node` may omit
+    the node itself when it is gone: the slots its subscriptions held on the others are then
+    dropped directly.
+    """
+    removed = pglogical_node_name(node_name)
+    others = {name: conn for name, conn in conns_by_node.items() if name != node_name}
+    changed = False
+    for conn in others.values():  # its writes no longer reach the others
+        for sub in await list_subscriptions(conn):
+            if sub.provider == removed:
+                changed |= await drop_subscription(conn, sub.name)
+    if node_name in conns_by_node:  # the others' writes no longer reach it
+        own = conns_by_node[node_name]
+        for sub in await list_subscriptions(own):
+            changed |= await drop_subscription(own, sub.name)
+        for name in others:
+            changed |= await _drop_leftover_slot(own, provider=node_name, subscriber=name)
+    for name, conn in others.items():
+        changed |= await _drop_leftover_slot(conn, provider=name, subscriber=node_name)
+    return changed
+
+
+async def _drop_leftover_slot(conn: Connection, *, provider: str, subscriber: str) -> bool:
+    """On `provider`, drop the slot of subscription provider->subscriber if it is still there.
+
+    The name is derived the way pglogical derives it (database, provider node, subscription).
+    A walsender still streaming from it (the subscriber is alive but no longer wanted) is
+    terminated first; its apply may reconnect in between, hence the few attempts.
+    """
+    slot = await conn.fetchval(
+        "SELECT pglogical.pglogical_gen_slot_name(current_database(), $1, $2)",
+        pglogical_node_name(provider),
+        subscription_name(provider, subscriber),
+    )
+    for _ in range(10):
+        active_pid = await conn.fetchval(
+            "SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1", slot
+        )
+        if active_pid is None:
+            return False
+        try:
+            if active_pid:
+                await conn.execute("SELECT pg_terminate_backend($1)", active_pid)
+            await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
+            return True
+        except asyncpg.ObjectInUseError:
+            await asyncio.sleep(POLL_INTERVAL)
+    raise ReplicationError(
+        f"replication slot {slot} for node {subscriber} on node {provider} stays in use"
+    )
