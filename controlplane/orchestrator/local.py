@@ -259,29 +259,35 @@ class LocalOrchestrator:
         return " | ".join(lines[-count:])
 
     async def stop(self, ref: InstanceRef, *, on_line: LineSink) -> None:
+        """Fast shutdown; if it does not finish in time (a shutdown checkpoint waits for
+        archive-push, which hangs while the repository is unreachable), shut down immediately:
+        the next start runs crash recovery and loses nothing committed."""
         if await self.status(ref) != "running":
             return
-        result = await run_command(
-            self._as_user(
-                [
-                    self._pg("pg_ctl"),
-                    "stop",
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    "300",
-                    "-D",
-                    self.data_dir(ref),
-                ]
-            ),
-            on_line=on_line,
-        )
-        if result.exit_code != 0 and await self.status(ref) == "running":
-            raise ExternalCommandError(
-                f"stop of instance {ref.instance_id} failed: {result.tail(5)}",
-                exit_code=result.exit_code,
+        for mode, wait in (("fast", "120"), ("immediate", "60")):
+            result = await run_command(
+                self._as_user(
+                    [
+                        self._pg("pg_ctl"),
+                        "stop",
+                        "-m",
+                        mode,
+                        "-w",
+                        "-t",
+                        wait,
+                        "-D",
+                        self.data_dir(ref),
+                    ]
+                ),
+                on_line=on_line,
             )
+            if result.exit_code == 0 or await self.status(ref) != "running":
+                return
+            await on_line(f"{mode} shutdown of {ref.instance_id} did not finish in {wait}s")
+        raise ExternalCommandError(
+            f"stop of instance {ref.instance_id} failed: {result.tail(5)}",
+            exit_code=result.exit_code,
+        )
 
     async def reload(self, ref: InstanceRef, *, on_line: LineSink) -> None:
         conn = await self.connect(ref)

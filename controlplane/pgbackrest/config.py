@@ -267,7 +267,7 @@ def _repository_options(plan: RepositoryPlan) -> Options:
     }
     if repo.retention_diff is not None:
         options["retention-diff"] = str(repo.retention_diff)
-    if repo.storage_port is not None:
+    if repo.storage_port is not None and not isinstance(repo, GcsRepository):
         options["storage-port"] = str(repo.storage_port)
     if repo.storage_ca_file is not None:
         options["storage-ca-file"] = repo.storage_ca_file
@@ -299,7 +299,7 @@ def _storage_options(repo: Repository) -> Options:
         return _present(
             {
                 "gcs-bucket": repo.gcs_bucket,
-                "gcs-endpoint": repo.gcs_endpoint,
+                "gcs-endpoint": _gcs_endpoint(repo),
                 "gcs-key-type": repo.gcs_key_type,
             }
         )
@@ -311,6 +311,14 @@ def _storage_options(repo: Repository) -> Options:
             "azure-uri-style": repo.azure_uri_style,
         }
     )
+
+
+def _gcs_endpoint(repo: GcsRepository) -> str | None:
+    """pgBackRest 2.45 ignores repo-storage-port for GCS: the port must be in the endpoint."""
+    if repo.storage_port is None:
+        return repo.gcs_endpoint
+    host = (repo.gcs_endpoint or "storage.googleapis.com").rsplit(":", 1)[0]
+    return f"{host}:{repo.storage_port}"
 
 
 def _present(options: Mapping[str, str | None]) -> Options:

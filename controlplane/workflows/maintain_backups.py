@@ -73,15 +73,19 @@ def expire_refusal(entries: list[pgb_info.CatalogEntry], label: str, force: bool
         return f"backup set {label} not found"
     fulls = [e for e in entries if e.type == "full" and e.repository_id == target.repository_id]
     if target.type == "full" and len(fulls) == 1:
-        return (f"full backup {label} is the last full backup of repository "
-                f"{target.repository_id}: pgBackRest cannot expire it until another full backup "
-                "exists")
+        return (
+            f"full backup {label} is the last full backup of repository "
+            f"{target.repository_id}: pgBackRest cannot expire it until another full backup "
+            "exists"
+        )
     gone = dependents(entries, label)
     remaining = [e for e in entries if e.label not in gone]
     if not force and entries[0].label in gone and remaining:
-        return (f"expiring {label} moves the start of the recovery window from "
-                f"{entries[0].stopped_at.isoformat()} to {remaining[0].stopped_at.isoformat()}; "
-                "repeat with force=true to do it")
+        return (
+            f"expiring {label} moves the start of the recovery window from "
+            f"{entries[0].stopped_at.isoformat()} to {remaining[0].stopped_at.isoformat()}; "
+            "repeat with force=true to do it"
+        )
     return None
 
 

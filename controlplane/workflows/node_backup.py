@@ -107,8 +107,10 @@ async def _wait_for_lock(
         if found is not None or not held:
             return found
         if time.monotonic() > deadline:
-            raise ExternalCommandError(f"{subject} failed: the stanza lock stayed held for "
-                                       f"{_LOCK_WAIT_SECONDS // 60} minutes")
+            raise ExternalCommandError(
+                f"{subject} failed: the stanza lock stayed held for "
+                f"{_LOCK_WAIT_SECONDS // 60} minutes"
+            )
         if not waited:
             await ctx.log.info("another backup holds this node's stanza lock; waiting for it")
             waited = True

@@ -23,7 +23,13 @@ from controlplane.pgbackrest.config import (
     secret_env,
     write_config_atomic,
 )
-from controlplane.spec.models import BackupConfig, DatabaseSpec, PosixRepository, Repository
+from controlplane.spec.models import (
+    BackupConfig,
+    DatabaseSpec,
+    GcsRepository,
+    PosixRepository,
+    Repository,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -366,3 +372,18 @@ def test_ensure_state_dirs(tmp_path: Path) -> None:
     for key in ("lock-path", "log-path", "spool-path"):
         value = next(line for line in text.splitlines() if line.startswith(f"{key}="))
         assert Path(value.split("=", 1)[1]).is_dir()
+
+
+def test_gcs_port_goes_into_the_endpoint() -> None:
+    """pgBackRest 2.45 ignores storage-port for GCS, so the port is rendered in the endpoint."""
+    repo = msgspec.convert(
+        {"type": "gcs", "gcs_bucket": "bkt", "gcs_endpoint": "localhost", "storage_port": 59200},
+        GcsRepository,
+    )
+    text = render_config(
+        InstanceLayout(instance_dir="/i", pg_data="/i/pgdata", pg_port=5432, pg_socket_dir="/s"),
+        [RepositoryPlan(index=1, repository=repo, path="/p")],
+        process_max=1,
+    )
+    assert "repo1-gcs-endpoint=localhost:59200" in text
+    assert "storage-port" not in text
