@@ -100,7 +100,16 @@ def clone_node(source: PglogicalNode, root: Path, name: str, *options: str) -> P
     source_at = ["-h", source.cluster.socket_dir, "-p", str(source.cluster.port), "-U", "postgres"]
     subprocess.run(
         as_os_user(
-            [str(PG_BIN / "pg_basebackup"), "-D", str(cluster.data), "-X", "stream", *source_at]
+            [
+                str(PG_BIN / "pg_basebackup"),
+                "-D",
+                str(cluster.data),
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                *source_at,
+            ]
         ),
         check=True,
         capture_output=True,
