@@ -19,8 +19,9 @@ from controlplane.store.pool import Connection
 # pglogical's supervisor, managers and apply workers are background workers, so none starts
 # and no stale subscription can stream from a slot (max_logical_replication_workers only
 # governs native logical replication and does not stop pglogical). pglogical's SQL functions
-# keep working. hot_standby=off keeps the recovery-time check of max_worker_processes against
-# the primary's value out of the way and makes `pg_ctl start -w` return only after recovery.
+# keep working. hot_standby=off because archive recovery with hot standby refuses a
+# max_worker_processes below the primary's; it also means connections are refused until
+# recovery has ended, and `pg_ctl start -w` returns before that: poll until a connection works.
 FENCED_START_SETTINGS = {"max_worker_processes": "0", "hot_standby": "off"}
 
 LOCAL_NODE_SQL = """

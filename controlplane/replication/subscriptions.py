@@ -24,6 +24,7 @@ from controlplane.replication.names import (
 from controlplane.store.pool import Connection
 
 POLL_INTERVAL = 0.2
+NUDGE_INTERVAL = 5.0  # pglogical restarts a crashed apply worker 5 s after the crash at best
 
 # Where a detached subscription points: a unix socket directory that cannot exist, so that
 # pglogical.drop_subscription fails fast to reach the provider and leaves its slots alone.
@@ -149,18 +150,25 @@ async def wait_for_sync(
 ) -> None:
     """Wait until the subscription from `provider` to `subscriber` is replicating and its
     initial data copy (if any) is complete; raise ReplicationError naming the subscription and
-    its last status after `timeout` seconds."""
+    its last status after `timeout` seconds (at once when the subscription is disabled)."""
     name = subscription_name(provider, subscriber)
     deadline = time.monotonic() + timeout
-    status = await _status_of(subscriber_conn, name)
-    while status != "replicating":
-        if time.monotonic() >= deadline:
+    nudged = 0.0
+    while (status := await _status_of(subscriber_conn, name)) != "replicating":
+        now = time.monotonic()
+        if status == "disabled" or now >= deadline:
             raise ReplicationError(
                 f"subscription {name} on node {subscriber} is {status}, not replicating, "
-                f"after {timeout:g}s (see the server logs of {subscriber} and {provider})"
+                f"after {timeout - max(deadline - now, 0):.0f}s "
+                f"(see the server logs of {subscriber} and {provider})"
             )
+        if status == "down" and now - nudged >= NUDGE_INTERVAL:
+            # pglogical's manager restarts a crashed apply worker only when it next wakes, up
+            # to 3 minutes after its provider came back; any change to the subscription wakes
+            # it, and enabling an enabled subscription changes nothing else.
+            await subscriber_conn.execute("SELECT pglogical.alter_subscription_enable($1)", name)
+            nudged = now
         await asyncio.sleep(POLL_INTERVAL)
-        status = await _status_of(subscriber_conn, name)
     try:
         # Also covers per-table syncs; bounded because the function itself never gives up.
         await subscriber_conn.execute(

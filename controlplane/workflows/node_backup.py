@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -18,6 +19,9 @@ from controlplane.workflows import backups
 from controlplane.workflows.common import load_spec, ref_of
 
 _LOCK_WAIT_SECONDS = 6 * 3600
+# pgBackRest: [055] archive.info/backup.info missing, i.e. no stanza in this repository path.
+_MISSING_STANZA = 55
+_LABEL = re.compile(r"new backup label = (\S+)")
 
 
 async def _setup(ctx: StepContext) -> backups.BackupSetup:
@@ -51,28 +55,24 @@ async def write_config(ctx: StepContext) -> dict[str, Any]:
     return {}
 
 
-async def ensure_stanza(ctx: StepContext) -> dict[str, Any]:
-    """stanza-create is a no-op when the repository already matches this node."""
-    setup = await _setup(ctx)
-    await backups.run_pgbackrest(
-        ctx.services,
-        setup,
-        pgb.stanza_create_argv(setup.config_path),
-        subject=backups.subject_of(setup.ref, "stanza creation"),
-        on_line=ctx.log.sink("pgbackrest"),
-    )
-    return {}
-
-
 async def take_backup(ctx: StepContext) -> dict[str, Any]:
-    """Run the backup unless an earlier attempt of this task already finished it."""
+    """Run the backup, unless an earlier attempt of this task already took it.
+
+    Only a resumed attempt can find its own set, so a first attempt goes straight to pgbackrest
+    (the benchmark holds the task to within 10% of a hand-run backup). A stanza that does not
+    exist yet (repository emptied, new generation) is created and the backup run again.
+    pgbackrest expires sets beyond retention at the end of every backup (expire-auto).
+    """
     setup = await _setup(ctx)
     task_id = str(ctx.task.task_id)
     subject = backups.subject_of(setup.ref, "backup")
-    found = await _wait_for_lock(ctx, setup, task_id, subject)
-    if found is not None:
-        await ctx.log.info(f"backup {found.label} of this task already exists; not taking another")
-        return {"label": found.label}
+    if ctx.task.attempts > 1:
+        found = await _wait_for_lock(ctx, setup, task_id, subject)
+        if found is not None:
+            await ctx.log.info(
+                f"backup {found.label} of this task already exists; not taking another"
+            )
+            return {"label": found.label}
     request = ctx.task.input
     argv = pgb.backup_argv(
         setup.config_path,
@@ -81,14 +81,30 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
         annotations=request.get("annotations") or {},
         repo=setup.repo_index(request.get("repository_id")),
     )
-    await backups.run_pgbackrest(
-        ctx.services, setup, argv, subject=subject, on_line=ctx.log.sink("pgbackrest")
-    )
-    found = _mine(await backups.read_info(ctx.services, setup, subject=subject), setup, task_id)
-    if found is None:
-        raise ExternalCommandError(f"{subject} finished but its set is not in the repository")
-    await ctx.log.info(f"backup {found.label} ({found.type}) taken")
-    return {"label": found.label}
+    sink = ctx.log.sink("pgbackrest")
+    try:
+        result = await backups.run_pgbackrest(
+            ctx.services, setup, argv, subject=subject, on_line=sink
+        )
+    except ExternalCommandError as exc:
+        if exc.exit_code != _MISSING_STANZA:
+            raise
+        await ctx.log.info("the repository has no stanza for this node yet; creating it")
+        await backups.run_pgbackrest(
+            ctx.services,
+            setup,
+            pgb.stanza_create_argv(setup.config_path),
+            subject=backups.subject_of(setup.ref, "stanza creation"),
+            on_line=sink,
+        )
+        result = await backups.run_pgbackrest(
+            ctx.services, setup, argv, subject=subject, on_line=sink
+        )
+    label = next((m.group(1) for line in result.lines if (m := _LABEL.search(line))), None)
+    if label is None:
+        raise ExternalCommandError(f"{subject} finished but printed no backup label")
+    await ctx.log.info(f"backup {label} taken")
+    return {"label": label}
 
 
 async def _wait_for_lock(
@@ -123,19 +139,6 @@ def _mine(
     return pgb_info.find_by_task(pgb_info.catalog(stanza, setup.repository_ids), task_id)
 
 
-async def apply_retention(ctx: StepContext) -> dict[str, Any]:
-    """Expire sets and WAL beyond each repository's retention."""
-    setup = await _setup(ctx)
-    await backups.run_pgbackrest(
-        ctx.services,
-        setup,
-        pgb.expire_argv(setup.config_path),
-        subject=backups.subject_of(setup.ref, "expire"),
-        on_line=ctx.log.sink("pgbackrest"),
-    )
-    return {}
-
-
 async def record_result(ctx: StepContext) -> dict[str, Any]:
     """Put the set's catalog entry in the task result and clear the busy states."""
     setup = await _setup(ctx)
@@ -143,8 +146,12 @@ async def record_result(ctx: StepContext) -> dict[str, Any]:
         ctx.services, setup, subject=backups.subject_of(setup.ref, "backup")
     )
     entry = _mine(stanza, setup, str(ctx.task.task_id))
+    if entry is None:
+        raise ExternalCommandError(
+            f"backup {ctx.state.get('label')} of this task is not in the repository"
+        )
     await _settle(ctx)
-    return {"result": msgspec.to_builtins(entry) if entry else {"label": ctx.state.get("label")}}
+    return {"result": msgspec.to_builtins(entry)}
 
 
 async def _settle(ctx: StepContext, message: str | None = None) -> None:
@@ -165,12 +172,10 @@ NODE_BACKUP = Workflow(
     steps=(
         Step("resolve_node", resolve_node),
         Step("write_config", write_config),
-        Step("ensure_stanza", ensure_stanza),
         Step("take_backup", take_backup),
-        Step("apply_retention", apply_retention),
         Step("record_result", record_result),
     ),
     on_failure=_on_end,
     on_cancel=_on_end,
-    retryable_steps=frozenset({"ensure_stanza", "take_backup"}),
+    retryable_steps=frozenset({"take_backup"}),
 )
