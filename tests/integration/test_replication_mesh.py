@@ -12,6 +12,7 @@ import pytest
 
 from controlplane.replication import (
     FENCED_START_SETTINGS,
+    MeshChanges,
     MeshNode,
     converge_mesh,
     drop_node_links,
@@ -88,6 +89,13 @@ async def mesh(scratch_dir: Path) -> AsyncIterator[Mesh]:
     finally:
         await asyncio.gather(*(c.close() for c in cluster.conns.values()))
         stop_nodes(cluster.nodes.values())
+        import os
+        import shutil
+        if os.environ.get("CP_KEEP_LOGS"):
+            dest = Path(os.environ["CP_KEEP_LOGS"]) / str(id(cluster))
+            for n in cluster.nodes.values():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy(n.cluster.root / "server.log", dest / f"{n.name}.log")
 
 
 async def checksums(conns: dict[str, Conn], sql: str = CHECKSUM_SQL) -> dict[str, str]:
@@ -97,28 +105,32 @@ async def checksums(conns: dict[str, Conn], sql: str = CHECKSUM_SQL) -> dict[str
 async def until_all_hold(conns: dict[str, Conn], count: int, sql: str = CHECKSUM_SQL) -> str:
     """Wait until every node holds `count` rows and the same checksum; return it."""
 
-    async def probe() -> str | None:
+    async def probe() -> str:
         sums = await checksums(conns, sql)
         values = set(sums.values())
-        return (
-            values.pop()
-            if len(values) == 1 and next(iter(values)).startswith(f"{count}:")
-            else None
-        )
+        assert len(values) == 1 and values.pop().startswith(f"{count}:"), sums
+        return sums.popitem()[1]
 
     return await eventually(probe, timeout=SYNC, what=f"{count} identical rows on every node")
 
 
 async def slots(conn: Conn) -> list[str]:
-    return [r["slot_name"] for r in await conn.fetch("SELECT slot_name FROM pg_replication_slots")]
+    return [
+        r["slot_name"]
+        for r in await conn.fetch("SELECT slot_name FROM pg_replication_slots ORDER BY 1")
+    ]
 
 
-async def converge(cluster: Mesh, **kwargs: object) -> object:
+async def converge(
+    cluster: Mesh, new_nodes: Iterable[str] = (), source_node: dict[str, str] | None = None
+) -> MeshChanges:
+    """converge_mesh over every node of `cluster`."""
     return await converge_mesh(
         cluster.conns,
         cluster.mesh_nodes(),
+        new_nodes=set(new_nodes),
+        source_node=source_node,
         sync_timeout=SYNC,
-        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -181,10 +193,10 @@ async def test_concurrent_writes_on_all_nodes_converge_to_equal_checksums(mesh: 
 async def test_converging_twice_changes_nothing(mesh: Mesh) -> None:
     """A second converge_mesh reports no change and leaves subscriptions and slots as they were."""
     first = await converge(mesh)
-    assert first.changed  # type: ignore[attr-defined]
+    assert first.changed
     before = {n: (await subscription_status(c), await slots(c)) for n, c in mesh.conns.items()}
     second = await converge(mesh)
-    assert not second.changed  # type: ignore[attr-defined]
+    assert not second.changed
     after = {n: (await subscription_status(c), await slots(c)) for n, c in mesh.conns.items()}
     assert after == before
     assert all(len(s) == 2 for _, s in after.values())
@@ -210,7 +222,7 @@ async def test_new_node_is_populated_from_its_source_and_joins_both_ways(mesh: M
 
     changes = await converge(mesh, new_nodes={"n4"}, source_node={"n4": "n1"})
 
-    assert changes.schemas_copied == ("n4",)  # type: ignore[attr-defined]
+    assert changes.schemas_copied == ("n4",)
     await until_all_hold(mesh.conns, 300)
     n4_conn = mesh.conns["n4"]
     assert await n4_conn.fetchval("SELECT body FROM notes") == "from n2"
@@ -260,27 +272,31 @@ async def assert_cut_out(mesh: Mesh, gone: str) -> None:
 async def test_node_restored_from_another_nodes_backup_is_reset_without_harming_it(
     mesh: Mesh,
 ) -> None:
-    """A clone of n1 reset as n4 drops n1's stale subscriptions without touching n1's slots,
-    then joins the mesh from n1 and replicates both ways."""
+    """A clone of n1 reset as n4 while n1 is down leaves n1's slots alone (n1 then catches up on
+    what it missed), and afterwards joins the mesh from n1 and replicates both ways."""
     await converge(mesh)
-    await mesh.as_owner("n2", "INSERT INTO items VALUES (2, 'n2')")
-    await until_all_hold(mesh.conns, 1)
-    slots_before = {n: await slots(c) for n, c in mesh.conns.items() if n != "n1"}
     fenced = [f"-c {key}={value}" for key, value in FENCED_START_SETTINGS.items()]
     n4 = await asyncio.to_thread(clone_node, mesh.nodes["n1"], mesh.root, "n4", *fenced)
     await mesh.add(n4)
     assert await local_node_name(mesh.conns["n4"]) == "n1"
+    # n1 down: its slots on n2 and n3 are idle, so nothing but care keeps them from being dropped.
+    await mesh.conns.pop("n1").close()
+    await asyncio.to_thread(mesh.nodes["n1"].stop)
+    await mesh.as_owner("n2", "INSERT INTO items VALUES (2, 'n2')")
+    before = {n: await slots(mesh.conns[n]) for n in ("n2", "n3")}
 
     assert await reset_restored_node(mesh.conns["n4"], n4.mesh_node)
 
     assert await local_node_name(mesh.conns["n4"]) == "n4"
     assert await subscription_status(mesh.conns["n4"]) == []
-    assert {n: await slots(c) for n, c in mesh.conns.items() if n in slots_before} == slots_before
-    await mesh.as_owner("n3", "INSERT INTO items VALUES (3, 'n3')")
-    await until_all_hold({n: c for n, c in mesh.conns.items() if n != "n4"}, 2)
+    assert {n: await slots(mesh.conns[n]) for n in ("n2", "n3")} == before
+    await asyncio.to_thread(mesh.nodes["n1"].start)
+    mesh.conns["n1"] = await mesh.nodes["n1"].connect()
+    await until_all_hold({n: c for n, c in mesh.conns.items() if n != "n4"}, 1)
     await mesh.conns["n4"].close()
-    await asyncio.to_thread(n4.restart)
+    await asyncio.to_thread(n4.restart)  # without the fence
     mesh.conns["n4"] = await n4.connect()
     await converge(mesh, new_nodes={"n4"}, source_node={"n4": "n1"})
     await mesh.as_owner("n4", "INSERT INTO items VALUES (4, 'n4')")
+    await mesh.as_owner("n3", "INSERT INTO items VALUES (3, 'n3')")
     await until_all_hold(mesh.conns, 3)

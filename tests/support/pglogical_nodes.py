@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +61,25 @@ class PglogicalNode:
     def stop(self) -> None:
         self.cluster.stop()
 
-    def restart(self, *options: str) -> None:
-        """Stop (fast) and start again; `options` are server options for this start only
-        (``pg_ctl restart`` would keep reusing them)."""
-        data = str(self.cluster.data)
-        _pg_ctl("stop", "-m", "fast", "-w", "-D", data)
+    def start(self, *options: str) -> None:
+        """Start the stopped cluster with server `options` for this start only, and wait until
+        it accepts connections (``pg_ctl start -w`` returns earlier when it has to recover with
+        hot_standby off)."""
         extra = ["-o", " ".join(options)] if options else []
-        _pg_ctl("start", "-w", "-D", data, "-l", str(self.cluster.root / "server.log"), *extra)
+        log = str(self.cluster.root / "server.log")
+        _pg_ctl("start", "-w", "-D", str(self.cluster.data), "-l", log, *extra)
+        ready = [str(PG_BIN / "pg_isready"), "-h", self.cluster.socket_dir, "-p"]
+        ready += [str(self.cluster.port), "-d", APP_DB, "-U", "postgres"]
+        deadline = time.monotonic() + 60
+        while subprocess.run(as_os_user(ready), capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.name} does not accept connections; see {log}")
+            time.sleep(0.1)
+
+    def restart(self, *options: str) -> None:
+        """Stop (fast) and start (not ``pg_ctl restart``: it would reuse earlier options)."""
+        _pg_ctl("stop", "-m", "fast", "-w", "-D", str(self.cluster.data))
+        self.start(*options)
 
 
 def _pg_ctl(*args: str) -> None:
@@ -116,9 +129,9 @@ def clone_node(source: PglogicalNode, root: Path, name: str, *options: str) -> P
     )
     with (cluster.data / "postgresql.conf").open("a") as conf:  # later lines win
         conf.write(f"port = {cluster.port}\nunix_socket_directories = '{node_root}'\n")
-    extra = ["-o", " ".join(options)] if options else []
-    _pg_ctl("start", "-w", "-D", str(cluster.data), "-l", str(node_root / "server.log"), *extra)
-    return PglogicalNode(name=name, cluster=cluster)
+    node = PglogicalNode(name=name, cluster=cluster)
+    node.start(*options)
+    return node
 
 
 async def start_nodes(root: Path, names: Iterable[str]) -> dict[str, PglogicalNode]:
