@@ -11,14 +11,14 @@ from controlplane.errors import (
     DatabaseNotModifiableError,
     InvalidInputError,
 )
-from controlplane.models import ConnectionInfo, Database, Instance, Task
+from controlplane.models import ConnectionInfo, Database, Instance, Subscription, Task
 from controlplane.spec import parse_database_request
 from controlplane.spec.models import DatabaseSpec
 from controlplane.spec.secrets import merge_secrets, redact, split_secrets
 from controlplane.store import databases, instances, tasks
 from controlplane.store.databases import DatabaseRow
 from controlplane.tasks.context import Services
-from controlplane.workflows import all_workflows
+from controlplane.workflows import all_workflows, mesh
 from controlplane.workflows.common import ref_of, spec_of
 
 
@@ -42,13 +42,6 @@ def _not_yet(spec: DatabaseSpec) -> list[dict[str, str]]:
                 {
                     "path": f"spec.nodes[{i}].restore_config",
                     "message": "adding a node from a backup is not supported yet",
-                }
-            )
-        if node.source_node is not None:
-            errors.append(
-                {
-                    "path": f"spec.nodes[{i}].source_node",
-                    "message": "populating a node from another node is not supported yet",
                 }
             )
     if len(spec.nodes) > 1 and spec.port:
@@ -190,6 +183,10 @@ async def database_view(services: Services, row: DatabaseRow) -> Database:
                 port=inst.port,
                 error=inst.error,
                 connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
+                subscriptions=[
+                    Subscription(**s)
+                    for s in await mesh.subscriptions_of(services, inst, spec.database_name)
+                ],
             )
         )
     return Database(

@@ -108,6 +108,10 @@ class Orchestrator(Protocol):
         """Stop and delete the instance and its data (backup repositories are kept)."""
         ...
 
+    def replication_dsn(self, ref: InstanceRef, database: str) -> str:
+        """A superuser libpq DSN by which the other instances reach this one."""
+        ...
+
     def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
         """(host, port) clients use to reach the instance."""
         ...

@@ -86,6 +86,10 @@ class LocalOrchestrator:
     def file_path(self, ref: InstanceRef, name: str) -> str:
         return str(self._dir(ref) / name)
 
+    def replication_dsn(self, ref: InstanceRef, database: str) -> str:
+        # All local instances share the private socket directory: no password on the wire.
+        return f"host={self._sockets} port={ref.port} dbname={database} user=postgres"
+
     def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
         return "127.0.0.1", ref.port
 

@@ -152,8 +152,8 @@ async def wait_for_sync(
     initial data copy (if any) is complete; raise ReplicationError naming the subscription and
     its last status after `timeout` seconds (at once when the subscription is disabled)."""
     name = subscription_name(provider, subscriber)
-    deadline = time.monotonic() + timeout
-    nudged = 0.0
+    nudged = time.monotonic()  # a new subscription is `down` until its worker starts: wait first
+    deadline = nudged + timeout
     while (status := await _status_of(subscriber_conn, name)) != "replicating":
         now = time.monotonic()
         if status == "disabled" or now >= deadline:

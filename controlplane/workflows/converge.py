@@ -13,7 +13,7 @@ from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import StepContext
-from controlplane.workflows import backups
+from controlplane.workflows import backups, mesh
 from controlplane.workflows.common import (
     instance_refs,
     load_spec,
@@ -281,13 +281,16 @@ async def mark_available(ctx: StepContext) -> dict[str, Any]:
 
 
 async def remove_dropped_nodes(ctx: StepContext) -> dict[str, Any]:
-    """Stop and delete instances whose node is no longer in the spec."""
+    """Stop and delete instances whose node is no longer in the spec, after dropping its
+    subscriptions on the others (and the slots it leaves there)."""
     _, spec = await load_spec(ctx)
     wanted = {n.name for n in spec.nodes}
     pool = ctx.services.pool
-    for row in await instances.list_instances(pool, ctx.database_id):
+    rows = await instances.list_instances(pool, ctx.database_id)
+    for row in rows:
         if row.node_name in wanted:
             continue
+        await mesh.drop_links_of(ctx, spec, row.node_name, rows)
         await ctx.log.info(f"node {row.node_name}: removing instance {row.id}", node=row.node_name)
         await ctx.services.orchestrator.remove_instance(
             ref_of(row), on_line=ctx.log.sink("pg_ctl", node=row.node_name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from controlplane.store import databases
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows import converge
+from controlplane.workflows import converge, mesh
 
 
 async def _on_failure(ctx: StepContext, message: str) -> None:
@@ -29,6 +29,7 @@ CREATE = Workflow(
         Step("configure_instances", converge.configure_instances),
         Step("start_instances", converge.start_instances),
         Step("create_users", converge.create_users),
+        Step("create_replication_mesh", mesh.converge_replication),
         Step("configure_backups", converge.configure_backups),
         Step("mark_available", converge.mark_available),
     ),

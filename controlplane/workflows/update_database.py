@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows import converge
+from controlplane.workflows import converge, mesh
 
 UPDATE = Workflow(
     type="update",
@@ -14,8 +14,9 @@ UPDATE = Workflow(
         Step("start_instances", converge.start_instances),
         Step("apply_configuration", converge.apply_configuration),
         Step("create_users", converge.create_users),
-        Step("configure_backups", converge.configure_backups),
         Step("remove_dropped_nodes", converge.remove_dropped_nodes),
+        Step("create_replication_mesh", mesh.converge_replication),
+        Step("configure_backups", converge.configure_backups),
         Step("mark_available", converge.mark_available),
     ),
     on_failure=converge.settle_after_failure,

@@ -91,6 +91,7 @@ async def mesh(scratch_dir: Path) -> AsyncIterator[Mesh]:
         stop_nodes(cluster.nodes.values())
         import os
         import shutil
+
         if os.environ.get("CP_KEEP_LOGS"):
             dest = Path(os.environ["CP_KEEP_LOGS"]) / str(id(cluster))
             for n in cluster.nodes.values():

@@ -23,6 +23,7 @@ CREATE_STEPS = [
     "configure_instances",
     "start_instances",
     "create_users",
+    "create_replication_mesh",
 ]
 
 

@@ -1,0 +1,118 @@
+"""Workflow steps around the pglogical mesh: connect to nodes, converge, drop a node's links."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from controlplane import replication
+from controlplane.orchestrator.base import InstanceRef
+from controlplane.replication import MeshNode, PgTools
+from controlplane.spec.models import DatabaseSpec
+from controlplane.store import instances
+from controlplane.store.instances import InstanceRow
+from controlplane.store.pool import Connection
+from controlplane.tasks.context import Services, StepContext
+from controlplane.workflows.common import load_spec, ref_of
+
+
+def mesh_node(services: Services, ref: InstanceRef, database: str) -> MeshNode:
+    """How the other nodes reach this one (a superuser DSN)."""
+    return MeshNode(name=ref.node_name, dsn=services.orchestrator.replication_dsn(ref, database))
+
+
+@contextlib.asynccontextmanager
+async def connections(
+    services: Services, rows: Sequence[InstanceRow], database: str
+) -> AsyncIterator[dict[str, Connection]]:
+    """Superuser connections to each instance's application database, closed afterwards."""
+    conns: dict[str, Connection] = {}
+    try:
+        for row in rows:
+            conns[row.node_name] = await services.orchestrator.connect(ref_of(row), database)
+        yield conns
+    finally:
+        for conn in conns.values():
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+def tools(services: Services) -> PgTools:
+    return PgTools(bin_dir=str(services.settings.pg_bin_dir), os_user=services.settings.os_user)
+
+
+async def _rows(ctx: StepContext, spec: DatabaseSpec) -> list[InstanceRow]:
+    wanted = {n.name for n in spec.nodes}
+    return [
+        r
+        for r in await instances.list_instances(ctx.services.pool, ctx.database_id)
+        if r.node_name in wanted
+    ]
+
+
+async def converge_replication(ctx: StepContext) -> dict[str, Any]:
+    """Every node subscribes to every other (forward_origins '{}': no loops).
+
+    A node without a pglogical identity while others have one is joining: it is populated from
+    its `source_node` (default: the first member) with one data copy, then linked without data.
+    A node restored from a backup had its identity reset when it was restored, so it joins as a
+    member holding the same rows, without a copy.
+    """
+    _, spec = await load_spec(ctx)
+    rows = await _rows(ctx, spec)
+    nodes = [mesh_node(ctx.services, ref_of(r), spec.database_name) for r in rows]
+    async with connections(ctx.services, rows, spec.database_name) as conns:
+        identities = {n: await replication.local_node_name(c) for n, c in conns.items()}
+        members = sorted(n for n, name in identities.items() if name is not None)
+        joining = sorted(n for n in conns if n not in members) if members else []
+        sources = {}
+        for name in joining:
+            node = next(n for n in spec.nodes if n.name == name)
+            sources[name] = node.source_node if node.source_node in members else members[0]
+            await ctx.log.info(
+                f"node {name} joins the mesh with a copy of {sources[name]}'s data", node=name
+            )
+        changes = await replication.converge_mesh(
+            conns, nodes, new_nodes=joining, source_node=sources, tools=tools(ctx.services)
+        )
+    if changes.subscriptions:
+        await ctx.log.info(f"subscriptions created: {', '.join(changes.subscriptions)}")
+    elif len(rows) > 1:
+        await ctx.log.info("replication mesh already complete")
+    return {}
+
+
+async def drop_links_of(
+    ctx: StepContext, spec: DatabaseSpec, node_name: str, rows: Sequence[InstanceRow]
+) -> None:
+    """Drop every subscription to and from `node_name` on the reachable nodes, and any slot it
+    left on the others (a slot nobody reads retains WAL forever)."""
+    reachable = []
+    for row in rows:
+        if await ctx.services.orchestrator.status(ref_of(row)) == "running":
+            reachable.append(row)
+    async with connections(ctx.services, reachable, spec.database_name) as conns:
+        if await replication.drop_node_links(conns, node_name):
+            await ctx.log.info(f"replication links of node {node_name} dropped", node=node_name)
+
+
+async def subscriptions_of(
+    services: Services, row: InstanceRow, database: str
+) -> list[dict[str, str]]:
+    """The instance's subscriptions and their status (empty when it cannot be reached)."""
+    try:
+        conn = await services.orchestrator.connect(ref_of(row), database)
+    except (OSError, asyncpg.PostgresError):
+        return []
+    try:
+        statuses = await replication.subscription_status(conn)
+    except asyncpg.PostgresError:
+        return []
+    finally:
+        await conn.close()
+    return [
+        {"provider_node": s.provider_node, "name": s.name, "status": s.status} for s in statuses
+    ]
