@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from controlplane import __version__, backup_operations, operations
+from controlplane import __version__, backup_operations, operations, restore_operations
 from controlplane.errors import InvalidInputError
 from controlplane.models import TERMINAL_STATUSES, TaskLog, Version
 from controlplane.store import logs, tasks
@@ -247,6 +247,14 @@ async def expire_backup(
     return _json({"task": task}, 202)
 
 
+@post("/v1/databases/{database_id:str}/restore", opt={"scope": "admin"}, status_code=202)
+async def restore_database(request: AnyRequest, database_id: str) -> Response[bytes]:
+    task, node_tasks, database = await restore_operations.start_restore(
+        _services(request), database_id, await request.body(), _actor(request)
+    )
+    return _json({"task": task, "node_tasks": node_tasks, "database": database}, 202)
+
+
 @get("/v1/hosts")
 async def list_hosts(request: AnyRequest) -> Response[bytes]:
     return _json({"hosts": _services(request).orchestrator.hosts()})
@@ -278,6 +286,7 @@ ROUTES = [
     list_backups,
     verify_backups,
     expire_backup,
+    restore_database,
     list_hosts,
     version,
     health,

@@ -114,3 +114,16 @@ async def delete_instance(db: Executor, database_id: str, node_name: str) -> Non
     await db.execute(
         "DELETE FROM instances WHERE database_id = $1 AND node_name = $2", database_id, node_name
     )
+
+
+async def set_generations(
+    db: Executor, database_id: str, node_name: str, generations: dict[str, int]
+) -> None:
+    """Record the repository generation each of the node's repositories now writes to."""
+    await db.execute(
+        "UPDATE instances SET generations = generations || $3::jsonb, updated_at = now()"
+        " WHERE database_id = $1 AND node_name = $2",
+        database_id,
+        node_name,
+        generations,
+    )

@@ -97,13 +97,13 @@ async def backup_setup(
         cipher_passes=passes,
     )
     setup.config_text = render_config(
-        _layout(services, ref), setup.plans, process_max=min(4, os.cpu_count() or 1)
+        layout(services, ref), setup.plans, process_max=min(4, os.cpu_count() or 1)
     )
     setup.env = secret_env(setup.plans)
     return setup
 
 
-def _layout(services: Services, ref: InstanceRef) -> InstanceLayout:
+def layout(services: Services, ref: InstanceRef) -> InstanceLayout:
     orchestrator = services.orchestrator
     return InstanceLayout(
         instance_dir=orchestrator.file_path(ref, ""),
@@ -122,7 +122,7 @@ async def write_backup_files(services: Services, setup: BackupSetup) -> bool:
     orchestrator, ref = services.orchestrator, setup.ref
     if setup.enabled:
         await orchestrator.write_file(ref, CONFIG_FILE, setup.config_text)
-        dirs = state_dirs(_layout(services, ref))
+        dirs = state_dirs(layout(services, ref))
         dirs += [p.path for p in setup.plans if type_of(p.repository) == "posix"]
         await orchestrator.make_dirs(ref, dirs)
     return await orchestrator.set_environment(ref, setup.env)

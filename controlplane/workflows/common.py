@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 from typing import Any
 
 from controlplane.orchestrator.base import InstanceRef
-from controlplane.spec.models import DatabaseSpec, NodeSpec
+from controlplane.spec.models import SECRET_FIELDS, DatabaseSpec, NodeSpec
 from controlplane.spec.secrets import join_secrets, secret_values
-from controlplane.store import databases, instances
+from controlplane.store import databases, instances, repository_keys
 from controlplane.store.databases import DatabaseRow
 from controlplane.store.instances import InstanceRow
 from controlplane.store.tasks import TaskRow
@@ -32,11 +33,37 @@ async def load_spec(ctx: StepContext) -> tuple[DatabaseRow, DatabaseSpec]:
 
 
 async def task_secrets(services: Services, task: TaskRow) -> set[str]:
-    """Every secret of the task's database, so the task log can redact them."""
+    """Every secret the task may meet, so its log can redact them: the database's, its
+    repositories' passphrases, and those sealed in the task's own input."""
+    found: set[str] = set()
     row = await databases.find_database(services.pool, task.database_id)
-    if row is None:
-        return set()
-    return secret_values(spec_of(services, row))
+    if row is not None:
+        found |= secret_values(spec_of(services, row))
+    found.update(
+        await repository_keys.known_passes(services.pool, services.secret_box, task.database_id)
+    )
+    sealed = unseal(services, task)
+    config = sealed.get("restore_config")
+    if config:
+        found |= {
+            str(v)
+            for k, v in config.get("repository", {}).items()
+            if k in SECRET_FIELDS.get(config["repository"].get("type", ""), ())
+        }
+    return found
+
+
+def seal(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
+    """Task input carrying secrets (a restore's repository keys), encrypted at rest."""
+    return {"sealed": services.secret_box.encrypt({"json": json.dumps(payload)})}
+
+
+def unseal(services: Services, task: TaskRow) -> dict[str, Any]:
+    token = task.input.get("sealed")
+    if not token:
+        return {}
+    data: dict[str, Any] = json.loads(services.secret_box.decrypt(token)["json"])
+    return data
 
 
 def ref_of(row: InstanceRow) -> InstanceRef:

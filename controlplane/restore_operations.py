@@ -1,0 +1,145 @@
+"""The in-place restore the API offers: refuse before touching anything, then enqueue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from controlplane.errors import (
+    DatabaseNotModifiableError,
+    InvalidInputError,
+    RestoreNotAllowedError,
+)
+from controlplane.models import Database, Task
+from controlplane.operations import database_view
+from controlplane.spec import normalise_restore_options, parse_restore_request
+from controlplane.spec.models import (
+    SECRET_FIELDS,
+    DatabaseSpec,
+    Repository,
+    RestoreConfig,
+    repository_id,
+    type_of,
+)
+from controlplane.store import databases, instances, tasks
+from controlplane.tasks.context import Services
+from controlplane.workflows import all_workflows, restore_source
+from controlplane.workflows.common import ref_of, seal, spec_of
+
+_OPTIONS_PATH = "restore_config.restore_options"
+
+
+def with_known_secrets(config: RestoreConfig, spec: DatabaseSpec) -> RestoreConfig:
+    """Keys omitted from the restore's repository are taken from the database's own repository
+    of the same id and type (they are write-only, so a client cannot send them back)."""
+    repo = config.repository
+    fields = SECRET_FIELDS[type_of(repo)]
+    if not fields or all(getattr(repo, f) for f in fields):
+        return config
+    candidates: list[Repository] = []
+    for backup_config in [spec.backup_config, *(n.backup_config for n in spec.nodes)]:
+        if backup_config is not None:
+            candidates += backup_config.repositories
+    match = next(
+        (
+            r
+            for r in candidates
+            if repository_id(r) == repository_id(repo) and type_of(r) == type_of(repo)
+        ),
+        None,
+    )
+    if match is None:
+        return config
+    filled = {f: getattr(repo, f) or getattr(match, f) for f in fields}
+    return msgspec.structs.replace(config, repository=msgspec.structs.replace(repo, **filled))
+
+
+async def start_restore(
+    services: Services, database_id: str, body: bytes, actor: str
+) -> tuple[Task, list[Task], Database]:
+    """Validate the restore against the repository, then enqueue the parent and its children."""
+    if not services.settings.allow_restore:
+        raise RestoreNotAllowedError(
+            "restores are disabled on this control plane (CONTROLPLANE_ALLOW_RESTORE=false)"
+        )
+    request = parse_restore_request(body)
+    row = await databases.get_database(services.pool, database_id)
+    if row.state in ("creating", "deleting"):
+        raise DatabaseNotModifiableError(f"database {database_id} is {row.state}")
+    spec = spec_of(services, row)
+    rows = {r.node_name: r for r in await instances.list_instances(services.pool, database_id)}
+    targets = request.target_nodes or sorted(rows)
+    unknown = [
+        {"path": f"target_nodes[{i}]", "message": f"no node {name} in {database_id}"}
+        for i, name in enumerate(targets)
+        if name not in rows
+    ]
+    if unknown:
+        raise InvalidInputError(unknown)
+    config = with_known_secrets(request.restore_config, spec)
+    plan = await _plan(services, config, rows[targets[0]])
+    return await _enqueue(
+        services,
+        database_id,
+        targets,
+        config,
+        plan,
+        pre_restore_backup=request.pre_restore_backup,
+        actor=actor,
+    )
+
+
+async def _plan(services: Services, config: RestoreConfig, target: Any) -> Any:
+    setup = await restore_source.source_setup(services, config, ref_of(target))
+    entries = await restore_source.source_catalog(services, setup, config)
+    options = config.restore_options
+    latest = None
+    if normalise_restore_options(options).get("type") == "time":
+        latest = await restore_source.archive_marker(services, config)
+    return restore_source.decide(entries, dict(options), latest=latest, path=_OPTIONS_PATH)
+
+
+async def _enqueue(
+    services: Services,
+    database_id: str,
+    targets: list[str],
+    config: RestoreConfig,
+    plan: restore_source.RestorePlan,
+    *,
+    pre_restore_backup: bool,
+    actor: str,
+) -> tuple[Task, list[Task], Database]:
+    steps = all_workflows()
+    sealed = seal(services, {"restore_config": msgspec.to_builtins(config)})
+    async with services.pool.acquire() as conn, conn.transaction():
+        await databases.get_database(conn, database_id, for_update=True)
+        parent = await tasks.insert_task(
+            conn,
+            database_id=database_id,
+            type="restore",
+            steps=steps["restore"].step_names,
+            actor=actor,
+            input={"target_nodes": targets, "point_in_time": bool(plan.target), **sealed},
+        )
+        children = []
+        for node in targets:
+            child = await tasks.insert_task(
+                conn,
+                database_id=database_id,
+                type="node_restore",
+                node_name=node,
+                parent_id=parent.task_id,
+                actor=actor,
+                steps=steps["node_restore"].step_names,
+                input={"plan": plan.to_state(), "pre_restore_backup": pre_restore_backup, **sealed},
+            )
+            children.append(child)
+        await databases.set_state(conn, database_id, "restoring")
+    pool = services.pool
+    row = await databases.get_database(pool, database_id)
+    return (
+        await tasks.get_task(pool, str(parent.task_id)),
+        [await tasks.get_task(pool, str(c.task_id)) for c in children],
+        await database_view(services, row),
+    )

@@ -1,0 +1,231 @@
+"""Where a restore reads from: the source repository as a config of its own, its catalog, and
+the set and target it will use — checked before anything is touched."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from controlplane.errors import ExternalCommandError, InvalidInputError
+from controlplane.orchestrator.base import InstanceRef
+from controlplane.pgbackrest import info as pgb_info
+from controlplane.pgbackrest.config import (
+    plan_repositories,
+    render_config,
+    secret_env,
+)
+from controlplane.spec import normalise_restore_options, parse_time_target
+from controlplane.spec.models import BackupConfig, RestoreConfig, repository_id
+from controlplane.store import instances, repository_keys
+from controlplane.tasks.context import Services
+from controlplane.workflows import backups
+from controlplane.workflows.common import ref_of
+
+RESTORE_CONFIG_FILE = "pgbackrest-restore.conf"
+
+
+@dataclass
+class RestorePlan:
+    """The decided restore: which set, which recovery target, from which repository."""
+
+    set_label: str
+    target_type: str | None = None
+    target: str | None = None
+    target_exclusive: bool = False
+    target_timeline: str | None = None
+    backup_system_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "set": self.set_label,
+            "target_type": self.target_type,
+            "target": self.target,
+            "target_exclusive": self.target_exclusive,
+            "target_timeline": self.target_timeline,
+            "backup_system_id": self.backup_system_id,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RestorePlan:
+        return cls(
+            set_label=state["set"],
+            target_type=state.get("target_type"),
+            target=state.get("target"),
+            target_exclusive=bool(state.get("target_exclusive")),
+            target_timeline=state.get("target_timeline"),
+            backup_system_id=state.get("backup_system_id"),
+        )
+
+
+async def source_setup(
+    services: Services, config: RestoreConfig, target: InstanceRef
+) -> backups.BackupSetup:
+    """A pgbackrest config on the target instance whose only repository is the source's."""
+    repo = config.repository
+    generation = 1
+    source = await instances.get_instance(
+        services.pool, config.source_database_id, config.source_node_name
+    )
+    if source is not None:
+        generation = int(source.generations.get(repository_id(repo), 1))
+    passes = {}
+    if repo.cipher:
+        passes[repository_id(repo)] = await repository_keys.cipher_pass(
+            services.pool, services.secret_box, config.source_database_id, repository_id(repo)
+        )
+    plans = plan_repositories(
+        BackupConfig(repositories=[repo]),
+        database_id=config.source_database_id,
+        node_name=config.source_node_name,
+        generations={repository_id(repo): generation},
+        cipher_passes=passes,
+    )
+    orchestrator = services.orchestrator
+    setup = backups.BackupSetup(
+        ref=target, config_path=orchestrator.file_path(target, RESTORE_CONFIG_FILE)
+    )
+    setup.plans = plans
+    setup.config_text = render_config(backups.layout(services, target), plans, process_max=4)
+    setup.env = secret_env(plans)
+    return setup
+
+
+async def source_catalog(
+    services: Services, setup: backups.BackupSetup, config: RestoreConfig
+) -> list[pgb_info.CatalogEntry]:
+    """The source's backup sets; an unreadable or empty repository is refused in words."""
+    await services.orchestrator.write_file(setup.ref, RESTORE_CONFIG_FILE, setup.config_text)
+    subject = f"reading backups of node {config.source_node_name} of {config.source_database_id}"
+    try:
+        stanza = await backups.read_info(services, setup, subject=subject)
+    except ExternalCommandError as exc:
+        raise InvalidInputError(
+            [
+                {
+                    "path": "restore_config.repository",
+                    "message": f"repository is not readable: {exc.message}",
+                }
+            ]
+        ) from exc
+    problem = pgb_info.stanza_problem(stanza, setup.repository_ids)
+    entries = [] if stanza.status.code == 1 else pgb_info.catalog(stanza, setup.repository_ids)
+    if problem or not entries:
+        raise InvalidInputError(
+            [
+                {
+                    "path": "restore_config",
+                    "message": f"no backups of node {config.source_node_name} of "
+                    f"{config.source_database_id} in this repository"
+                    + (f" ({problem})" if problem else ""),
+                }
+            ]
+        )
+    return entries
+
+
+async def archive_marker(services: Services, config: RestoreConfig) -> datetime | None:
+    """Commit an empty transaction on the live source, switch WAL and wait until it is archived.
+
+    A time target is only reachable when a commit after it is in the archive (PostgreSQL ends
+    recovery with FATAL otherwise); this makes every moment up to now restorable. None when the
+    source is not one of ours or is not running.
+    """
+    source = await instances.get_instance(
+        services.pool, config.source_database_id, config.source_node_name
+    )
+    if source is None:
+        return None
+    try:
+        conn = await services.orchestrator.connect(ref_of(source))
+    except (OSError, asyncpg.PostgresError):
+        return None
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_current_xact_id()")
+        marker: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        segment = await conn.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            archived = await conn.fetchval("SELECT last_archived_wal FROM pg_stat_archiver")
+            if archived is not None and archived >= segment:
+                return marker
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    return None
+
+
+def decide(
+    entries: list[pgb_info.CatalogEntry],
+    options: dict[str, str],
+    *,
+    latest: datetime | None,
+    path: str,
+) -> RestorePlan:
+    """Choose the set ourselves and check the target lies inside the recovery window."""
+    options = normalise_restore_options(options)
+    kind = options.get("type")
+    label = options.get("set")
+    by_label = {e.label: e for e in entries}
+    if label and label != "latest" and label not in by_label:
+        raise InvalidInputError(
+            [{"path": f"{path}.set", "message": f"backup set {label} not found"}]
+        )
+    plan = RestorePlan(
+        set_label="",
+        target_type=kind,
+        target=options.get("target"),
+        target_exclusive=options.get("target-exclusive") in ("y", "true"),
+        target_timeline=options.get("target-timeline"),
+    )
+    if kind == "time":
+        moment = parse_time_target(options["target"])
+        chosen = _for_time(entries, moment, latest, path, label, by_label)
+        plan.target = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    elif label and label != "latest":
+        chosen = by_label[label]
+    else:
+        chosen = entries[-1]
+    plan.set_label = chosen.label
+    plan.backup_system_id = chosen.system_id
+    return plan
+
+
+def _for_time(
+    entries: list[pgb_info.CatalogEntry],
+    moment: datetime,
+    latest: datetime | None,
+    path: str,
+    label: str | None,
+    by_label: dict[str, pgb_info.CatalogEntry],
+) -> pgb_info.CatalogEntry:
+    earliest = entries[0].stopped_at
+    ceiling = latest or entries[-1].stopped_at
+    if moment < earliest or moment > ceiling:
+        raise InvalidInputError(
+            [
+                {
+                    "path": f"{path}.target",
+                    "message": f"{moment.isoformat()} is outside the recovery window "
+                    f"{earliest.isoformat()} .. {ceiling.isoformat()}",
+                }
+            ]
+        )
+    if label and label != "latest":
+        chosen = by_label[label]
+        if chosen.stopped_at > moment:
+            raise InvalidInputError(
+                [{"path": f"{path}.set", "message": f"set {label} ends after the target time"}]
+            )
+        return chosen
+    # pgBackRest silently restores the latest set when none precedes a time target: choose
+    # the set ourselves (the newest that stopped before the target).
+    found = pgb_info.choose_set_for_time(entries, moment)
+    assert found is not None  # moment >= earliest guarantees one
+    return found
