@@ -22,7 +22,8 @@ Order, and why:
 5. Wait until every subscription of the mesh is replicating.
 
 Every step observes before it acts, so a second call changes nothing and a call after a crash
-resumes.
+resumes. After a restore, run `reset_restored_node` on the restored nodes first: an existing
+subscription is kept as it is, and a restored catalog's subscriptions are stale.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import asyncpg
+
 from controlplane.errors import ControlPlaneError, ExternalCommandError, TaskCanceledError
 from controlplane.store import task_runs, tasks
 from controlplane.store.tasks import TaskRow
@@ -166,6 +168,9 @@ class _TaskRun:
             await self._compensate(ctx, workflow, "canceled", "canceled on request")
         except ControlPlaneError as exc:
             await self._compensate(ctx, workflow, "failed", exc.message)
+        except asyncpg.PostgresError as exc:
+            log.exception("task %s step raised a Postgres error", self.row.task_id)
+            await self._compensate(ctx, workflow, "failed", f"postgres error: {exc}")
         except Exception as exc:
             log.exception("task %s step raised", self.row.task_id)
             await self._compensate(ctx, workflow, "failed", f"internal error: {type(exc).__name__}")

@@ -64,7 +64,10 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
     _, spec = await load_spec(ctx)
     rows = await _rows(ctx, spec)
     nodes = [mesh_node(ctx.services, ref_of(r), spec.database_name) for r in rows]
-    async with connections(ctx.services, rows, spec.database_name) as conns:
+    async with (
+        mesh_lock(ctx.services, ctx.database_id),
+        connections(ctx.services, rows, spec.database_name) as conns,
+    ):
         identities = {n: await replication.local_node_name(c) for n, c in conns.items()}
         members = sorted(n for n, name in identities.items() if name is not None)
         joining = sorted(n for n in conns if n not in members) if members else []
@@ -94,9 +97,25 @@ async def drop_links_of(
     for row in rows:
         if await ctx.services.orchestrator.status(ref_of(row)) == "running":
             reachable.append(row)
-    async with connections(ctx.services, reachable, spec.database_name) as conns:
+    # Node restores run in parallel; two of them dropping each other's links at once would
+    # race on the same subscriptions, so changes to one database's mesh are serialised.
+    async with (
+        mesh_lock(ctx.services, ctx.database_id),
+        connections(ctx.services, reachable, spec.database_name) as conns,
+    ):
         if await replication.drop_node_links(conns, node_name):
             await ctx.log.info(f"replication links of node {node_name} dropped", node=node_name)
+
+
+@contextlib.asynccontextmanager
+async def mesh_lock(services: Services, database_id: str) -> AsyncIterator[None]:
+    """A session advisory lock in the store, per database, held while its mesh changes."""
+    async with services.pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtext('mesh:' || $1))", database_id)
+        try:
+            yield
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext('mesh:' || $1))", database_id)
 
 
 async def subscriptions_of(

@@ -45,6 +45,8 @@ def server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
     finally:
         proc.terminate()
         proc.stop_instances()
+        # Shown by pytest only when the test failed.
+        print("---- server log (tail) ----\n" + proc.log_text()[-6000:])
 
 
 @pytest.fixture

@@ -164,18 +164,7 @@ async def test_auth_required(server: ServerProcess) -> None:
 
 async def test_read_token_cannot_mutate(server: ServerProcess) -> None:
     """A read-scoped token lists but cannot create (403 forbidden), and creates nothing."""
-    import subprocess
-    import sys
-
-    token = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "controlplane", "token", "create", "viewer", "--scope", "read"],
-        env=server.env(),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    token = token.stdout.strip()
+    token = await asyncio.to_thread(server.create_token, "viewer", "read")
     async with httpx.AsyncClient(
         base_url=server.url, headers={"Authorization": f"Bearer {token}"}
     ) as viewer:

@@ -89,14 +89,6 @@ async def mesh(scratch_dir: Path) -> AsyncIterator[Mesh]:
     finally:
         await asyncio.gather(*(c.close() for c in cluster.conns.values()))
         stop_nodes(cluster.nodes.values())
-        import os
-        import shutil
-
-        if os.environ.get("CP_KEEP_LOGS"):
-            dest = Path(os.environ["CP_KEEP_LOGS"]) / str(id(cluster))
-            for n in cluster.nodes.values():
-                dest.mkdir(parents=True, exist_ok=True)
-                shutil.copy(n.cluster.root / "server.log", dest / f"{n.name}.log")
 
 
 async def checksums(conns: dict[str, Conn], sql: str = CHECKSUM_SQL) -> dict[str, str]:
@@ -156,11 +148,11 @@ async def test_every_subscription_reports_replicating(mesh: Mesh) -> None:
 
 
 async def test_tables_created_after_the_mesh_replicate(mesh: Mesh) -> None:
-    """A table the owner creates on every node after the mesh exists replicates, with or
-    without a primary key (a keyless table replicates its inserts)."""
+    """A table the owner creates on every node after the mesh exists replicates; one without a
+    primary key replicates its inserts, and its updates too once it gets a key."""
     await converge(mesh)
     await mesh.everywhere_as_owner("CREATE TABLE later (id int PRIMARY KEY, origin text)")
-    await mesh.everywhere_as_owner("CREATE TABLE events (origin text)")
+    await mesh.everywhere_as_owner("CREATE TABLE events (origin text NOT NULL)")
     for name in mesh.nodes:
         await mesh.as_owner(name, "INSERT INTO later VALUES ($1, $2)", int(name[1:]), name)
         await mesh.as_owner(name, "INSERT INTO events VALUES ($1)", name)
@@ -168,6 +160,11 @@ async def test_tables_created_after_the_mesh_replicate(mesh: Mesh) -> None:
     await until_all_hold(mesh.conns, 3, later)
     events = "SELECT count(*) || ':' || md5(string_agg(origin, ',' ORDER BY origin)) FROM events"
     await until_all_hold(mesh.conns, 3, events)
+    await mesh.everywhere_as_owner("ALTER TABLE events ADD PRIMARY KEY (origin)")
+    await mesh.as_owner("n1", "UPDATE events SET origin = 'n1 updated' WHERE origin = 'n1'")
+    updated = await until_all_hold(mesh.conns, 3, events)
+    assert updated == await mesh.conns["n1"].fetchval(events)
+    assert await mesh.conns["n3"].fetchval("SELECT count(*) FROM events WHERE origin = 'n1'") == 0
 
 
 async def test_concurrent_writes_on_all_nodes_converge_to_equal_checksums(mesh: Mesh) -> None:
@@ -234,6 +231,9 @@ async def test_new_node_is_populated_from_its_source_and_joins_both_ways(mesh: M
     await mesh.as_owner("n2", "INSERT INTO items VALUES (2999, 'n2')")
     await until_all_hold(mesh.conns, 302)
     assert len(await subscription_status(n4_conn)) == 3
+    again = await converge(mesh, new_nodes={"n4"}, source_node={"n4": "n1"})
+    assert not again.changed
+    await until_all_hold(mesh.conns, 302)  # the join did not copy or empty anything again
 
 
 async def test_drop_node_links_cuts_a_reachable_node_out_of_the_mesh(mesh: Mesh) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,53 @@ async def test_unreachable_time_target_refused_before_touching(
         await conn.close()
     tasks = (await api.get("/v1/databases/pitr/tasks", params={"type": "restore"})).json()
     assert tasks["tasks"] == []
+
+
+async def test_restore_named_set_immediate(api: httpx.AsyncClient, scratch_dir: Path) -> None:
+    """type immediate with a named set restores that set's consistency point."""
+    repo = scratch_dir / "repo"
+    database = await create_and_wait(api, database_body("pitr", backup_config=posix_config(repo)))
+    await write_rows(database, 1, 50)
+    first = await backup(api, "pitr", "n1")
+    expected = await checksum(database)
+    await write_rows(database, 51, 50)
+    await backup(api, "pitr", "n1")
+    await write_rows(database, 101, 50)
+    label = first["result"]["label"]
+    await restore(
+        api, "pitr", {"restore_config": restore_config(repo, type="immediate", set=label)}
+    )
+    assert await checksum(database) == expected
+    missing = await api.post(
+        "/v1/databases/pitr/restore",
+        json={"restore_config": restore_config(repo, type="immediate", set="20200101-000000F")},
+    )
+    assert missing.status_code == 422
+    assert missing.json()["details"]["errors"][0]["path"] == "restore_config.restore_options.set"
+
+
+async def test_restore_guards(api: httpx.AsyncClient, server: Any, scratch_dir: Path) -> None:
+    """Restore needs the admin scope, is refused entirely when disabled, and names unknown
+    target nodes."""
+    repo = scratch_dir / "repo"
+    await create_and_wait(api, database_body("pitr", backup_config=posix_config(repo)))
+    body = {"restore_config": restore_config(repo), "target_nodes": ["n7"]}
+    bad = await api.post("/v1/databases/pitr/restore", json=body)
+    assert bad.status_code == 422
+    assert bad.json()["details"]["errors"][0]["path"] == "target_nodes[0]"
+    token = await asyncio.to_thread(server.create_token, "ops", "write")
+    writer = await api.post(
+        "/v1/databases/pitr/restore",
+        json={"restore_config": restore_config(repo)},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert writer.status_code == 403
+    server.terminate()
+    server.extra_env = {"CONTROLPLANE_ALLOW_RESTORE": "false"}
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        refused = await client.post(
+            "/v1/databases/pitr/restore", json={"restore_config": restore_config(repo)}
+        )
+        assert refused.status_code == 403
+        assert refused.json()["name"] == "restore_not_allowed"

@@ -119,3 +119,14 @@ class ServerProcess:
                 check=False,
                 capture_output=True,
             )
+
+    def create_token(self, name: str, scope: str) -> str:
+        """`controlplane token create` against this server's store; returns the token."""
+        result = subprocess.run(
+            [sys.executable, "-m", "controlplane", "token", "create", name, "--scope", scope],
+            env=self.env(),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout.strip()
