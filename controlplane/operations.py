@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from controlplane.errors import (
+    DatabaseAlreadyExistsError,
     DatabaseNotModifiableError,
     InvalidInputError,
 )
@@ -18,7 +19,7 @@ from controlplane.spec.secrets import merge_secrets, redact, split_secrets
 from controlplane.store import databases, instances, tasks
 from controlplane.store.databases import DatabaseRow
 from controlplane.tasks.context import Services
-from controlplane.workflows import all_workflows, mesh
+from controlplane.workflows import all_workflows, mesh, restore_new
 from controlplane.workflows.common import ref_of, spec_of
 
 
@@ -26,38 +27,9 @@ def _steps(task_type: str) -> list[str]:
     return all_workflows()[task_type].step_names
 
 
-def _not_yet(spec: DatabaseSpec) -> list[dict[str, str]]:
-    """Spec parts whose workflows are not available in this version: refused, never ignored."""
-    errors = []
-    if spec.restore_config is not None:
-        errors.append(
-            {
-                "path": "spec.restore_config",
-                "message": "creating a database from a backup is not supported yet",
-            }
-        )
-    for i, node in enumerate(spec.nodes):
-        if node.restore_config is not None:
-            errors.append(
-                {
-                    "path": f"spec.nodes[{i}].restore_config",
-                    "message": "adding a node from a backup is not supported yet",
-                }
-            )
-    if len(spec.nodes) > 1 and spec.port:
-        errors.append(
-            {
-                "path": "spec.port",
-                "message": "a fixed database port cannot be shared by several nodes on one "
-                "host; set a port per node or use 0",
-            }
-        )
-    return errors
-
-
 async def _check_placement(services: Services, spec: DatabaseSpec, database_id: str) -> None:
     """Hosts must exist and fixed ports must be free of other instances."""
-    errors = _not_yet(spec)
+    errors: list[dict[str, str]] = []
     orchestrator = services.orchestrator
     known = {h.id for h in orchestrator.hosts()}
     mine = {r.node_name: r for r in await instances.list_instances(services.pool, database_id)}
@@ -103,13 +75,25 @@ async def create_database(services: Services, body: bytes, actor: str) -> tuple[
     request = parse_database_request(body)
     database_id = request.id or str(uuid.uuid4())
     await _check_placement(services, request.spec, database_id)
+    if await databases.find_database(services.pool, database_id) is not None:
+        raise DatabaseAlreadyExistsError(
+            f"database {database_id} already exists", details={"database_id": database_id}
+        )
+    plans = await restore_new.plan_new_nodes(
+        services, database_id, request.spec, list(request.spec.nodes)
+    )
     public, secrets = _encrypt(services, request.spec)
     async with services.pool.acquire() as conn, conn.transaction():
         row = await databases.insert_database(
             conn, database_id=database_id, spec=public, secrets=secrets
         )
         task = await tasks.insert_task(
-            conn, database_id=database_id, type="create", steps=_steps("create"), actor=actor
+            conn,
+            database_id=database_id,
+            type="create",
+            steps=_steps("create"),
+            actor=actor,
+            input={"restore_plans": plans} if plans else None,
         )
     return await tasks.get_task(services.pool, str(task.task_id)), await database_view(
         services, row
@@ -142,11 +126,20 @@ async def update_database(
     if errors:
         raise InvalidInputError(errors)
     await _check_placement(services, new, database_id)
+    existing = {r.node_name for r in await instances.list_instances(services.pool, database_id)}
+    plans = await restore_new.plan_new_nodes(
+        services, database_id, new, [n for n in new.nodes if n.name not in existing]
+    )
     public, secrets = _encrypt(services, new)
     async with services.pool.acquire() as conn, conn.transaction():
         await databases.get_database(conn, database_id, for_update=True)
         task = await tasks.insert_task(
-            conn, database_id=database_id, type="update", steps=_steps("update"), actor=actor
+            conn,
+            database_id=database_id,
+            type="update",
+            steps=_steps("update"),
+            actor=actor,
+            input={"restore_plans": plans} if plans else None,
         )
         await databases.update_spec(conn, database_id, spec=public, secrets=secrets)
         await databases.set_state(conn, database_id, "modifying", error=row.error)

@@ -64,6 +64,19 @@ class Orchestrator(Protocol):
         """Create directories (absolute, as seen by the instance) owned by the OS user."""
         ...
 
+    async def read_file(self, ref: InstanceRef, name: str) -> str | None:
+        """A file written by `write_file`, or None when absent."""
+        ...
+
+    async def has_cluster(self, ref: InstanceRef) -> bool:
+        """True when the data directory holds a complete cluster (pg_control present: initdb
+        finished, or a restore did — pgBackRest writes pg_control last)."""
+        ...
+
+    async def empty_data_dir(self, ref: InstanceRef) -> None:
+        """Create (or empty) the data directory, private to the OS user, for a restore."""
+        ...
+
     def file_path(self, ref: InstanceRef, name: str) -> str:
         """Where a file written by `write_file` is seen from inside the instance."""
         ...

@@ -166,6 +166,23 @@ class LocalOrchestrator:
     async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
         return await self.write_file(ref, _ENV_FILE, msgspec.json.encode(dict(env)).decode())
 
+    async def read_file(self, ref: InstanceRef, name: str) -> str | None:
+        path = self._dir(ref) / name
+        return path.read_text() if path.exists() else None
+
+    async def has_cluster(self, ref: InstanceRef) -> bool:
+        return (Path(self.data_dir(ref)) / "global" / "pg_control").exists()
+
+    async def empty_data_dir(self, ref: InstanceRef) -> None:
+        await asyncio.to_thread(self._empty_data_dir, ref)
+
+    def _empty_data_dir(self, ref: InstanceRef) -> None:
+        self._ensure_dirs(ref)
+        pgdata = Path(self.data_dir(ref))
+        shutil.rmtree(pgdata, ignore_errors=True)
+        pgdata.mkdir(mode=0o700)
+        self._chown(pgdata)
+
     def _environment(self, ref: InstanceRef) -> dict[str, str]:
         path = self._dir(ref) / _ENV_FILE
         if not path.exists():
@@ -250,6 +267,10 @@ class LocalOrchestrator:
                     await conn.close()
             except (OSError, asyncpg.PostgresError) as exc:
                 last_error = str(exc)
+                if await self.status(ref) != "running":
+                    raise ExternalCommandError(
+                        f"instance {ref.instance_id} stopped during start-up: {self._log_tail(ref)}"
+                    ) from None
             await asyncio.sleep(0.2)
         raise ExternalCommandError(
             f"instance {ref.instance_id} did not become writable in {limit:.0f}s: {last_error}"

@@ -13,7 +13,7 @@ from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import StepContext
-from controlplane.workflows import backups, mesh
+from controlplane.workflows import backups, mesh, restore_new
 from controlplane.workflows.common import (
     instance_refs,
     load_spec,
@@ -85,8 +85,12 @@ async def _spec_refs(ctx: StepContext) -> tuple[DatabaseSpec, list[InstanceRef]]
 
 
 async def init_instances(ctx: StepContext) -> dict[str, Any]:
-    """initdb every instance that has no data directory yet."""
-    _, refs = await _spec_refs(ctx)
+    """initdb every instance that has no data directory yet, or make it from its backup."""
+    spec, refs = await _spec_refs(ctx)
+    plans = ctx.task.input.get("restore_plans", {})
+    for row, config in await restore_new.rows_needing_restore(ctx, spec):
+        await restore_new.restore_new_instance(ctx, spec, row, config, plans[row.node_name])
+    refs = [ref for ref in refs if ref.node_name not in plans]
 
     async def init(ref: InstanceRef) -> None:
         sink = ctx.log.sink("initdb", node=ref.node_name)

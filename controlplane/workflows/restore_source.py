@@ -146,9 +146,11 @@ async def archive_marker(services: Services, config: RestoreConfig) -> datetime 
     except (OSError, asyncpg.PostgresError):
         return None
     try:
+        # The time is taken before the commit: recovery to it stops just before the marker's
+        # commit record, which lies after it.
+        marker: datetime = await conn.fetchval("SELECT clock_timestamp()")
         async with conn.transaction():
             await conn.execute("SELECT pg_current_xact_id()")
-        marker: datetime = await conn.fetchval("SELECT clock_timestamp()")
         segment = await conn.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

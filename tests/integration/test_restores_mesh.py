@@ -131,3 +131,97 @@ async def test_restored_subscriber_loses_no_rows_written_after_it(
     view = (await api.get("/v1/databases/subs")).json()
     for instance in view["instances"]:
         assert [s["status"] for s in instance["subscriptions"]] == ["replicating"]
+
+
+async def test_create_database_from_backup(api: httpx.AsyncClient, scratch_dir: Path) -> None:
+    """A 2-node database created from another's backup holds its rows under a new name,
+    replicates between its own nodes, backs up to its own path, and never wrote WAL into the
+    source's repository."""
+    source = await create_and_wait(
+        api, database_body("src", backup_config=posix_config(scratch_dir / "repo"))
+    )
+    await on_every(source, TABLE)
+    await write(source, "n1", range(1, 301))
+    expected = (
+        await on_every(source, "SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM items")
+    )[0]
+    await backup(api, "src", "n1")
+    body = database_body(
+        "copy",
+        nodes=2,
+        backup_config=posix_config(scratch_dir / "repo"),
+        restore_config={
+            "source_database_id": "src",
+            "source_node_name": "n1",
+            "source_database_name": "app",
+            "repository": repo_of(scratch_dir),
+        },
+    )
+    body["spec"]["database_name"] = "shop"
+    copy = await create_and_wait(api, body)
+    assert {i["connection_info"]["database"] for i in copy["instances"]} == {"shop"}
+    digests = await on_every(copy, "SELECT md5(string_agg(id || v, ',' ORDER BY id)) FROM items")
+    assert digests == [expected, expected]
+    await write(copy, "n2", range(1001, 1011))
+    await converged(copy, 310)
+    await backup(api, "copy", "n1")
+    assert len((await api.get("/v1/databases/copy/nodes/n1/backups")).json()["backups"]) == 1
+    assert len((await api.get("/v1/databases/src/nodes/n1/backups")).json()["backups"]) == 1
+    archived = [p.name for p in (scratch_dir / "repo" / "databases" / "src").rglob("0000*")]
+    assert archived and all(name.startswith("00000001") for name in archived)
+
+
+async def test_add_node_from_backup_joins_without_copy(
+    api: httpx.AsyncClient, scratch_dir: Path
+) -> None:
+    """n3 added from n1's backup holds the rows, joins as a member (no data copy), and
+    replicates both ways."""
+    body = database_body("addbk", nodes=2, backup_config=posix_config(scratch_dir / "repo"))
+    database = await create_and_wait(api, body)
+    await on_every(database, TABLE)
+    await write(database, "n1", range(1, 201))
+    await write(database, "n2", range(1001, 1101))
+    await converged(database, 300)
+    await backup(api, "addbk", "n1")
+    body["spec"]["nodes"].append(
+        {
+            "name": "n3",
+            "restore_config": {
+                "source_database_id": "addbk",
+                "source_node_name": "n1",
+                "repository": repo_of(scratch_dir),
+            },
+        }
+    )
+    response = await api.post("/v1/databases/addbk", json=body)
+    assert response.status_code == 202, response.text
+    from tests.support.api import wait_task
+
+    task = await wait_task(api, "addbk", response.json()["task"]["task_id"], timeout=300)
+    assert task["status"] == "completed", task["error"]
+    database = (await api.get("/v1/databases/addbk")).json()
+    await converged(database, 300)
+    log = [e["message"] for e in await full_log(api, "addbk", task["task_id"])]
+    assert not [m for m in log if "joins the mesh with a copy" in m]
+    assert any("made from backup set" in m for m in log)
+    await write(database, "n3", range(5001, 5051))
+    await write(database, "n1", range(6001, 6051))
+    await converged(database, 400)
+
+
+async def test_create_from_missing_backup_refused(
+    api: httpx.AsyncClient, scratch_dir: Path
+) -> None:
+    """A restore_config naming a source with no backups is 422 and creates nothing."""
+    body = database_body(
+        "nobk",
+        restore_config={
+            "source_database_id": "ghost",
+            "source_node_name": "n1",
+            "repository": repo_of(scratch_dir),
+        },
+    )
+    response = await api.post("/v1/databases", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["details"]["errors"][0]["path"].startswith("spec.restore_config")
+    assert (await api.get("/v1/databases")).json()["databases"] == []
