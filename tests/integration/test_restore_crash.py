@@ -1,0 +1,86 @@
+"""A restore survives the control plane being SIGKILLed at every step boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_backups import backup, checksum, posix_config, write_rows
+from tests.support.api import create_and_wait, database_body, full_log, wait_task
+from tests.support.server import ServerProcess
+
+NODE_STEPS = [
+    "validate_target",
+    "pre_restore_backup",
+    "drop_subscriptions",
+    "stop_instance",
+    "restore_data",
+    "start_recovery",
+    "drop_stale_subscriptions",
+    "reenable_backups",
+]
+PARENT_STEPS = ["run_node_restores", "recreate_subscriptions"]
+CRASH_POINTS = [f"node_restore:{s}" for s in NODE_STEPS] + [f"restore:{s}" for s in PARENT_STEPS]
+
+
+@pytest.mark.parametrize("crash_point", CRASH_POINTS)
+async def test_restore_completes_after_sigkill_at_step(
+    server: ServerProcess, scratch_dir: Path, crash_point: str
+) -> None:
+    """Killed right after a restore step commits, the restarted server finishes the restore
+    once, with exactly the backed-up rows, the node writable and the database available."""
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        database = await create_and_wait(
+            client,
+            database_body("crash", nodes=2, backup_config=posix_config(scratch_dir / "repo")),
+        )
+        await write_rows(database, 1, 100)
+        taken = await backup(client, "crash", "n1")
+        expected = await checksum(database)
+        await write_rows(database, 101, 100)
+    server.terminate()
+    server.extra_env = {"CONTROLPLANE_CRASH_AFTER_STEP": crash_point}
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        response = await client.post(
+            "/v1/databases/crash/restore",
+            json={
+                "target_nodes": ["n1"],
+                "pre_restore_backup": True,
+                "restore_config": {
+                    "source_database_id": "crash",
+                    "source_node_name": "n1",
+                    "repository": {"type": "posix", "base_path": str(scratch_dir / "repo")},
+                    "restore_options": {"type": "immediate", "set": taken["result"]["label"]},
+                },
+            },
+        )
+        assert response.status_code == 202, response.text
+    assert server.proc is not None
+    await asyncio.to_thread(server.proc.wait, 180)
+    assert server.proc.returncode == -signal.SIGKILL
+    server.extra_env = {}
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+        task = await wait_task(client, "crash", response.json()["task"]["task_id"], timeout=300)
+        assert task["status"] == "completed", task["error"]
+        node_task = response.json()["node_tasks"][0]["task_id"]
+        step = crash_point.split(":")[1]
+        log = [e["message"] for e in await full_log(client, "crash", node_task)]
+        if crash_point.startswith("node_restore"):
+            assert log.count(f"step {step} started") == 1
+        assert (await client.get("/v1/databases/crash")).json()["state"] == "available"
+        pre = [
+            t
+            for t in (
+                await client.get("/v1/databases/crash/tasks", params={"type": "node_backup"})
+            ).json()["tasks"]
+            if t["trigger"] == "pre_restore"
+        ]
+        assert len(pre) == 1
+    assert await checksum(database) == expected
+    await write_rows(database, 5001, 3)
