@@ -131,6 +131,35 @@ class BenchServer:
             env={**os.environ, "PGPASSWORD": "bench-pass"},
         )
 
+    def wait_writable(self, instance: dict[str, Any], timeout: float = 300) -> None:
+        """Poll until the instance accepts connections and has left recovery."""
+        info = instance["connection_info"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(
+                [
+                    str(PG_BIN / "psql"),
+                    "-h",
+                    info["host"],
+                    "-p",
+                    str(info["port"]),
+                    "-U",
+                    "admin",
+                    "-d",
+                    info["database"],
+                    "-AtXc",
+                    "SELECT pg_is_in_recovery()",
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PGPASSWORD": "bench-pass"},
+                check=False,
+            )
+            if result.stdout.strip() == "f":
+                return
+            time.sleep(0.05)
+        raise AssertionError("instance did not become writable")
+
     def stop(self) -> None:
         """Stop the server, then every instance it started (they are not its children)."""
         if self.proc is not None and self.proc.poll() is None:

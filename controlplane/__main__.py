@@ -2,4 +2,4 @@
 
 from controlplane.cli import main
 
-main()
+main(prog_name="controlplane")

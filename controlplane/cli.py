@@ -1,4 +1,4 @@
-"""The `controlplane` command: serve, migrate, and local token management."""
+"""The `controlplane` command: serve, migrate, local tokens, and the API client subcommands."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from controlplane.cli_inspection import INSPECTION_COMMANDS
+from controlplane.cli_operations import OPERATION_COMMANDS
 from controlplane.errors import ControlPlaneError
 from controlplane.settings import Settings, load_settings
 from controlplane.store import tokens
@@ -29,10 +31,28 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         raise click.UsageError(f"invalid configuration: {exc}") from None
 
 
-@click.group()
-@click.option("--data-dir", envvar="CONTROLPLANE_DATA_DIR", help="Data directory.")
-def main(data_dir: str | None) -> None:
-    """PostgreSQL control plane."""
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    envvar="CONTROLPLANE_DATA_DIR",
+    help="Data directory (store, instances, admin token) [default: ./.controlplane].",
+)
+@click.option(
+    "--url",
+    envvar="CONTROLPLANE_URL",
+    help="API URL for the client commands [default: http://127.0.0.1:3000].",
+)
+@click.option(
+    "--token",
+    envvar="CONTROLPLANE_TOKEN",
+    help="API token for the client commands [default: <data dir>/admin-token].",
+)
+def main(data_dir: str | None, url: str | None, token: str | None) -> None:
+    """PostgreSQL control plane: run it (serve), and drive it over its API."""
+
+
+for _command in (*OPERATION_COMMANDS, *INSPECTION_COMMANDS):
+    main.add_command(_command)
 
 
 @main.command()

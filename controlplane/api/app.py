@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from controlplane import __version__
 from controlplane.api.auth import require_token
 from controlplane.api.errors import domain_error, http_error, internal_error
+from controlplane.api.metrics import METRICS_ROUTES
 from controlplane.api.routes import ROUTES
 from controlplane.errors import ControlPlaneError
 from controlplane.runtime import Runtime
@@ -41,7 +42,7 @@ def create_app(settings: Settings) -> Litestar:
         Exception: internal_error,
     }
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *METRICS_ROUTES],
         guards=[require_token],
         exception_handlers=handlers,
         lifespan=[lifespan],

@@ -47,10 +47,24 @@ async def ensure_node(conn: Connection, node: MeshNode) -> bool:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pglogical")
         changed = True
     async with conn.transaction():
+        await _grant_trigger_access(conn)
         changed |= await _ensure_identity(conn, node)
         changed |= await install_autorep(conn)
         changed |= bool(await replicate_existing_tables(conn))
     return changed
+
+
+async def _grant_trigger_access(conn: Connection) -> None:
+    """Let table owners fire pglogical's triggers, and nothing else.
+
+    pglogical's TRUNCATE trigger resolves names in schema pglogical as the table owner, so a
+    non-superuser owner could not truncate a replicated table ("permission denied for schema
+    pglogical"). USAGE on the schema fixes that; USAGE alone would also let any user call
+    pglogical.drop_node(), so EXECUTE on every pglogical function is taken from PUBLIC
+    (firing a trigger does not check EXECUTE).
+    """
+    await conn.execute("GRANT USAGE ON SCHEMA pglogical TO PUBLIC")
+    await conn.execute("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA pglogical FROM PUBLIC")
 
 
 async def reset_restored_node(conn: Connection, node: MeshNode) -> bool:

@@ -12,7 +12,7 @@ from controlplane.store import tasks
 from controlplane.store.tasks import TaskRow
 from controlplane.tasks.context import StepContext
 
-_POLL = 1.0
+_POLL = 0.1
 
 
 async def run_child_backup(ctx: StepContext, *, trigger: str) -> str:

@@ -90,21 +90,21 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
 
 async def drop_links_of(
     ctx: StepContext, spec: DatabaseSpec, node_name: str, rows: Sequence[InstanceRow]
-) -> None:
+) -> bool:
     """Drop every subscription to and from `node_name` on the reachable nodes, and any slot it
-    left on the others (a slot nobody reads retains WAL forever)."""
-    reachable = []
-    for row in rows:
-        if await ctx.services.orchestrator.status(ref_of(row)) == "running":
-            reachable.append(row)
-    # Node restores run in parallel; two of them dropping each other's links at once would
-    # race on the same subscriptions, so changes to one database's mesh are serialised.
-    async with (
-        mesh_lock(ctx.services, ctx.database_id),
-        connections(ctx.services, reachable, spec.database_name) as conns,
-    ):
-        if await replication.drop_node_links(conns, node_name):
-            await ctx.log.info(f"replication links of node {node_name} dropped", node=node_name)
+    left on the others (a slot nobody reads retains WAL forever). True when every other node
+    was reached, so no slot for `node_name` is left anywhere."""
+    # Node restores run in parallel; one dropping links while another drops the same ones or
+    # stops its node would race, so changes to one database's mesh (and restore stops) are
+    # serialised, and which nodes run is looked at under the lock.
+    async with mesh_lock(ctx.services, ctx.database_id):
+        reachable = [
+            row for row in rows if await ctx.services.orchestrator.status(ref_of(row)) == "running"
+        ]
+        async with connections(ctx.services, reachable, spec.database_name) as conns:
+            if await replication.drop_node_links(conns, node_name):
+                await ctx.log.info(f"replication links of node {node_name} dropped", node=node_name)
+    return all(row in reachable for row in rows if row.node_name != node_name)
 
 
 @contextlib.asynccontextmanager

@@ -57,8 +57,8 @@ async def drop_subscriptions(ctx: StepContext) -> dict[str, Any]:
     backups, and a restored subscriber that kept its subscription would silently lose rows."""
     spec, row, _ = await _context(ctx)
     rows = await instances.list_instances(ctx.services.pool, ctx.database_id)
-    await mesh.drop_links_of(ctx, spec, row.node_name, rows)
-    return {}
+    all_reached = await mesh.drop_links_of(ctx, spec, row.node_name, rows)
+    return {"peers_unlinked": all_reached}
 
 
 async def stop_instance(ctx: StepContext) -> dict[str, Any]:
@@ -68,7 +68,8 @@ async def stop_instance(ctx: StepContext) -> dict[str, Any]:
     await instances.set_instance_state(
         pool, ctx.database_id, row.node_name, "restoring", desired="stopped"
     )
-    await ctx.services.orchestrator.stop(ref_of(row), on_line=ctx.log.sink("pg_ctl"))
+    async with mesh.mesh_lock(ctx.services, ctx.database_id):
+        await ctx.services.orchestrator.stop(ref_of(row), on_line=ctx.log.sink("pg_ctl"))
     return {}
 
 
@@ -122,6 +123,9 @@ async def _move_generation_if_needed(
     own = await backups.backup_setup(ctx.services, spec, row, ref_of(row))
     if not own.enabled or plan.backup_system_id is None:
         return False
+    config = msgspec.convert(unseal(ctx.services, ctx.task)["restore_config"], RestoreConfig)
+    if (config.source_database_id, config.source_node_name) == (row.database_id, row.node_name):
+        return False  # the node's own backups: the same system by construction
     try:
         stanza = await backups.read_info(
             ctx.services, own, subject=backups.subject_of(own.ref, "reading backups")
@@ -143,20 +147,41 @@ async def _move_generation_if_needed(
     return True
 
 
-async def start_recovery(ctx: StepContext) -> dict[str, Any]:
-    """Start fenced (no background workers, so no stale subscription streams) and wait until
-    recovery has ended and the node is promoted."""
-    _, row, _ = await _context(ctx)
-    await ctx.services.orchestrator.start(
-        ref_of(row), on_line=ctx.log.sink("pg_ctl"), options=replication.FENCED_START_SETTINGS
+def _needs_fence(ctx: StepContext, row: InstanceRow, config: RestoreConfig) -> bool:
+    """Whether stale subscriptions in the restored catalog could stream from a live slot.
+
+    From another node's backup they are that node's subscriptions, whose slots on the
+    providers are live; from the node's own backup they can only find a slot a peer kept
+    because it could not be reached when the links were dropped.
+    """
+    own = (config.source_database_id, config.source_node_name) == (
+        row.database_id,
+        row.node_name,
     )
-    await ctx.log.info(f"node {row.node_name}: recovery finished, node promoted")
-    return {}
+    return not (own and ctx.state.get("peers_unlinked"))
+
+
+async def start_recovery(ctx: StepContext) -> dict[str, Any]:
+    """Start and wait until recovery has ended and the node is promoted; fenced (no background
+    workers, so no stale subscription streams) when stale subscriptions could do harm."""
+    _, row, config = await _context(ctx)
+    fenced = _needs_fence(ctx, row, config)
+    await ctx.services.orchestrator.start(
+        ref_of(row),
+        on_line=ctx.log.sink("pg_ctl"),
+        options=replication.FENCED_START_SETTINGS if fenced else None,
+    )
+    await ctx.log.info(
+        f"node {row.node_name}: recovery finished, node promoted"
+        + (" (fenced start)" if fenced else "")
+    )
+    return {"fenced": fenced}
 
 
 async def drop_stale_subscriptions(ctx: StepContext) -> dict[str, Any]:
     """Drop the subscriptions the backup brought back, give the node its own pglogical
-    identity, then restart normally (stop + start: `pg_ctl restart` would keep the fence)."""
+    identity; restart normally when it was fenced or its environment changes (stop + start:
+    `pg_ctl restart` would keep the fence)."""
     spec, row, config = await _context(ctx)
     ref = ref_of(row)
     await children.rename_database_if_needed(ctx, ref, config, spec)
@@ -168,19 +193,24 @@ async def drop_stale_subscriptions(ctx: StepContext) -> dict[str, Any]:
     finally:
         await conn.close()
     own = await backups.backup_setup(ctx.services, spec, row, ref)
-    await ctx.services.orchestrator.set_environment(ref, own.env)
-    sink = ctx.log.sink("pg_ctl")
-    await ctx.services.orchestrator.stop(ref, on_line=sink)
-    await ctx.services.orchestrator.start(ref, on_line=sink)
+    changed = await ctx.services.orchestrator.set_environment(ref, own.env)
+    if changed or ctx.state.get("fenced"):
+        sink = ctx.log.sink("pg_ctl")
+        await ctx.services.orchestrator.stop(ref, on_line=sink)
+        await ctx.services.orchestrator.start(ref, on_line=sink)
     return {}
 
 
 async def reenable_backups(ctx: StepContext) -> dict[str, Any]:
-    """Protect the node again with no manual step: stanza and archive check at its current
-    generation, and a full backup when the generation is new."""
+    """Protect the node again with no manual step. Same system: its new timeline archives to
+    the same stanza as before. New generation: create the stanza, check archiving, and take a
+    full backup so the node has a restorable set at once."""
     spec, row, _ = await _context(ctx)
     own = await backups.backup_setup(ctx.services, spec, row, ref_of(row))
     if not own.enabled:
+        return {}
+    if not ctx.state.get("generation_moved"):
+        await ctx.log.info(f"node {row.node_name}: backups continue in the same repository")
         return {}
     sink = ctx.log.sink("pgbackrest")
     for argv, what in (
@@ -190,10 +220,8 @@ async def reenable_backups(ctx: StepContext) -> dict[str, Any]:
         await backups.run_pgbackrest(
             ctx.services, own, argv, on_line=sink, subject=backups.subject_of(own.ref, what)
         )
-    if ctx.state.get("generation_moved"):
-        task = await children.run_child_backup(ctx, trigger="system")
-        return {"protecting_backup_task": task}
-    return {}
+    task = await children.run_child_backup(ctx, trigger="system")
+    return {"protecting_backup_task": task}
 
 
 async def mark_restored(ctx: StepContext) -> dict[str, Any]:
