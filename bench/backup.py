@@ -15,23 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from bench.harness import BenchServer, run_as_postgres
-
-
-def timed(action: object) -> float:
-    assert callable(action)
-    began = time.perf_counter()
-    action()
-    return time.perf_counter() - began
+from bench.harness import BenchServer, compare, run_as_postgres
 
 
 def main() -> int:
@@ -72,18 +63,9 @@ def main() -> int:
             target.unlink()
 
         api_backup()  # warm the page cache and the stanza once
-        results: dict[str, list[float]] = {"api": [], "raw": [], "tar": []}
-        for run in range(args.runs):
-            # Alternate which goes first: a backup right after another finds a fresher checkpoint
-            # and a warmer cache, which would bias the ratio.
-            order = [("raw", raw_backup), ("api", api_backup)]
-            for name, action in order if run % 2 == 0 else reversed(order):
-                results[name].append(timed(action))
-            results["tar"].append(timed(tar_copy))
-        medians = {name: statistics.median(values) for name, values in results.items()}
-        for name, values in results.items():
-            runs = ", ".join(f"{v:.2f}" for v in values)
-            print(f"{name:>4}: median {medians[name]:.2f}s  (runs: {runs})")
+        medians = compare(
+            [("raw", raw_backup), ("api", api_backup)], args.runs, extra=[("tar", tar_copy)]
+        )
         print(
             f"ratio api / raw pgbackrest: {medians['api'] / medians['raw']:.3f}"
             f"  (target <= 1.10 at scale 50; scale {args.scale}, {os.cpu_count()} cores)"

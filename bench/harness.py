@@ -6,9 +6,11 @@ import os
 import pwd
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +185,25 @@ class BenchServer:
                 capture_output=True,
             )
         self.client.close()
+
+
+Action = Callable[[], None]
+
+
+def compare(
+    pairs: list[tuple[str, Action]], runs: int, extra: list[tuple[str, Action]] | None = None
+) -> dict[str, float]:
+    """Time each action `runs` times, alternating which of `pairs` goes first (a run right after
+    another finds a fresher checkpoint and a warmer cache), print every run and the medians."""
+    results: dict[str, list[float]] = {name: [] for name, _ in pairs + (extra or [])}
+    for run in range(runs):
+        order = pairs if run % 2 == 0 else list(reversed(pairs))
+        for name, action in order + (extra or []):
+            began = time.perf_counter()
+            action()
+            results[name].append(time.perf_counter() - began)
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    for name, values in results.items():
+        runs_text = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{name:>4}: median {medians[name]:.2f}s  (runs: {runs_text})")
+    return medians

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from bench.harness import PG_BIN, BenchServer, run_as_postgres
+from bench.harness import PG_BIN, BenchServer, compare, run_as_postgres
 
 
 def main() -> int:
@@ -88,19 +86,7 @@ def main() -> int:
             server.wait_writable(node)
 
         api_restore()  # writes the restore config and warms the cache
-        results: dict[str, list[float]] = {"api": [], "raw": []}
-        for run in range(args.runs):
-            order = [("raw", raw_restore), ("api", api_restore)]
-            for name, action in order if run % 2 == 0 else reversed(order):
-                began = time.perf_counter()
-                action()
-                results[name].append(time.perf_counter() - began)
-        medians = {name: statistics.median(values) for name, values in results.items()}
-        for name, values in results.items():
-            print(
-                f"{name:>4}: median {medians[name]:.2f}s  "
-                f"(runs: {', '.join(f'{v:.2f}' for v in values)})"
-            )
+        medians = compare([("raw", raw_restore), ("api", api_restore)], args.runs)
         print(
             f"ratio api / raw pgbackrest: {medians['api'] / medians['raw']:.3f}"
             f"  (target <= 1.25 at scale 50; scale {args.scale})"
