@@ -14,6 +14,7 @@ import asyncpg
 from controlplane.monitor import Monitor
 from controlplane.orchestrator.base import Orchestrator
 from controlplane.orchestrator.local import LocalOrchestrator
+from controlplane.scheduler import Scheduler
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.store import tokens
@@ -23,7 +24,9 @@ from controlplane.store.pool import create_pool
 from controlplane.tasks.context import Services
 from controlplane.tasks.worker import Worker
 from controlplane.workflows import all_workflows
+from controlplane.workflows.backups import effective_backup_config
 from controlplane.workflows.common import task_secrets
+from controlplane.workflows.node_backup import NODE_BACKUP
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,10 @@ class Runtime:
         await self._listener.add_listener("controlplane_tasks", self._on_notify)
         self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
         self._background.append(asyncio.create_task(Monitor(self.services).run(), name="monitor"))
+        scheduler = Scheduler.from_services(
+            self.services, backup_steps=NODE_BACKUP.step_names, config_of=effective_backup_config
+        )
+        self._background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
 
     def _on_notify(self, *_: object) -> None:
         if self.worker is not None:

@@ -38,6 +38,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     task_retention_days: int = 30
     cancel_grace_seconds: float = 10.0
     retry_backoff_seconds: float = 2.0
+    # Scheduled backups after downtime: run the newest missed tick ("latest") or none ("none").
+    schedule_catch_up: Literal["latest", "none"] = "latest"
+    # Longest sleep of the scheduler loop (it also wakes at the next due tick).
+    schedule_interval: float = 1.0
     # Testing aid for crash tests: "<task type>:<step>" makes the server SIGKILL itself right
     # after that step commits, so every step boundary can be crashed deterministically.
     crash_after_step: str | None = None

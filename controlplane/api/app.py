@@ -16,6 +16,7 @@ from controlplane.api.auth import require_token
 from controlplane.api.errors import domain_error, http_error, internal_error
 from controlplane.api.metrics import METRICS_ROUTES
 from controlplane.api.routes import ROUTES
+from controlplane.api.schedules import SCHEDULE_ROUTES
 from controlplane.errors import ControlPlaneError
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings
@@ -42,7 +43,7 @@ def create_app(settings: Settings) -> Litestar:
         Exception: internal_error,
     }
     return Litestar(
-        route_handlers=[*ROUTES, *METRICS_ROUTES],
+        route_handlers=[*ROUTES, *METRICS_ROUTES, *SCHEDULE_ROUTES],
         guards=[require_token],
         exception_handlers=handlers,
         lifespan=[lifespan],

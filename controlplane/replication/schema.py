@@ -30,7 +30,10 @@ from controlplane.replication.tables import TRIGGER_NAME
 # `pg_restore -l` lines look like "3301; 3466 16548 EVENT TRIGGER - cp_autorep postgres".
 SKIPPED_TOC_ENTRY = re.compile(
     r"^\d+; \d+ \d+ (EXTENSION - pglogical|COMMENT - EXTENSION pglogical"
-    rf"|EVENT TRIGGER - {TRIGGER_NAME}) "
+    rf"|EVENT TRIGGER - {TRIGGER_NAME}"
+    # Privileges on pglogical's schema and functions (granted by ensure_node) are dumped with
+    # the extension; the joining node gets them from its own ensure_node.
+    r"|ACL - SCHEMA pglogical|ACL pglogical) "
 )
 
 

@@ -244,6 +244,8 @@ async def drop_node_links(conns_by_node: Mapping[str, Connection], node_name: st
     dropped directly.
     """
     removed = pglogical_node_name(node_name)
+    # A node just initialised (added by the same update) has no pglogical yet: nothing to drop.
+    conns_by_node = {n: c for n, c in conns_by_node.items() if await is_pglogical_node(c)}
     others = {name: conn for name, conn in conns_by_node.items() if name != node_name}
     changed = False
     for conn in others.values():  # its writes no longer reach the others

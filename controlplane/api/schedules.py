@@ -1,0 +1,55 @@
+"""Route handlers for a database's backup schedules: next run and last task per node."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from litestar import Response, get
+from msgspec import Struct
+
+from controlplane.api.routes import AnyRequest, _json, _services
+from controlplane.clock import SystemClock
+from controlplane.scheduler import next_run_at
+from controlplane.store import databases, schedules
+from controlplane.store.schedules import LastTask
+from controlplane.workflows.backups import effective_backup_config
+from controlplane.workflows.common import spec_of
+
+
+class ScheduleView(Struct, kw_only=True):
+    """One schedule of one node's effective backup_config."""
+
+    schedule_id: str
+    node_name: str
+    type: str
+    cron_expression: str
+    next_run_at: datetime
+    last_task: LastTask | None
+
+
+@get("/v1/databases/{database_id:str}/schedules", opt={"scope": "read"})
+async def list_schedules(request: AnyRequest, database_id: str) -> Response[bytes]:
+    """Every node's schedules (a node-level backup_config replaces the database's)."""
+    services = _services(request)
+    row = await databases.get_database(services.pool, database_id)
+    spec = spec_of(services, row)
+    last = await schedules.last_tasks(services.pool, database_id)
+    now = SystemClock().now()
+    views = []
+    for node in spec.nodes:
+        config = effective_backup_config(spec, node.name)
+        for schedule in config.schedules if config is not None else []:
+            views.append(
+                ScheduleView(
+                    schedule_id=schedule.id,
+                    node_name=node.name,
+                    type=schedule.type,
+                    cron_expression=schedule.cron_expression,
+                    next_run_at=next_run_at(schedule.cron_expression, now),
+                    last_task=last.get((node.name, schedule.id)),
+                )
+            )
+    return _json({"schedules": views})
+
+
+SCHEDULE_ROUTES = [list_schedules]

@@ -1,0 +1,345 @@
+"""Schedule records: per-schedule state (first seen, last tick) and one row per claimed tick."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import asyncpg
+from msgspec import Struct
+
+from controlplane.store.pool import Connection, Executor
+
+_STATE_COLUMNS = "database_id, node_name, schedule_id, cron_expression, since, last_tick_at"
+
+
+class ScheduleKey(NamedTuple):
+    """What a tick is de-duplicated by, together with the tick time."""
+
+    database_id: str
+    node_name: str
+    schedule_id: str
+
+
+class ScheduleState(Struct, kw_only=True, frozen=True):
+    """A schedule as the schedulers last recorded it."""
+
+    database_id: str
+    node_name: str
+    schedule_id: str
+    cron_expression: str
+    since: datetime
+    last_tick_at: datetime | None = None
+
+    @property
+    def key(self) -> ScheduleKey:
+        return ScheduleKey(self.database_id, self.node_name, self.schedule_id)
+
+
+class Planned(NamedTuple):
+    """A schedule of a node's effective backup_config, as the stored spec says now."""
+
+    key: ScheduleKey
+    type: str
+    cron_expression: str
+
+
+class LastTask(Struct, kw_only=True):
+    """The task of a schedule's newest recorded tick (as the schedules API shows it)."""
+
+    task_id: str
+    status: str
+    completed_at: datetime | None
+
+
+def _state(record: asyncpg.Record) -> ScheduleState:
+    return ScheduleState(**dict(record.items()))
+
+
+async def list_states(db: Executor) -> list[ScheduleState]:
+    """Every recorded schedule state."""
+    records = await db.fetch(f"SELECT {_STATE_COLUMNS} FROM schedules")
+    return [_state(r) for r in records]
+
+
+async def insert_states(db: Executor, states: list[ScheduleState]) -> list[ScheduleState]:
+    """Record newly seen schedules; those another server recorded first are left as they are
+    (and not returned)."""
+    if not states:
+        return []
+    records = await db.fetch(
+        f"INSERT INTO schedules ({_STATE_COLUMNS})"
+        " SELECT d, n, s, c, t, NULL FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+        " $5::timestamptz[]) AS u (d, n, s, c, t)"
+        f" ON CONFLICT DO NOTHING RETURNING {_STATE_COLUMNS}",
+        [s.database_id for s in states],
+        [s.node_name for s in states],
+        [s.schedule_id for s in states],
+        [s.cron_expression for s in states],
+        [s.since for s in states],
+    )
+    return [_state(r) for r in records]
+
+
+async def change_cron(
+    db: Executor, observed: ScheduleState, cron_expression: str, since: datetime
+) -> ScheduleState | None:
+    """A new cron expression starts the schedule afresh; only if the row is still as observed."""
+    record = await db.fetchrow(
+        "UPDATE schedules SET cron_expression = $4, since = $5"
+        " WHERE (database_id, node_name, schedule_id) = ($1, $2, $3) AND cron_expression = $6"
+        f" RETURNING {_STATE_COLUMNS}",
+        *observed.key,
+        cron_expression,
+        since,
+        observed.cron_expression,
+    )
+    return None if record is None else _state(record)
+
+
+async def delete_state(db: Executor, observed: ScheduleState) -> None:
+    """Forget a removed schedule, unless it changed since it was observed (re-added)."""
+    await db.execute(
+        "DELETE FROM schedules WHERE (database_id, node_name, schedule_id) = ($1, $2, $3)"
+        " AND cron_expression = $4 AND since = $5",
+        *observed.key,
+        observed.cron_expression,
+        observed.since,
+    )
+
+
+class StateChanges(NamedTuple):
+    new: list[Planned]
+    changed: list[tuple[ScheduleState, Planned]]
+    removed: list[ScheduleState]
+
+
+def state_changes(
+    states: Mapping[ScheduleKey, ScheduleState],
+    planned: Mapping[ScheduleKey, Planned],
+    database_ids: set[str],
+) -> StateChanges:
+    """What to record: schedules first seen, cron expressions changed, schedules removed (only of
+    databases in the snapshot: a deleted database's states go with it)."""
+    new = [p for key, p in planned.items() if key not in states]
+    changed = [
+        (states[key], p)
+        for key, p in planned.items()
+        if key in states and states[key].cron_expression != p.cron_expression
+    ]
+    removed = [
+        s for key, s in states.items() if key not in planned and s.database_id in database_ids
+    ]
+    return StateChanges(new, changed, removed)
+
+
+async def record_changes(
+    db: Executor,
+    states: dict[ScheduleKey, ScheduleState],
+    planned: Mapping[ScheduleKey, Planned],
+    database_ids: set[str],
+    now: datetime,
+) -> dict[ScheduleKey, ScheduleState]:
+    """Bring the recorded states in line with the specs (`states` read before them) and return
+    them. New and changed schedules start at `now`. Every write is conditional on the row as
+    read, so a server with an older snapshot of the specs never undoes a newer one."""
+    changes = state_changes(states, planned, database_ids)
+    fresh = [
+        ScheduleState(**p.key._asdict(), cron_expression=p.cron_expression, since=now)
+        for p in changes.new
+    ]
+    for state in await insert_states(db, fresh):
+        states[state.key] = state
+    for observed, plan in changes.changed:
+        del states[observed.key]
+        updated = await change_cron(db, observed, plan.cron_expression, now)
+        if updated is not None:
+            states[updated.key] = updated
+    for observed in changes.removed:
+        del states[observed.key]
+        await delete_state(db, observed)
+    return states
+
+
+class Claim(NamedTuple):
+    """What claiming a database's due ticks found: its state, the nodes that have an instance,
+    and the (node, schedule id) pairs whose tick this transaction claimed."""
+
+    state: str
+    nodes_with_instance: set[str]
+    claimed: set[tuple[str, str]]
+
+
+class ScheduledTask(NamedTuple):
+    """A task for a claimed tick: a backup (`error` None) or a skipped one with the reason."""
+
+    task_id: uuid.UUID
+    node_name: str
+    input: dict[str, Any]
+    error: str | None = None
+    blocking_task_id: str | None = None
+
+
+# Node names and schedule ids never contain "/" (spec patterns).
+_PAIR = "node_name || '/' || schedule_id"
+
+
+async def claim_ticks(
+    conn: Connection,
+    database_id: str,
+    ticks: list[tuple[str, str, datetime, uuid.UUID]],
+) -> Claim | None:
+    """Claim (node, schedule id, tick, task id) rows of one database in the caller's
+    transaction, which must then insert those tasks; None when the database is gone.
+
+    Whoever inserts a tick's row claims it: a concurrent claimant of the same tick waits on its
+    key until the first commits, then skips it. A claimed tick also moves its schedule's last
+    tick; a tick already behind it (handled before, its row pruned with its task) is dropped.
+    The database row is share-locked first, so a concurrent update/delete/restore commits its
+    state before the backups are decided.
+    """
+    record = await conn.fetchrow(
+        "WITH db AS (SELECT d.state, array(SELECT i.node_name FROM instances i"
+        "   WHERE i.database_id = d.id) AS nodes FROM databases d WHERE d.id = $1 FOR SHARE OF d),"
+        " tick AS (INSERT INTO schedule_ticks"
+        "   (database_id, node_name, schedule_id, tick_at, task_id)"
+        "   SELECT $1, w.node_name, w.schedule_id, w.tick_at, w.task_id"
+        "   FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::uuid[])"
+        "   AS w (node_name, schedule_id, tick_at, task_id) WHERE EXISTS (SELECT FROM db)"
+        "   ON CONFLICT DO NOTHING RETURNING node_name, schedule_id, tick_at),"
+        " moved AS (UPDATE schedules s SET last_tick_at = t.tick_at FROM tick t"
+        "   WHERE (s.database_id, s.node_name, s.schedule_id) = ($1, t.node_name, t.schedule_id)"
+        "   AND s.since <= t.tick_at AND (s.last_tick_at IS NULL OR s.last_tick_at < t.tick_at)"
+        "   RETURNING s.node_name, s.schedule_id)"
+        f" SELECT db.state, db.nodes, array(SELECT {_PAIR} FROM tick) AS claimed,"
+        f"   array(SELECT {_PAIR} FROM moved) AS moved FROM db",
+        database_id,
+        [node for node, _, _, _ in ticks],
+        [schedule_id for _, schedule_id, _, _ in ticks],
+        [tick for _, _, tick, _ in ticks],
+        [task_id for _, _, _, task_id in ticks],
+    )
+    if record is None:
+        return None
+    moved = set(record["moved"])
+    stale = set(record["claimed"]) - moved
+    await _drop_ticks(conn, database_id, [t for t in ticks if f"{t[0]}/{t[1]}" in stale])
+    return Claim(
+        state=record["state"],
+        nodes_with_instance=set(record["nodes"]),
+        claimed={(pair.split("/")[0], pair.split("/")[1]) for pair in moved},
+    )
+
+
+async def _drop_ticks(
+    conn: Connection, database_id: str, ticks: list[tuple[str, str, datetime, uuid.UUID]]
+) -> None:
+    if not ticks:
+        return
+    await conn.execute(
+        "DELETE FROM schedule_ticks k USING unnest($2::text[], $3::text[], $4::timestamptz[])"
+        "   AS w (node_name, schedule_id, tick_at)"
+        " WHERE (k.database_id, k.node_name, k.schedule_id, k.tick_at)"
+        "   = ($1, w.node_name, w.schedule_id, w.tick_at)",
+        database_id,
+        [t[0] for t in ticks],
+        [t[1] for t in ticks],
+        [t[2] for t in ticks],
+    )
+
+
+async def insert_backup_tasks(
+    conn: Connection, database_id: str, backups: list[ScheduledTask], steps: list[str]
+) -> set[uuid.UUID]:
+    """Insert pending scheduled node_backup tasks (at most one per node) with their steps; a
+    node whose backup/verify/expire lock is held gets none. Returns the ids inserted."""
+    if not backups:
+        return set()
+    records = await conn.fetch(
+        "WITH task AS (INSERT INTO tasks (task_id, database_id, node_name, type, trigger, input)"
+        "   SELECT u.task_id, $1, u.node_name, 'node_backup', 'scheduled', u.input::jsonb"
+        "   FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u (task_id, node_name, input)"
+        # The arbiter is tasks_one_backup_per_node (0001_init.sql): same columns, same predicate.
+        "   ON CONFLICT (database_id, node_name)"
+        "   WHERE type IN ('node_backup', 'verify', 'expire')"
+        "   AND status IN ('pending', 'running', 'canceling') DO NOTHING RETURNING task_id),"
+        " step AS (INSERT INTO task_steps (task_id, position, name)"
+        "   SELECT t.task_id, s.position - 1, s.name FROM task t"
+        "   CROSS JOIN unnest($5::text[]) WITH ORDINALITY AS s (name, position))"
+        " SELECT task_id FROM task",
+        database_id,
+        [b.task_id for b in backups],
+        [b.node_name for b in backups],
+        [json.dumps(b.input) for b in backups],
+        steps,
+    )
+    return {r["task_id"] for r in records}
+
+
+async def active_backup_tasks(
+    conn: Connection, database_id: str, nodes: list[str]
+) -> dict[str, tuple[str, str, str]]:
+    """node -> (task id, type, status) of the active task holding its backup lock."""
+    records = await conn.fetch(
+        "SELECT DISTINCT ON (node_name) node_name, task_id, type, status FROM tasks"
+        " WHERE database_id = $1 AND node_name = ANY($2::text[])"
+        " AND type IN ('node_backup', 'verify', 'expire')"
+        " AND status IN ('pending', 'running', 'canceling') ORDER BY node_name, created_at",
+        database_id,
+        nodes,
+    )
+    return {r["node_name"]: (str(r["task_id"]), r["type"], r["status"]) for r in records}
+
+
+async def insert_skipped_tasks(
+    conn: Connection, database_id: str, skipped: list[ScheduledTask]
+) -> None:
+    """Record ticks that could not run as `skipped` node_backup tasks: the reason in `error`,
+    the blocking task in `result` (as tasks.insert_skipped_task does for one)."""
+    if not skipped:
+        return
+    await conn.execute(
+        "INSERT INTO tasks (task_id, database_id, node_name, type, status, trigger, input, error,"
+        " result, completed_at)"
+        " SELECT u.task_id, $1, u.node_name, 'node_backup', 'skipped', 'scheduled', u.input::jsonb,"
+        " u.error, CASE WHEN u.blocking IS NULL THEN NULL"
+        "   ELSE jsonb_build_object('blocking_task_id', u.blocking) END, now()"
+        " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])"
+        " AS u (task_id, node_name, input, error, blocking)",
+        database_id,
+        [t.task_id for t in skipped],
+        [t.node_name for t in skipped],
+        [json.dumps(t.input) for t in skipped],
+        [t.error for t in skipped],
+        [t.blocking_task_id for t in skipped],
+    )
+
+
+async def last_tasks(db: Executor, database_id: str) -> dict[tuple[str, str], LastTask]:
+    """(node name, schedule id) -> the task of its newest tick still on record."""
+    records = await db.fetch(
+        "SELECT DISTINCT ON (k.node_name, k.schedule_id) k.node_name, k.schedule_id,"
+        " t.task_id, t.status, t.completed_at"
+        " FROM schedule_ticks k JOIN tasks t ON t.task_id = k.task_id"
+        " WHERE k.database_id = $1 ORDER BY k.node_name, k.schedule_id, k.tick_at DESC",
+        database_id,
+    )
+    found: dict[tuple[str, str], LastTask] = {}
+    for r in records:
+        found[(r["node_name"], r["schedule_id"])] = LastTask(
+            task_id=str(r["task_id"]), status=r["status"], completed_at=r["completed_at"]
+        )
+    return found
+
+
+async def ticks_of(db: Executor, database_id: str) -> list[dict[str, Any]]:
+    """Every recorded tick of a database, oldest first (for tests and benchmarks)."""
+    records = await db.fetch(
+        "SELECT node_name, schedule_id, tick_at, task_id, claimed_at FROM schedule_ticks"
+        " WHERE database_id = $1 ORDER BY tick_at, node_name, schedule_id",
+        database_id,
+    )
+    return [dict(r.items()) for r in records]
