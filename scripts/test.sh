@@ -8,4 +8,5 @@ scripts/bootstrap.sh --test
 .venv/bin/ruff format --check controlplane tests bench
 .venv/bin/mypy
 .venv/bin/pytest tests/unit "$@"
-.venv/bin/pytest tests/integration "$@"
+# Each integration test runs its own server, ports and directories: they run three at a time.
+.venv/bin/pytest tests/integration -n 3 "$@"
