@@ -32,9 +32,13 @@ log = logging.getLogger(__name__)
 
 
 def make_orchestrator(settings: Settings) -> Orchestrator:
-    if settings.orchestrator == "local":
-        return LocalOrchestrator(settings)
-    raise NotImplementedError("the docker orchestrator is not available in this version")
+    if settings.orchestrator == "docker":
+        # Imported here: only docker deployments need the docker SDK.
+        from controlplane.orchestrator.docker import DockerOrchestrator, load_docker_hosts
+
+        hosts = load_docker_hosts(settings.docker_hosts, default_url=settings.docker_url)
+        return DockerOrchestrator(settings, hosts=hosts)
+    return LocalOrchestrator(settings)
 
 
 def secret_box(settings: Settings) -> SecretBox:

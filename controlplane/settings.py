@@ -23,6 +23,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 3000
     orchestrator: Literal["local", "docker"] = "local"
     docker_url: str | None = None
+    # Docker orchestrator hosts: "id=url,id2=url2", or the path of a file with one id=url per
+    # line; unset means one host "local" at docker_url (or DOCKER_HOST).
+    docker_hosts: str | None = None
     instance_image: str = "controlplane/postgres:15"
     os_user: str = "postgres"
     allow_restore: bool = True

@@ -1,0 +1,413 @@
+"""Docker instance layout (pure): names, labels, mounts, argv and files of instance containers.
+
+One instance is one container plus one named volume. Inside the container:
+
+- PGDATA is a subdirectory of the named volume (`/var/lib/postgresql/data/pgdata`), so a crash
+  mid-initdb leaves a scratch directory next to it, never half a cluster in PGDATA itself;
+- the instance directory (`<data_dir>/instances/<id>`: postgresql.conf, pg_hba.conf,
+  pgbackrest.conf, postmaster.env) is bind-mounted read-only AT THE SAME PATH as on the host, so
+  every path the workflows render (config files, archive_command) means the same on both sides;
+  only its `pgbackrest/` subdirectory (lock, log, spool) is writable;
+- Postgres runs with `config_file` pointing at the instance directory. The postgresql.conf and
+  pg_hba.conf inside PGDATA are never read, so a cluster restored from another instance's backup
+  cannot bring that instance's port or archive_command back; only postgresql.auto.conf (ALTER
+  SYSTEM, pgBackRest's recovery settings) is read from PGDATA, as Postgres always does;
+- posix repositories are bind-mounted at their own path, one mount per database directory
+  (`<base>/databases/<database>`): generations and repositories of that database appear without
+  a new mount, other databases' backups stay out of sight. A repository only read for a restore
+  (the source of a create-from-backup) is mounted read-only;
+- the superuser password of the database lives in `<data_dir>/secrets/<database>/` (mounted
+  read-only): libpq reads it through `passfile=` so no DSN — and so no pglogical catalog row —
+  ever holds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import posixpath
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from controlplane.orchestrator.base import InstanceRef
+
+VOLUME_TARGET = "/var/lib/postgresql/data"
+PGDATA = f"{VOLUME_TARGET}/pgdata"
+SOCKET_DIR = "/var/run/postgresql"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+ENTRYPOINT = ["tini", "--"]
+# Settings the image's own PostgreSQL build needs (compose/Dockerfile.postgres writes it).
+IMAGE_CONF = "/etc/controlplane/image.conf"
+LABEL = "controlplane"
+ROLE_INSTANCE = "instance"
+ROLE_DATA_ONE_OFF = "data-one-off"  # mounts the data volume: at most one may run
+ROLE_TOOL_ONE_OFF = "tool-one-off"  # pgbackrest info/expire/verify with no data: may overlap
+ENV_FILE = "postmaster.env"
+# The instance's own pgBackRest config (its repositories are mounted writable); any other
+# `pgbackrest*.conf` in the instance directory is a restore source (mounted read-only).
+OWN_PGBACKREST_CONFIG = "pgbackrest.conf"
+CONF_FILE = "postgresql.conf"
+HBA_FILE = "pg_hba.conf"
+IDENT_FILE = "pg_ident.conf"
+STATE_DIR = "pgbackrest"
+PGPASS_FILE = "pgpass"
+PASSWORD_FILE = "password"
+PASSWORD_SQL_FILE = "superuser.sql"
+# Exit code of the init script when PGDATA already holds a cluster.
+INIT_EXISTS = 10
+
+_START_OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,35}$")
+
+HBA = """\
+# Managed by controlplane.
+# The unix socket directory lives inside the container: only processes of the container reach
+# it, so trust is safe there (pgBackRest and the control plane's own probes use it).
+local   all             all                                     trust
+local   replication     all                                     trust
+# Host networking: 127.0.0.1 is shared by everything on the machine, so TCP needs a password.
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+"""
+IDENT = "# Managed by controlplane: no user name maps.\n"
+
+# The init one-off: check the ids, initdb into a scratch directory and rename it into place.
+_INIT_SCRIPT = """\
+set -eu
+pgdata=$1 pwfile=$2 owner=$3 bin=$4
+if [ "$(id -u):$(id -g)" != "$owner" ]; then
+  echo "the image's postgres user is $(id -u):$(id -g) but the control plane's OS user is" \
+       "$owner: rebuild the image with --build-arg PG_UID=... --build-arg PG_GID=..." >&2
+  exit 3
+fi
+[ -f "$pgdata/PG_VERSION" ] && exit 10
+rm -rf -- "$pgdata.init"
+"$bin/initdb" -D "$pgdata.init" -U postgres -E UTF8 --locale=C.UTF-8 --data-checksums \
+  --auth-local=trust --auth-host=scram-sha-256 --pwfile="$pwfile"
+if [ -d "$pgdata" ]; then rmdir -- "$pgdata"; fi
+mv -- "$pgdata.init" "$pgdata"
+"""
+_EMPTY_SCRIPT = 'rm -rf -- "$1" "$1.init" && mkdir -m 0700 -- "$1"'
+# Sourcing the env file here (not `docker create --env`) lets a changed environment apply on
+# the next start without recreating anything else, and keeps secrets out of `docker inspect`.
+_RUN_SCRIPT = '. "$0" && exec "$@"'
+# The pid file lets a cancel signal the exec'd process: the engine API cannot kill an exec.
+_EXEC_SCRIPT = 'echo "$$" > "$0" && exec "$@"'
+_KILL_SCRIPT = 'kill -s "$1" "$(cat "$0")" 2>/dev/null || true'
+
+
+class MountSpec(msgspec.Struct, frozen=True, kw_only=True, order=True):
+    """One mount of an instance container: a host directory (bind) or the data volume."""
+
+    target: str
+    source: str
+    kind: Literal["bind", "volume"] = "bind"
+    read_only: bool = False
+
+
+def namespace_of(data_path: Path) -> str:
+    """Short id of one control plane (its data dir): several may share an engine."""
+    return hashlib.sha1(str(data_path).encode()).hexdigest()[:8]
+
+
+def container_name(namespace: str, instance_id: str) -> str:
+    return f"cp-{namespace}-{instance_id}"
+
+
+def volume_name(namespace: str, instance_id: str) -> str:
+    return f"cp-{namespace}-{instance_id}-data"
+
+
+def one_off_name(namespace: str, instance_id: str, token: str) -> str:
+    return f"cp-{namespace}-{instance_id}-run-{token}"
+
+
+def labels(ref: InstanceRef, namespace: str, role: str) -> dict[str, str]:
+    """Labels that identify what a container or volume belongs to (and let us find it)."""
+    return {
+        f"{LABEL}.namespace": namespace,
+        f"{LABEL}.database": ref.database_id,
+        f"{LABEL}.node": ref.node_name,
+        f"{LABEL}.instance": ref.instance_id,
+        f"{LABEL}.role": role,
+        f"{LABEL}.port": str(ref.port),
+    }
+
+
+def instance_filter(namespace: str, instance_id: str, role: str | None = None) -> list[str]:
+    """Label filters selecting one instance's containers (optionally of one role)."""
+    found = [f"{LABEL}.namespace={namespace}", f"{LABEL}.instance={instance_id}"]
+    if role is not None:
+        found.append(f"{LABEL}.role={role}")
+    return found
+
+
+def _repository_options(config_text: str) -> dict[str, dict[str, str]]:
+    """`repoN-<option>=value` lines of a rendered pgbackrest.conf, by `repoN`."""
+    found: dict[str, dict[str, str]] = {}
+    for raw in config_text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "[")) or "=" not in line:
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        match = re.fullmatch(r"(repo\d+)-([a-z0-9-]+)", key)
+        if match and value:
+            found.setdefault(match.group(1), {})[match.group(2)] = value
+    return found
+
+
+def repository_paths(config_text: str) -> list[str]:
+    """The posix repository paths (`repoN-path` whose `repoN-type` is posix or unset) of a
+    rendered pgbackrest.conf."""
+    return sorted(
+        options["path"]
+        for options in _repository_options(config_text).values()
+        if options.get("type", "posix") == "posix" and "path" in options
+    )
+
+
+def ca_paths(config_text: str) -> list[str]:
+    """CA files and directories (`repoN-storage-ca-file`/`-ca-path`) pgBackRest must read."""
+    return sorted(
+        {
+            value
+            for options in _repository_options(config_text).values()
+            for key, value in options.items()
+            if key in ("storage-ca-file", "storage-ca-path")
+        }
+    )
+
+
+def mount_root(repository_path: str) -> str:
+    """The directory to mount for a repository: `<base>/databases/<database>` for our layout
+    (`…/databases/<database>/<repository>/<node>/<generation>`), else the path itself."""
+    normal = posixpath.normpath(repository_path)
+    parts = normal.split("/")
+    if len(parts) >= 6 and parts[-5] == "databases":
+        return "/".join(parts[:-3])
+    return normal
+
+
+def repository_mounts(own_config: str | None, restore_configs: Sequence[str]) -> list[MountSpec]:
+    """Posix repository mounts: those of the instance's own config writable, those only in a
+    restore-source config read-only (a restore never writes to its source); CA files of object
+    stores read-only."""
+    writable = {mount_root(p) for p in repository_paths(own_config or "")}
+    readable = {mount_root(p) for text in restore_configs for p in repository_paths(text)}
+    cas = {p for text in (own_config or "", *restore_configs) for p in ca_paths(text)}
+    mounts = [MountSpec(target=p, source=p) for p in writable]
+    mounts += [MountSpec(target=p, source=p, read_only=True) for p in (readable - writable) | cas]
+    return sorted(mounts)
+
+
+def instance_mounts(
+    *,
+    instance_dir: str,
+    secrets_dir: str,
+    volume: str | None,
+    repositories: Sequence[MountSpec],
+) -> list[MountSpec]:
+    """Every mount of a container of the instance (`volume=None`: without the data)."""
+    mounts = [
+        MountSpec(target=instance_dir, source=instance_dir, read_only=True),
+        MountSpec(
+            target=posixpath.join(instance_dir, STATE_DIR),
+            source=posixpath.join(instance_dir, STATE_DIR),
+        ),
+        MountSpec(target=secrets_dir, source=secrets_dir, read_only=True),
+        *repositories,
+    ]
+    if volume is not None:
+        mounts.append(MountSpec(target=VOLUME_TARGET, source=volume, kind="volume"))
+    return sorted(mounts)
+
+
+def covers(current: Mapping[str, bool], wanted: Sequence[MountSpec]) -> bool:
+    """True when a container's mounts (`target -> writable`) include every wanted mount, each
+    at least as writable as wanted."""
+    return all(m.target in current and (m.read_only or current[m.target]) for m in wanted)
+
+
+def check_start_options(options: Mapping[str, str] | None) -> list[str]:
+    """`key=value` items for one-off `-c` options, refused unless plainly inert."""
+    items = [f"{k}={v}" for k, v in sorted((options or {}).items())]
+    bad = [item for item in items if not _START_OPTION.match(item)]
+    if bad:
+        raise ValueError(f"unsafe start option in {bad}")
+    return items
+
+
+def postgres_argv(instance_dir: str, options: Sequence[str]) -> list[str]:
+    """The instance container's command: load the postmaster environment, run Postgres on
+    PGDATA with our config file (one-off options last, so they win)."""
+    argv = [
+        "sh",
+        "-c",
+        _RUN_SCRIPT,
+        posixpath.join(instance_dir, ENV_FILE),
+        f"{PG_BIN}/postgres",
+        "-D",
+        PGDATA,
+        "-c",
+        f"config_file={posixpath.join(instance_dir, CONF_FILE)}",
+    ]
+    for item in options:
+        argv += ["-c", item]
+    return argv
+
+
+def init_argv(password_file: str, owner: str) -> list[str]:
+    """The one-off that creates the cluster (exit INIT_EXISTS when there already is one)."""
+    return ["sh", "-c", _INIT_SCRIPT, "sh", PGDATA, password_file, owner, PG_BIN]
+
+
+def empty_argv() -> list[str]:
+    return ["sh", "-c", _EMPTY_SCRIPT, "sh", PGDATA]
+
+
+def has_file_argv(name: str) -> list[str]:
+    return ["test", "-f", posixpath.join(PGDATA, name)]
+
+
+def exec_argv(argv: Sequence[str], pid_file: str) -> list[str]:
+    """Wrap an exec'd argv so that its pid lands in `pid_file` (argv itself is exec'd)."""
+    return ["sh", "-c", _EXEC_SCRIPT, pid_file, *argv]
+
+
+def kill_argv(pid_file: str, signal: Literal["TERM", "KILL"]) -> list[str]:
+    return ["sh", "-c", _KILL_SCRIPT, pid_file, signal]
+
+
+def psql_argv(port: int, *args: str) -> list[str]:
+    """psql over the container's unix socket (trust), quiet, unaligned, no psqlrc."""
+    return [
+        f"{PG_BIN}/psql",
+        "-h",
+        SOCKET_DIR,
+        "-p",
+        str(port),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-XAtq",
+        "-v",
+        "ON_ERROR_STOP=1",
+        *args,
+    ]
+
+
+def render_env_file(env: Mapping[str, str]) -> str:
+    """The postmaster environment as `export NAME='value'` lines (sourced by sh)."""
+    lines = ["# Managed by controlplane: the postmaster's environment (repository secrets)."]
+    for name, value in sorted(env.items()):
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"invalid environment variable name {name!r}")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """Read back what `render_env_file` wrote (values may span lines)."""
+    env = {}
+    for token in shlex.split(text, comments=True):
+        if token != "export":
+            name, _, value = token.partition("=")
+            env[name] = value
+    return env
+
+
+def render_postgresql_conf(settings: Mapping[str, str], instance_dir: str) -> str:
+    """The instance's config file: the image's own needs, the managed settings (already
+    quoted), then the paths of our hba and ident files, last so that nothing can move them."""
+    lines = [
+        "# Managed by controlplane: rewritten on every change of the spec.",
+        f"include_if_exists = '{IMAGE_CONF}'",
+    ]
+    lines += [f"{key} = {value}" for key, value in sorted(settings.items())]
+    lines += [
+        f"hba_file = '{posixpath.join(instance_dir, HBA_FILE)}'",
+        f"ident_file = '{posixpath.join(instance_dir, IDENT_FILE)}'",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def dsn_value(value: str) -> str:
+    """A libpq keyword/value DSN value, quoted when it needs to be."""
+    if value and not re.search(r"[\s'\\]", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def parse_docker_hosts(text: str | None) -> dict[str, str]:
+    """`id=url,id2=url2` (or one `id=url` per line, `#` comments) → {host id: engine URL}."""
+    hosts: dict[str, str] = {}
+    for raw in re.split(r"[,\n]", text or ""):
+        item = raw.split("#", 1)[0].strip()
+        if not item:
+            continue
+        host_id, sep, url = (part.strip() for part in item.partition("="))
+        if not sep or not url or not _HOST_ID.match(host_id):
+            raise ValueError(f"invalid docker host {item!r}: expected id=url with id [a-z0-9-]")
+        if host_id in hosts:
+            raise ValueError(f"docker host {host_id} is listed twice")
+        hosts[host_id] = url
+    return hosts
+
+
+class LineSplitter:
+    """Cuts a byte stream arriving in arbitrary chunks into text lines."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        data = self._pending + chunk
+        *complete, self._pending = data.split(b"\n")
+        return [_decode(line) for line in complete]
+
+    def flush(self) -> list[str]:
+        rest, self._pending = self._pending, b""
+        return [_decode(rest)] if rest else []
+
+
+def _decode(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """A SCRAM-SHA-256 verifier for `ALTER ROLE … PASSWORD`: the plaintext never reaches the
+    server, nor its log if the statement fails. (Same as workflows.common's, which the
+    orchestrator layer must not import.)"""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def password_sql(password: str) -> str:
+    """The statement that gives the superuser the database's password (run over the socket
+    after a restore brought another database's catalog)."""
+    return f"ALTER ROLE postgres PASSWORD '{scram_verifier(password)}';\n"
+
+
+def pgpass(password: str) -> str:
+    """A libpq password file: the superuser's password on every host, port and database."""
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:*:*:postgres:{escaped}\n"
