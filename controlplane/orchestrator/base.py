@@ -125,6 +125,10 @@ class Orchestrator(Protocol):
         """A superuser libpq DSN by which the other instances reach this one."""
         ...
 
+    async def build_settings(self) -> dict[str, str]:
+        """Settings the Postgres build itself needs (beyond what the spec and mesh need)."""
+        ...
+
     def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
         """(host, port) clients use to reach the instance."""
         ...

@@ -124,6 +124,10 @@ class DockerOrchestrator:
         # Mounted at the same path inside: host and container paths are one and the same.
         return str(self._dir(ref) / name)
 
+    async def build_settings(self) -> dict[str, str]:
+        # The image writes what its own Postgres build needs into /etc/controlplane/image.conf.
+        return {}
+
     def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
         return _ADDRESS, ref.port
 

@@ -46,6 +46,7 @@ class LocalOrchestrator:
         self._settings = settings
         self._root = settings.data_path / "instances"
         self._sockets = settings.run_dir / "i"
+        self._build_settings: dict[str, str] | None = None
 
     # -- placement -------------------------------------------------------------------------
     def hosts(self) -> list[Host]:
@@ -89,6 +90,20 @@ class LocalOrchestrator:
     def replication_dsn(self, ref: InstanceRef, database: str) -> str:
         # All local instances share the private socket directory: no password on the wire.
         return f"host={self._sockets} port={ref.port} dbname={database} user=postgres"
+
+    async def build_settings(self) -> dict[str, str]:
+        """Debian's 15.20 lets logical decoding load only the output plugins named in
+        output_plugin_libraries, and pglogical's is not in its default; older builds reject the
+        parameter. Asked once of the installed server binary."""
+        if self._build_settings is None:
+            result = await run_command(self._as_user([self._pg("postgres"), "--describe-config"]))
+            names = {line.split("\t", 1)[0] for line in result.lines}
+            self._build_settings = (
+                {"output_plugin_libraries": "pgoutput, test_decoding, pglogical_output"}
+                if "output_plugin_libraries" in names
+                else {}
+            )
+        return dict(self._build_settings)
 
     def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
         return "127.0.0.1", ref.port

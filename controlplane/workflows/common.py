@@ -92,7 +92,7 @@ def quote_conf(value: Any) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def managed_settings(
+async def managed_settings(
     ctx: StepContext, spec: DatabaseSpec, ref: InstanceRef, *, archive_command: str
 ) -> dict[str, str]:
     """Everything in the instance's managed conf file: ours first, then the user's."""
@@ -112,6 +112,7 @@ def managed_settings(
         "archive_command": archive_command,
         "password_encryption": "scram-sha-256",
     }
+    ours.update(await orchestrator.build_settings())
     merged = {**ours, **spec.postgresql_conf}
     return {key: quote_conf(value) for key, value in merged.items()}
 

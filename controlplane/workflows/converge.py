@@ -114,7 +114,7 @@ async def configure_instances(ctx: StepContext) -> dict[str, Any]:
         setup = await backups.backup_setup(ctx.services, spec, row, ref)
         if await backups.write_backup_files(ctx.services, setup):
             env_changed.append(ref.node_name)
-        settings = managed_settings(ctx, spec, ref, archive_command=setup.archive_command)
+        settings = await managed_settings(ctx, spec, ref, archive_command=setup.archive_command)
         if await ctx.services.orchestrator.write_postgresql_conf(ref, settings):
             changed.append(ref.node_name)
     if changed:

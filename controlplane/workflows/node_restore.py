@@ -108,7 +108,7 @@ async def restore_data(ctx: StepContext) -> dict[str, Any]:
     await backups.write_backup_files(ctx.services, own)
     # The restore brought the source's managed settings (port, archive_command): rewrite ours.
     await ctx.services.orchestrator.write_postgresql_conf(
-        ref, managed_settings(ctx, spec, ref, archive_command=own.archive_command)
+        ref, await managed_settings(ctx, spec, ref, archive_command=own.archive_command)
     )
     # archive-get (restore_command) reads the source repository during recovery.
     await ctx.services.orchestrator.set_environment(ref, {**own.env, **source.env})

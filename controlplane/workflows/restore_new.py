@@ -119,7 +119,7 @@ async def restore_new_instance(
             on_line=ctx.log.sink("pgbackrest", node=ref.node_name),
         )
     await orchestrator.write_postgresql_conf(
-        ref, managed_settings(ctx, spec, ref, archive_command=NOOP_ARCHIVE_COMMAND)
+        ref, await managed_settings(ctx, spec, ref, archive_command=NOOP_ARCHIVE_COMMAND)
     )
     await orchestrator.set_environment(ref, source.env)
     sink = ctx.log.sink("pg_ctl", node=ref.node_name)
