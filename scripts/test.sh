@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (first run) and run every check: ruff, mypy --strict, unit and integration tests.
+# Set up (first run) and run every check: ruff, mypy --strict, unit, integration and e2e tests.
 # Extra arguments go to pytest (e.g. -k backup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,3 +10,8 @@ scripts/bootstrap.sh --test
 .venv/bin/pytest tests/unit "$@"
 # Each integration test runs its own server, ports and directories: they run three at a time.
 .venv/bin/pytest tests/integration -n 3 "$@"
+# The same user scenarios against the Docker orchestrator on a private dockerd (it installs
+# docker.io and builds the images on first run). CONTROLPLANE_SKIP_E2E=1 skips it.
+if [ "${CONTROLPLANE_SKIP_E2E:-0}" != "1" ]; then
+  e2e/run
+fi
