@@ -30,6 +30,7 @@ from pathlib import Path
 import asyncpg
 
 from controlplane.errors import ExternalCommandError
+from controlplane.files import write_private_file
 from controlplane.models import Host
 from controlplane.orchestrator import docker_layout as layout
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
@@ -157,18 +158,9 @@ class DockerOrchestrator:
             os.chown(path, *owner)
 
     def _write(self, path: Path, text: str) -> bool:
-        """Atomic write (temp file + rename), mode 0600, owned by the OS user."""
-        if path.exists() and path.read_text() == text:
-            return False
-        temp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._chown(temp)
-        temp.rename(path)
-        return True
+        """Atomic write, mode 0600, owned by the OS user; False when already there."""
+        uid, gid = self._owner() or (None, None)
+        return write_private_file(path, text, uid=uid, gid=gid)
 
     def _ensure_dirs(self, ref: InstanceRef) -> None:
         data_path = self._settings.data_path

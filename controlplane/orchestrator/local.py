@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 
 from controlplane.errors import ExternalCommandError
+from controlplane.files import write_private_file
 from controlplane.models import Host
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.process import CommandResult, LineSink, as_user, run_command
@@ -115,9 +116,9 @@ class LocalOrchestrator:
         return as_user(argv, self._settings.os_user)
 
     def _chown(self, path: Path) -> None:
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam(self._settings.os_user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+        owner = self._owner()
+        if owner is not None:
+            os.chown(path, *owner)
 
     def _ensure_dirs(self, ref: InstanceRef) -> None:
         data_path = self._settings.data_path
@@ -216,18 +217,15 @@ class LocalOrchestrator:
                 self._chown(created)
 
     def _write(self, path: Path, text: str) -> bool:
-        """Atomic write (temp file + rename), mode 0600, owned by the OS user."""
-        if path.exists() and path.read_text() == text:
-            return False
-        temp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._chown(temp)
-        temp.rename(path)
-        return True
+        """Atomic write, mode 0600, owned by the OS user; False when already there."""
+        uid, gid = self._owner() or (None, None)
+        return write_private_file(path, text, uid=uid, gid=gid)
+
+    def _owner(self) -> tuple[int, int] | None:
+        if os.geteuid() != 0:
+            return None
+        entry = pwd.getpwnam(self._settings.os_user)
+        return entry.pw_uid, entry.pw_gid
 
     async def status(self, ref: InstanceRef) -> InstanceStatus:
         pgdata = Path(self.data_dir(ref))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import shlex
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import jinja2
 import msgspec
 
+from controlplane.files import write_private_file
 from controlplane.pgbackrest.options import (
     check_custom_option,
     check_option_name,
@@ -179,32 +178,8 @@ def archive_command(config_path: str) -> str:
 
 
 def write_config_atomic(path: Path, text: str, *, uid: int | None, gid: int | None) -> bool:
-    """Write `text` to `path` (mode 0600, owned by uid/gid) atomically; False if already there.
-
-    "Already there" means same content, mode 0600 and the requested owner, so a file whose
-    owner or mode drifted is rewritten too.
-    """
-    data = text.encode("utf-8")
-    if _already_written(path, data, uid=uid, gid=gid):
-        return False
-    # A temp file in the same directory, renamed over the target: readers (pgBackRest started
-    # by the archiver at any moment) see the old file or the new one, never a partial one.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            os.fchmod(tmp.fileno(), 0o600)
-            if uid is not None or gid is not None:
-                os.fchown(tmp.fileno(), -1 if uid is None else uid, -1 if gid is None else gid)
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(path.parent)
-    return True
+    """Write the config atomically, mode 0600, owned by uid/gid; False if already there."""
+    return write_private_file(path, text, uid=uid, gid=gid)
 
 
 def state_dirs(layout: InstanceLayout) -> list[str]:
@@ -342,26 +317,3 @@ def _sorted_checked(options: Mapping[str, str]) -> list[tuple[str, str]]:
         check_option_name(key)
         check_option_value(key, value)
     return sorted(options.items())
-
-
-def _already_written(path: Path, data: bytes, *, uid: int | None, gid: int | None) -> bool:
-    try:
-        stat = path.stat()
-        current = path.read_bytes()
-    except FileNotFoundError:
-        return False
-    return (
-        current == data
-        and stat.st_mode & 0o777 == 0o600
-        and (uid is None or stat.st_uid == uid)
-        and (gid is None or stat.st_gid == gid)
-    )
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry itself is on disk.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
