@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +121,9 @@ class ServerProcess:
                 check=False,
                 capture_output=True,
             )
+        # The short socket directory under /tmp (see Settings.run_dir) outlives the data dir.
+        digest = hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
+        shutil.rmtree(Path("/tmp") / f"cp-{digest}", ignore_errors=True)
 
     def create_token(self, name: str, scope: str) -> str:
         """`controlplane token create` against this server's store; returns the token."""
