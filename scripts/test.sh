@@ -9,9 +9,11 @@ scripts/bootstrap.sh --test
 .venv/bin/mypy
 .venv/bin/pytest tests/unit "$@"
 # Each integration test runs its own server, ports and directories: they run three at a time.
-.venv/bin/pytest tests/integration -n 3 "$@"
-# The same user scenarios against the Docker orchestrator on a private dockerd (it installs
-# docker.io and builds the images on first run). CONTROLPLANE_SKIP_E2E=1 skips it.
+# tests/scenarios are the user scenarios, here on the local orchestrator.
+.venv/bin/pytest tests/integration tests/scenarios --orchestrator local -n 3 "$@"
+# The same scenarios on the Docker orchestrator against a private dockerd, plus the Docker-only
+# checks (it installs docker.io and builds the images on first run). CONTROLPLANE_SKIP_E2E=1
+# skips it.
 if [ "${CONTROLPLANE_SKIP_E2E:-0}" != "1" ]; then
   e2e/run
 fi

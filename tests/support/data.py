@@ -1,4 +1,4 @@
-"""Data checks for e2e scenarios: a table on every node, rows, digests, convergence."""
+"""Data checks for scenarios: a table on every node, rows, digests, convergence."""
 
 from __future__ import annotations
 

@@ -1,0 +1,241 @@
+"""A control plane under test on one orchestrator, and what a scenario may ask of its instances.
+
+Scenarios drive everything through the HTTP API. The few questions the API does not answer
+(which instances really run, whether a restore is in flight, what the instance can read) are
+asked here, once per orchestrator: local postmasters and pgBackRest processes, or containers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.support.os_user import give_to_os_user
+from tests.support.server import ServerProcess
+
+ORCHESTRATORS = ("local", "docker")
+E2E_ROOT = Path(os.environ.get("CONTROLPLANE_E2E_ROOT", "/var/tmp/controlplane-e2e"))
+KEEP = bool(os.environ.get("CONTROLPLANE_E2E_KEEP"))
+ENV_FILE = "postmaster.env"  # the instance's secrets: environment only, mode 0600
+
+
+class Deployment(ABC):
+    """One `controlplane serve` (embedded store) with its own work directory."""
+
+    orchestrator: str
+
+    def __init__(self, work_dir: Path, env: dict[str, str]) -> None:
+        self.work_dir = work_dir
+        self.server = ServerProcess(
+            work_dir / "cp",
+            database_url=None,
+            env={"CONTROLPLANE_ORCHESTRATOR": self.orchestrator, **env},
+        )
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.server.data_dir / "instances"
+
+    def repo_dir(self, name: str) -> Path:
+        """A fresh posix repository base path (the same path inside containers)."""
+        path = self.work_dir / f"repo-{name}"
+        path.mkdir()
+        give_to_os_user(path)
+        return path
+
+    def rendered_files(self, instance_id: str) -> str:
+        """Every file the control plane rendered for one instance (pgbackrest.conf,
+        postgresql.conf, …) but the environment file, which is where secrets belong."""
+        root = self.instances_dir / instance_id
+        return "\n".join(
+            p.read_text(errors="replace")
+            for p in sorted(root.glob("*"))
+            if p.is_file() and p.name != ENV_FILE
+        )
+
+    @abstractmethod
+    def running_nodes(self, database_id: str) -> list[str]:
+        """Nodes of the database whose Postgres runs now, as the orchestrator sees them."""
+
+    @abstractmethod
+    def instance_identity(self, instance_id: str) -> str | None:
+        """What changes when an instance is recreated: a postmaster pid, a container id."""
+
+    @abstractmethod
+    def lose_instance(self, instance_id: str) -> None:
+        """The instance disappears without the control plane's doing (its data stays)."""
+
+    @abstractmethod
+    def restore_in_flight(self, instance_id: str) -> bool:
+        """pgBackRest is restoring the instance's data right now."""
+
+    def visible_config(self, instance_id: str) -> str:
+        """What anyone able to inspect the instance can read about its configuration."""
+        return self.rendered_files(instance_id)
+
+    def stop(self) -> None:
+        self.server.terminate()
+        self.server.stop_instances()
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def _cmdlines() -> Iterator[list[str]]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if raw:
+                yield raw.rstrip(b"\0").decode(errors="replace").split("\0")
+
+
+class LocalDeployment(Deployment):
+    """Instances are postmasters under the server's data dir."""
+
+    orchestrator = "local"
+
+    def running_nodes(self, database_id: str) -> list[str]:
+        prefix = f"{database_id}-"
+        return sorted(
+            d.name.removeprefix(prefix)
+            for d in self.instances_dir.glob(f"{database_id}-*")
+            if _postmaster_pid(d / "pgdata") is not None
+        )
+
+    def instance_identity(self, instance_id: str) -> str | None:
+        pid = _postmaster_pid(self.instances_dir / instance_id / "pgdata")
+        return None if pid is None else str(pid)
+
+    def lose_instance(self, instance_id: str) -> None:
+        pid = _postmaster_pid(self.instances_dir / instance_id / "pgdata")
+        assert pid is not None, f"{instance_id} is not running"
+        os.kill(pid, signal.SIGKILL)
+
+    def restore_in_flight(self, instance_id: str) -> bool:
+        config = str(self.instances_dir / instance_id)
+        return any(
+            "restore" in argv
+            and any(a.endswith("pgbackrest") for a in argv)
+            and any(config in a for a in argv)
+            for argv in _cmdlines()
+        )
+
+
+class DockerDeployment(Deployment):
+    """Instances are containers on the engine at DOCKER_HOST (host networking)."""
+
+    orchestrator = "docker"
+
+    def __init__(self, work_dir: Path, env: dict[str, str]) -> None:
+        import docker
+
+        self.docker_url = os.environ.get("DOCKER_HOST", "")
+        assert self.docker_url, "DOCKER_HOST is not set: run the docker scenarios with e2e/run"
+        self.client = docker.DockerClient(base_url=self.docker_url, version="1.41")
+        self.client.ping()
+        image = os.environ.get("CONTROLPLANE_INSTANCE_IMAGE", "controlplane/postgres:15")
+        super().__init__(
+            work_dir,
+            {
+                "CONTROLPLANE_DOCKER_URL": self.docker_url,
+                "CONTROLPLANE_INSTANCE_IMAGE": image,
+                **env,
+            },
+        )
+
+    def _namespace(self) -> str:
+        from controlplane.orchestrator.docker_layout import LABEL, namespace_of
+
+        return f"{LABEL}.namespace={namespace_of(self.server.data_dir.resolve())}"
+
+    def containers(self, **labels: str) -> list[Any]:
+        """This server's containers (all states), optionally filtered by more labels."""
+        import docker.errors
+
+        filters = [self._namespace(), *(f"controlplane.{k}={v}" for k, v in labels.items())]
+        for _ in range(10):
+            try:
+                found: list[Any] = self.client.containers.list(all=True, filters={"label": filters})
+            except docker.errors.NotFound:  # one went away between the list and its inspect
+                continue
+            return found
+        raise AssertionError("containers kept disappearing while being listed")
+
+    def running_nodes(self, database_id: str) -> list[str]:
+        found = self.containers(database=database_id, role="instance")
+        return sorted(c.labels["controlplane.node"] for c in found if c.status == "running")
+
+    def instance_identity(self, instance_id: str) -> str | None:
+        found = self.containers(instance=instance_id, role="instance")
+        running = [c.id for c in found if c.status == "running"]
+        return running[0] if running else None
+
+    def lose_instance(self, instance_id: str) -> None:
+        [container] = self.containers(instance=instance_id, role="instance")
+        container.remove(force=True)
+
+    def restore_in_flight(self, instance_id: str) -> bool:
+        return bool(self.containers(instance=instance_id, role="data-one-off"))
+
+    def visible_config(self, instance_id: str) -> str:
+        inspected = [str(c.attrs["Config"]) for c in self.containers(instance=instance_id)]
+        return "\n".join([self.rendered_files(instance_id), *inspected])
+
+    def remove_containers(self) -> None:
+        """Remove every container and volume this server's orchestrator made."""
+        for container in self.client.containers.list(
+            all=True, filters={"label": [self._namespace()]}
+        ):
+            container.remove(force=True)
+        for volume in self.client.volumes.list(filters={"label": [self._namespace()]}):
+            volume.remove(force=True)
+
+    def stop(self) -> None:
+        self.server.terminate()
+        if not KEEP:  # CONTROLPLANE_E2E_KEEP=1 leaves them for a post-mortem (`e2e/run down`)
+            self.remove_containers()
+        self.server.stop_instances()
+
+
+def work_root(orchestrator: str) -> Path:
+    """Where a deployment's directories go: /tmp locally; for Docker, next to the
+    engine's own state (containers bind-mount repositories and configs from there)."""
+    if orchestrator == "docker":
+        root = E2E_ROOT / "work"
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)
+        return root
+    return Path("/tmp")
+
+
+def run_deployment(orchestrator: str, env: dict[str, str] | None = None) -> Iterator[Deployment]:
+    """A started deployment on `orchestrator`, stopped and removed when the generator ends."""
+    if orchestrator not in ORCHESTRATORS:
+        raise ValueError(f"orchestrator must be one of {ORCHESTRATORS}, not {orchestrator!r}")
+    work_dir = Path(tempfile.mkdtemp(prefix=f"cps-{orchestrator}-", dir=work_root(orchestrator)))
+    give_to_os_user(work_dir)
+    kind = DockerDeployment if orchestrator == "docker" else LocalDeployment
+    found = kind(work_dir, env or {})
+    found.server.start()
+    try:
+        yield found
+    finally:
+        found.stop()
+        # Shown by pytest only when a test failed.
+        print(f"---- {orchestrator} server log (tail) ----\n" + found.server.log_text()[-8000:])
+        if not KEEP:
+            shutil.rmtree(work_dir, ignore_errors=True)
