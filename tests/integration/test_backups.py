@@ -89,44 +89,6 @@ async def test_posix_full_incr_diff_catalog_and_restored_data(
     assert any("backup start archive" in m or "new backup label" in m for m in messages)
 
 
-async def test_concurrent_backup_of_one_node_conflicts(
-    api: httpx.AsyncClient, scratch_dir: Path
-) -> None:
-    """A second backup request while one runs is 409 naming the running task."""
-    database = await create_and_wait(
-        api, database_body("twice", backup_config=posix_config(scratch_dir / "repo"))
-    )
-    await write_rows(database, 1, 100)
-    first = await api.post("/v1/databases/twice/nodes/n1/backups", json={"type": "full"})
-    second = await api.post("/v1/databases/twice/nodes/n1/backups", json={"type": "full"})
-    assert first.status_code == 202
-    assert second.status_code == 409
-    assert second.json()["name"] == "operation_in_progress"
-    assert second.json()["details"]["task_id"] == first.json()["task"]["task_id"]
-    await wait_task(api, "twice", first.json()["task"]["task_id"])
-
-
-async def test_backup_requests_validated(api: httpx.AsyncClient, scratch_dir: Path) -> None:
-    """No backup_config, an unknown node or repository, or a bad type are refused up front."""
-    await create_and_wait(api, database_body("plain"))
-    response = await api.post("/v1/databases/plain/nodes/n1/backups", json={"type": "full"})
-    assert response.status_code == 422
-    assert response.json()["details"]["errors"][0]["path"] == "node"
-    assert (await api.post("/v1/databases/plain/nodes/n9/backups", json={})).status_code == 404
-    await create_and_wait(
-        api, database_body("withrepo", backup_config=posix_config(scratch_dir / "repo"))
-    )
-    bad_repo = await api.post(
-        "/v1/databases/withrepo/nodes/n1/backups", json={"repository_id": "nope"}
-    )
-    assert bad_repo.status_code == 422
-    assert bad_repo.json()["details"]["errors"][0]["path"] == "repository_id"
-    bad_type = await api.post("/v1/databases/withrepo/nodes/n1/backups", json={"type": "weekly"})
-    assert bad_type.status_code == 422
-    assert bad_type.json()["details"]["errors"][0]["path"] == "type"
-    assert (await api.get("/v1/databases/withrepo/nodes/n1/backups")).json()["backups"] == []
-
-
 async def test_backup_survives_sigkill_after_backup_step(
     server: ServerProcess, scratch_dir: Path
 ) -> None:
@@ -209,58 +171,6 @@ async def test_enable_backups_later_needs_no_restart(
     await write_rows(database, 1, 10)
     await backup(api, "later", "n1")
     assert len((await api.get("/v1/databases/later/nodes/n1/backups")).json()["backups"]) == 1
-
-
-async def test_retention_full_count(api: httpx.AsyncClient, scratch_dir: Path) -> None:
-    """retention_full=1 keeps only the newest full backup."""
-    database = await create_and_wait(
-        api,
-        database_body("keep1", backup_config=posix_config(scratch_dir / "repo", retention_full=1)),
-    )
-    await write_rows(database, 1, 10)
-    await backup(api, "keep1", "n1")
-    second = await backup(api, "keep1", "n1")
-    sets = (await api.get("/v1/databases/keep1/nodes/n1/backups")).json()["backups"]
-    assert [s["task_id"] for s in sets] == [second["task_id"]]
-
-
-async def test_verify_and_expire(api: httpx.AsyncClient, scratch_dir: Path) -> None:
-    """verify reports every set valid; expiring a set removes it and its dependents; the last
-    restorable set is refused unless forced."""
-    database = await create_and_wait(
-        api, database_body("maint", backup_config=posix_config(scratch_dir / "repo"))
-    )
-    await write_rows(database, 1, 100)
-    full1 = await backup(api, "maint", "n1")
-    incr1 = await backup(api, "maint", "n1", type="incr")
-    full2 = await backup(api, "maint", "n1")
-    response = await api.post("/v1/databases/maint/nodes/n1/backups/verify")
-    verify = await wait_task(api, "maint", response.json()["task"]["task_id"])
-    assert verify["status"] == "completed", verify
-    labels = {s["label"] for s in verify["result"]["sets"]}
-    assert {full1["result"]["label"], incr1["result"]["label"], full2["result"]["label"]} <= labels
-    assert (
-        await api.delete("/v1/databases/maint/nodes/n1/backups/20990101-000000F")
-    ).status_code == 404
-    oldest = f"/v1/databases/maint/nodes/n1/backups/{full1['result']['label']}"
-    unforced = await api.delete(oldest)
-    assert unforced.status_code == 409
-    assert "moves the start of the recovery window" in unforced.json()["message"]
-    response = await api.delete(oldest, params={"force": "true"})
-    assert response.status_code == 202
-    expire = await wait_task(api, "maint", response.json()["task"]["task_id"])
-    assert expire["status"] == "completed", expire["error"]
-    assert sorted(expire["result"]["expired"]) == sorted(
-        [full1["result"]["label"], incr1["result"]["label"]]
-    )
-    sets = (await api.get("/v1/databases/maint/nodes/n1/backups")).json()["backups"]
-    assert [s["label"] for s in sets] == [full2["result"]["label"]]
-    last = f"/v1/databases/maint/nodes/n1/backups/{full2['result']['label']}"
-    for params in ({}, {"force": "true"}):
-        refused = await api.delete(last, params=params)
-        assert refused.status_code == 409
-        assert "last full backup" in refused.json()["message"]
-    assert len((await api.get("/v1/databases/maint/nodes/n1/backups")).json()["backups"]) == 1
 
 
 async def test_encrypted_repository_keeps_passphrase_secret(

@@ -61,9 +61,11 @@ async def converged(database: dict[str, Any], rows: int, limit: float = 60.0) ->
     return await eventually(probe, timeout=limit, what=f"{rows} identical rows on every node")
 
 
-async def backup(api: httpx.AsyncClient, database_id: str, node: str = "n1") -> dict[str, Any]:
+async def backup(
+    api: httpx.AsyncClient, database_id: str, node: str = "n1", type: str = "full"
+) -> dict[str, Any]:
     response = await api.post(
-        f"/v1/databases/{database_id}/nodes/{node}/backups", json={"type": "full"}
+        f"/v1/databases/{database_id}/nodes/{node}/backups", json={"type": type}
     )
     assert response.status_code == 202, response.text
     task = await wait_task(api, database_id, response.json()["task"]["task_id"], timeout=300)
@@ -90,8 +92,14 @@ async def update_and_wait(api: httpx.AsyncClient, body: dict[str, Any]) -> dict[
     return database
 
 
-def posix(base: Any) -> dict[str, Any]:
-    return {"repositories": [{"type": "posix", "base_path": str(base)}]}
+def posix(base: Any, **repository: Any) -> dict[str, Any]:
+    """A backup_config with one posix repository at `base` (more repository fields as
+    keywords, e.g. retention_full=1)."""
+    return {"repositories": [posix_repository(base, **repository)]}
+
+
+def posix_repository(base: Any, **repository: Any) -> dict[str, Any]:
+    return {"type": "posix", "base_path": str(base), **repository}
 
 
 def restore_config(
