@@ -27,7 +27,8 @@ from controlplane.spec.secrets import join_secrets
 from controlplane.store import databases, schedules, tasks
 from controlplane.store.databases import DatabaseRow
 from controlplane.store.pool import Connection, Pool
-from controlplane.store.schedules import Planned, ScheduledTask, ScheduleKey, ScheduleState
+from controlplane.store.schedules import Planned, ScheduleKey, ScheduleState
+from controlplane.store.tasks import ScheduledTask
 from controlplane.tasks.context import Services
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ class Scheduler:
             if item.key.node_name not in blocked:
                 firsts.setdefault(item.key.node_name, item)
         backups = [ScheduledTask(ids[d], d.key.node_name, _request(d)) for d in firsts.values()]
-        inserted = await schedules.insert_backup_tasks(conn, database_id, backups, self._steps)
+        inserted = await tasks.insert_backup_tasks(conn, database_id, backups, self._steps)
         lost = [b.node_name for b in backups if b.task_id not in inserted]
         if lost:  # a manual backup, verify or expire holds the node's lock
             blocked.update(await _lock_holders(conn, database_id, lost))
@@ -324,7 +325,7 @@ class Scheduler:
             for d in mine
             if ids[d] not in inserted
         ]
-        await schedules.insert_skipped_tasks(conn, database_id, skipped)
+        await tasks.insert_skipped_tasks(conn, database_id, skipped)
         return [b for b in backups if b.task_id in inserted] + skipped
 
     def _report(self, due: Due, task: ScheduledTask, recorded_at: datetime) -> Fired:
@@ -388,7 +389,7 @@ async def _blockers(
 
 
 async def _lock_holders(conn: Connection, database_id: str, nodes: list[str]) -> dict[str, Busy]:
-    holders = await schedules.active_backup_tasks(conn, database_id, nodes)
+    holders = await tasks.active_backup_tasks(conn, database_id, nodes)
     found = {}
     for node in nodes:
         if node in holders:

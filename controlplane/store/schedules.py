@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -173,16 +172,6 @@ class Claim(NamedTuple):
     claimed: set[tuple[str, str]]
 
 
-class ScheduledTask(NamedTuple):
-    """A task for a claimed tick: a backup (`error` None) or a skipped one with the reason."""
-
-    task_id: uuid.UUID
-    node_name: str
-    input: dict[str, Any]
-    error: str | None = None
-    blocking_task_id: str | None = None
-
-
 # Node names and schedule ids never contain "/" (spec patterns).
 _PAIR = "node_name || '/' || schedule_id"
 
@@ -248,73 +237,6 @@ async def _drop_ticks(
         [t[0] for t in ticks],
         [t[1] for t in ticks],
         [t[2] for t in ticks],
-    )
-
-
-async def insert_backup_tasks(
-    conn: Connection, database_id: str, backups: list[ScheduledTask], steps: list[str]
-) -> set[uuid.UUID]:
-    """Insert pending scheduled node_backup tasks (at most one per node) with their steps; a
-    node whose backup/verify/expire lock is held gets none. Returns the ids inserted."""
-    if not backups:
-        return set()
-    records = await conn.fetch(
-        "WITH task AS (INSERT INTO tasks (task_id, database_id, node_name, type, trigger, input)"
-        "   SELECT u.task_id, $1, u.node_name, 'node_backup', 'scheduled', u.input::jsonb"
-        "   FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u (task_id, node_name, input)"
-        # The arbiter is tasks_one_backup_per_node (0001_init.sql): same columns, same predicate.
-        "   ON CONFLICT (database_id, node_name)"
-        "   WHERE type IN ('node_backup', 'verify', 'expire')"
-        "   AND status IN ('pending', 'running', 'canceling') DO NOTHING RETURNING task_id),"
-        " step AS (INSERT INTO task_steps (task_id, position, name)"
-        "   SELECT t.task_id, s.position - 1, s.name FROM task t"
-        "   CROSS JOIN unnest($5::text[]) WITH ORDINALITY AS s (name, position))"
-        " SELECT task_id FROM task",
-        database_id,
-        [b.task_id for b in backups],
-        [b.node_name for b in backups],
-        [json.dumps(b.input) for b in backups],
-        steps,
-    )
-    return {r["task_id"] for r in records}
-
-
-async def active_backup_tasks(
-    conn: Connection, database_id: str, nodes: list[str]
-) -> dict[str, tuple[str, str, str]]:
-    """node -> (task id, type, status) of the active task holding its backup lock."""
-    records = await conn.fetch(
-        "SELECT DISTINCT ON (node_name) node_name, task_id, type, status FROM tasks"
-        " WHERE database_id = $1 AND node_name = ANY($2::text[])"
-        " AND type IN ('node_backup', 'verify', 'expire')"
-        " AND status IN ('pending', 'running', 'canceling') ORDER BY node_name, created_at",
-        database_id,
-        nodes,
-    )
-    return {r["node_name"]: (str(r["task_id"]), r["type"], r["status"]) for r in records}
-
-
-async def insert_skipped_tasks(
-    conn: Connection, database_id: str, skipped: list[ScheduledTask]
-) -> None:
-    """Record ticks that could not run as `skipped` node_backup tasks: the reason in `error`,
-    the blocking task in `result` (as tasks.insert_skipped_task does for one)."""
-    if not skipped:
-        return
-    await conn.execute(
-        "INSERT INTO tasks (task_id, database_id, node_name, type, status, trigger, input, error,"
-        " result, completed_at)"
-        " SELECT u.task_id, $1, u.node_name, 'node_backup', 'skipped', 'scheduled', u.input::jsonb,"
-        " u.error, CASE WHEN u.blocking IS NULL THEN NULL"
-        "   ELSE jsonb_build_object('blocking_task_id', u.blocking) END, now()"
-        " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])"
-        " AS u (task_id, node_name, input, error, blocking)",
-        database_id,
-        [t.task_id for t in skipped],
-        [t.node_name for t in skipped],
-        [json.dumps(t.input) for t in skipped],
-        [t.error for t in skipped],
-        [t.blocking_task_id for t in skipped],
     )
 
 

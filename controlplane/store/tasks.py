@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from msgspec import Struct
@@ -27,6 +28,12 @@ _COLUMNS = (
     " cancel_requested_at"
 )
 _LOCKING_INDEXES = {"tasks_one_operation_per_database", "tasks_one_backup_per_node"}
+# The predicates of the partial unique indexes in 0001_init.sql, word for word: the batch insert
+# below names tasks_one_backup_per_node as its ON CONFLICT arbiter, which Postgres accepts only
+# with the index's exact predicate, and the blocking-task look-up uses the same words.
+_ACTIVE = "status IN ('pending', 'running', 'canceling')"
+_NODE_LOCK_TYPES = "type IN ('node_backup', 'verify', 'expire')"
+_DATABASE_LOCK_TYPES = "type IN ('create', 'update', 'delete', 'restore')"
 
 
 class TaskRow(Struct, kw_only=True):
@@ -139,14 +146,14 @@ async def find_blocking_task(
 ) -> TaskRow | None:
     """The active task holding the lock that a new task of `type` would need."""
     if type in ("node_backup", "verify", "expire"):
-        where = "node_name = $2 AND type IN ('node_backup', 'verify', 'expire')"
+        where = f"node_name = $2 AND {_NODE_LOCK_TYPES}"
         args: list[Any] = [database_id, node_name]
     else:
-        where = "type IN ('create', 'update', 'delete', 'restore') AND $2::text IS NULL"
+        where = f"{_DATABASE_LOCK_TYPES} AND $2::text IS NULL"
         args = [database_id, None]
     record = await db.fetchrow(
         f"SELECT {_COLUMNS} FROM tasks WHERE database_id = $1 AND {where}"
-        " AND status IN ('pending', 'running', 'canceling') ORDER BY created_at LIMIT 1",
+        f" AND {_ACTIVE} ORDER BY created_at LIMIT 1",
         *args,
     )
     return None if record is None else _row(record)
@@ -180,6 +187,83 @@ async def insert_skipped_task(
     )
     assert record is not None
     return _row(record)
+
+
+# -- batches of scheduled backups (the scheduler inserts a database's ticks at once) ---------
+
+
+class ScheduledTask(NamedTuple):
+    """A task for a claimed tick: a backup (`error` None) or a skipped one with the reason."""
+
+    task_id: uuid.UUID
+    node_name: str
+    input: dict[str, Any]
+    error: str | None = None
+    blocking_task_id: str | None = None
+
+
+async def insert_backup_tasks(
+    conn: Connection, database_id: str, backups: list[ScheduledTask], steps: list[str]
+) -> set[uuid.UUID]:
+    """Insert pending scheduled node_backup tasks (at most one per node) with their steps; a
+    node whose backup/verify/expire lock is held gets none. Returns the ids inserted."""
+    if not backups:
+        return set()
+    records = await conn.fetch(
+        "WITH task AS (INSERT INTO tasks (task_id, database_id, node_name, type, trigger, input)"
+        "   SELECT u.task_id, $1, u.node_name, 'node_backup', 'scheduled', u.input::jsonb"
+        "   FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u (task_id, node_name, input)"
+        f"   ON CONFLICT (database_id, node_name) WHERE {_NODE_LOCK_TYPES} AND {_ACTIVE}"
+        "   DO NOTHING RETURNING task_id),"
+        " step AS (INSERT INTO task_steps (task_id, position, name)"
+        "   SELECT t.task_id, s.position - 1, s.name FROM task t"
+        "   CROSS JOIN unnest($5::text[]) WITH ORDINALITY AS s (name, position))"
+        " SELECT task_id FROM task",
+        database_id,
+        [b.task_id for b in backups],
+        [b.node_name for b in backups],
+        [json.dumps(b.input) for b in backups],
+        steps,
+    )
+    return {r["task_id"] for r in records}
+
+
+async def active_backup_tasks(
+    conn: Connection, database_id: str, nodes: list[str]
+) -> dict[str, tuple[str, str, str]]:
+    """node -> (task id, type, status) of the active task holding its backup lock."""
+    records = await conn.fetch(
+        "SELECT DISTINCT ON (node_name) node_name, task_id, type, status FROM tasks"
+        " WHERE database_id = $1 AND node_name = ANY($2::text[])"
+        f" AND {_NODE_LOCK_TYPES} AND {_ACTIVE} ORDER BY node_name, created_at",
+        database_id,
+        nodes,
+    )
+    return {r["node_name"]: (str(r["task_id"]), r["type"], r["status"]) for r in records}
+
+
+async def insert_skipped_tasks(
+    conn: Connection, database_id: str, skipped: list[ScheduledTask]
+) -> None:
+    """Record ticks that could not run as `skipped` node_backup tasks: the reason in `error`,
+    the blocking task in `result` (as insert_skipped_task does for one)."""
+    if not skipped:
+        return
+    await conn.execute(
+        "INSERT INTO tasks (task_id, database_id, node_name, type, status, trigger, input, error,"
+        " result, completed_at)"
+        " SELECT u.task_id, $1, u.node_name, 'node_backup', 'skipped', 'scheduled', u.input::jsonb,"
+        " u.error, CASE WHEN u.blocking IS NULL THEN NULL"
+        "   ELSE jsonb_build_object('blocking_task_id', u.blocking) END, now()"
+        " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])"
+        " AS u (task_id, node_name, input, error, blocking)",
+        database_id,
+        [t.task_id for t in skipped],
+        [t.node_name for t in skipped],
+        [json.dumps(t.input) for t in skipped],
+        [t.error for t in skipped],
+        [t.blocking_task_id for t in skipped],
+    )
 
 
 async def get_task_row(db: Executor, task_id: uuid.UUID) -> TaskRow | None:
