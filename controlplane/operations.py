@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from controlplane.spec.models import DatabaseSpec
 from controlplane.spec.secrets import merge_secrets, redact, split_secrets
 from controlplane.store import databases, instances, tasks
 from controlplane.store.databases import DatabaseRow
+from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
 from controlplane.workflows import all_workflows, mesh, restore_new
 from controlplane.workflows.common import ref_of, spec_of
@@ -160,11 +162,38 @@ async def delete_database(services: Services, database_id: str, actor: str) -> T
     return await tasks.get_task(services.pool, str(task.task_id))
 
 
-async def database_view(services: Services, row: DatabaseRow) -> Database:
-    """The API shape: spec with every secret removed, instances with connection info."""
+# A node that does not answer its subscription query within this long is shown without
+# subscriptions rather than holding up the whole response; at most this many are asked at once.
+_SUBSCRIPTIONS_TIMEOUT = 3.0
+_SUBSCRIPTIONS_CONCURRENCY = 32
+
+
+async def _subscriptions(
+    services: Services, inst: InstanceRow, database: str, limit: asyncio.Semaphore
+) -> list[Subscription]:
+    async with limit:
+        try:
+            found = await asyncio.wait_for(
+                mesh.subscriptions_of(services, inst, database), _SUBSCRIPTIONS_TIMEOUT
+            )
+        except TimeoutError:
+            return []
+    return [Subscription(**s) for s in found]
+
+
+async def database_view(
+    services: Services, row: DatabaseRow, limit: asyncio.Semaphore | None = None
+) -> Database:
+    """The API shape: spec with every secret removed, instances with connection info and
+    their subscriptions (asked of the instances concurrently)."""
     spec = redact(spec_of(services, row))
+    rows = await instances.list_instances(services.pool, row.id)
+    limit = limit or asyncio.Semaphore(_SUBSCRIPTIONS_CONCURRENCY)
+    subscriptions = await asyncio.gather(
+        *(_subscriptions(services, inst, spec.database_name, limit) for inst in rows)
+    )
     views = []
-    for inst in await instances.list_instances(services.pool, row.id):
+    for inst, subs in zip(rows, subscriptions, strict=True):
         host, port = services.orchestrator.connection_info(ref_of(inst))
         views.append(
             Instance(
@@ -176,10 +205,7 @@ async def database_view(services: Services, row: DatabaseRow) -> Database:
                 port=inst.port,
                 error=inst.error,
                 connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
-                subscriptions=[
-                    Subscription(**s)
-                    for s in await mesh.subscriptions_of(services, inst, spec.database_name)
-                ],
+                subscriptions=subs,
             )
         )
     return Database(
@@ -198,6 +224,6 @@ async def get_database(services: Services, database_id: str) -> Database:
 
 
 async def list_databases(services: Services) -> list[Database]:
-    return [
-        await database_view(services, row) for row in await databases.list_databases(services.pool)
-    ]
+    rows = await databases.list_databases(services.pool)
+    limit = asyncio.Semaphore(_SUBSCRIPTIONS_CONCURRENCY)
+    return list(await asyncio.gather(*(database_view(services, row, limit) for row in rows)))
