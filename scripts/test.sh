@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --test
-.venv/bin/ruff check controlplane tests bench
-.venv/bin/ruff format --check controlplane tests bench
+.venv/bin/ruff check controlplane tests bench e2e
+.venv/bin/ruff format --check controlplane tests bench e2e
 .venv/bin/mypy
 .venv/bin/pytest tests/unit "$@"
 # Each integration test runs its own server, ports and directories: they run three at a time.

@@ -139,6 +139,7 @@ def labels(ref: InstanceRef, namespace: str, role: str) -> dict[str, str]:
         f"{LABEL}.database": ref.database_id,
         f"{LABEL}.node": ref.node_name,
         f"{LABEL}.instance": ref.instance_id,
+        f"{LABEL}.host": ref.host_id,
         f"{LABEL}.role": role,
         f"{LABEL}.port": str(ref.port),
     }

@@ -46,12 +46,14 @@ def test_names_are_per_control_plane_and_instance() -> None:
 
 
 def test_labels_identify_database_node_instance_and_role() -> None:
-    """Labels carry what the brief requires plus the namespace, role and port."""
+    """Labels carry the database, node and instance plus the namespace, host, role and
+    port."""
     assert layout.labels(REF, "ns1", layout.ROLE_INSTANCE) == {
         "controlplane.namespace": "ns1",
         "controlplane.database": "shop",
         "controlplane.node": "n1",
         "controlplane.instance": "shop-n1",
+        "controlplane.host": "local",
         "controlplane.role": "instance",
         "controlplane.port": "5501",
     }
