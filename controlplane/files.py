@@ -1,10 +1,13 @@
-"""Private files written atomically: readers see the old content or the new, never a part."""
+"""Private files written atomically (readers see the old content or the new, never a part),
+owned by the OS user that runs the instances."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -58,3 +61,45 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class OwnedFiles:
+    """Files and directories made for the instances' OS user: owned by it when the control
+    plane runs as root (Postgres and pgBackRest refuse root), private, written atomically."""
+
+    def __init__(self, os_user: str) -> None:
+        self._os_user = os_user
+
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) to give new files, or None when we are not root (they are ours)."""
+        if os.geteuid() != 0:
+            return None
+        entry = pwd.getpwnam(self._os_user)
+        return entry.pw_uid, entry.pw_gid
+
+    def owner_ids(self) -> str:
+        """`uid:gid` of whoever runs the instances (the OS user, or us when not root)."""
+        owner = self.owner()
+        return f"{owner[0]}:{owner[1]}" if owner else f"{os.geteuid()}:{os.getegid()}"
+
+    def chown(self, path: Path) -> None:
+        owner = self.owner()
+        if owner is not None:
+            os.chown(path, *owner)
+
+    def write(self, path: Path, text: str) -> bool:
+        """Atomic write, mode 0600, owned by the OS user; False when already there."""
+        uid, gid = self.owner() or (None, None)
+        return write_private_file(path, text, uid=uid, gid=gid)
+
+    def read(self, path: Path) -> str | None:
+        return path.read_text() if path.exists() else None
+
+    def make_dirs(self, paths: Sequence[str]) -> None:
+        """Create each directory and its missing parents (0750), all owned by the OS user."""
+        for raw in paths:
+            path = Path(raw)
+            missing = [p for p in (path, *path.parents) if not p.exists()]
+            path.mkdir(parents=True, exist_ok=True, mode=0o750)
+            for created in missing:
+                self.chown(created)

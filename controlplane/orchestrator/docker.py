@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import pwd
 import secrets
 import shutil
 import socket
@@ -30,7 +28,7 @@ from pathlib import Path
 import asyncpg
 
 from controlplane.errors import ExternalCommandError
-from controlplane.files import write_private_file
+from controlplane.files import OwnedFiles
 from controlplane.models import Host
 from controlplane.orchestrator import docker_layout as layout
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
@@ -73,6 +71,7 @@ class DockerOrchestrator:
         self._root = settings.data_path / "instances"
         self._secrets = settings.data_path / "secrets"
         self._namespace = layout.namespace_of(settings.data_path)
+        self._files = OwnedFiles(settings.os_user)
 
     # -- placement -------------------------------------------------------------------------
     def hosts(self) -> list[Host]:
@@ -142,26 +141,6 @@ class DockerOrchestrator:
         )
 
     # -- files -----------------------------------------------------------------------------
-    def _owner(self) -> tuple[int, int] | None:
-        if os.geteuid() != 0:
-            return None
-        entry = pwd.getpwnam(self._settings.os_user)
-        return entry.pw_uid, entry.pw_gid
-
-    def _owner_ids(self) -> str:
-        owner = self._owner()
-        return f"{owner[0]}:{owner[1]}" if owner else f"{os.geteuid()}:{os.getegid()}"
-
-    def _chown(self, path: Path) -> None:
-        owner = self._owner()
-        if owner is not None:
-            os.chown(path, *owner)
-
-    def _write(self, path: Path, text: str) -> bool:
-        """Atomic write, mode 0600, owned by the OS user; False when already there."""
-        uid, gid = self._owner() or (None, None)
-        return write_private_file(path, text, uid=uid, gid=gid)
-
     def _ensure_dirs(self, ref: InstanceRef) -> None:
         data_path = self._settings.data_path
         data_path.mkdir(parents=True, exist_ok=True)
@@ -169,11 +148,11 @@ class DockerOrchestrator:
         directory = self._dir(ref)
         for path in (directory, directory / layout.STATE_DIR):
             path.mkdir(mode=0o700, exist_ok=True)
-            self._chown(path)
-        self._write(directory / layout.HBA_FILE, layout.HBA)
-        self._write(directory / layout.IDENT_FILE, layout.IDENT)
+            self._files.chown(path)
+        self._files.write(directory / layout.HBA_FILE, layout.HBA)
+        self._files.write(directory / layout.IDENT_FILE, layout.IDENT)
         if not (directory / layout.ENV_FILE).exists():
-            self._write(directory / layout.ENV_FILE, layout.render_env_file({}))
+            self._files.write(directory / layout.ENV_FILE, layout.render_env_file({}))
         self._ensure_secrets(ref.database_id)
 
     def _ensure_secrets(self, database_id: str) -> None:
@@ -182,14 +161,14 @@ class DockerOrchestrator:
         self._secrets.mkdir(mode=0o755, exist_ok=True)
         directory = self._secrets_dir(database_id)
         directory.mkdir(mode=0o700, exist_ok=True)
-        self._chown(directory)
+        self._files.chown(directory)
         if (directory / layout.PASSWORD_FILE).exists():
             return
         password = secrets.token_urlsafe(32)
-        self._write(directory / layout.PGPASS_FILE, layout.pgpass(password))
-        self._write(directory / layout.PASSWORD_SQL_FILE, layout.password_sql(password))
+        self._files.write(directory / layout.PGPASS_FILE, layout.pgpass(password))
+        self._files.write(directory / layout.PASSWORD_SQL_FILE, layout.password_sql(password))
         # Last: its presence says the other two are complete.
-        self._write(directory / layout.PASSWORD_FILE, password + "\n")
+        self._files.write(directory / layout.PASSWORD_FILE, password + "\n")
 
     def _password(self, database_id: str) -> str | None:
         path = self._secrets_dir(database_id) / layout.PASSWORD_FILE
@@ -198,24 +177,23 @@ class DockerOrchestrator:
     async def write_postgresql_conf(self, ref: InstanceRef, settings: Mapping[str, str]) -> bool:
         self._ensure_dirs(ref)
         text = layout.render_postgresql_conf(settings, str(self._dir(ref)))
-        return self._write(self._dir(ref) / layout.CONF_FILE, text)
+        return self._files.write(self._dir(ref) / layout.CONF_FILE, text)
 
     async def write_file(self, ref: InstanceRef, name: str, text: str) -> bool:
         self._ensure_dirs(ref)
-        return self._write(self._dir(ref) / name, text)
+        return self._files.write(self._dir(ref) / name, text)
 
     async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
         """Sourced by the container's command when Postgres starts (so: on the next start)."""
         return await self.write_file(ref, layout.ENV_FILE, layout.render_env_file(env))
 
     async def read_file(self, ref: InstanceRef, name: str) -> str | None:
-        path = self._dir(ref) / name
-        return path.read_text() if path.exists() else None
+        return self._files.read(self._dir(ref) / name)
 
     async def make_dirs(self, ref: InstanceRef, paths: Sequence[str]) -> None:
         """Create the directories on the host (they are mounted at the same path); a running
         container that lacks a repository mount they need is recreated to get it."""
-        await asyncio.to_thread(self._make_dirs, paths)
+        await asyncio.to_thread(self._files.make_dirs, paths)
         current = await self._engine(ref).inspect(self._name(ref))
         if current is None or not running(current):
             return
@@ -226,14 +204,6 @@ class DockerOrchestrator:
             log.info("instance %s: restarting its container for a new repository", ref.instance_id)
             await self.stop(ref, on_line=_quiet)
             await self.start(ref, on_line=_quiet)
-
-    def _make_dirs(self, paths: Sequence[str]) -> None:
-        for raw in paths:
-            path = Path(raw)
-            missing = [p for p in (path, *path.parents) if not p.exists()]
-            path.mkdir(parents=True, exist_ok=True, mode=0o750)
-            for created in missing:
-                self._chown(created)
 
     def _repository_mounts(
         self, ref: InstanceRef, *, with_restore: bool = True
@@ -253,7 +223,7 @@ class DockerOrchestrator:
         found = []
         for mount in mounts:
             if not mount.read_only:
-                self._make_dirs([mount.source])
+                self._files.make_dirs([mount.source])
             elif not Path(mount.source).exists():
                 continue
             found.append(mount)
@@ -305,7 +275,7 @@ class DockerOrchestrator:
         if await self._running(ref):
             return False
         password_file = str(self._secrets_dir(ref.database_id) / layout.PASSWORD_FILE)
-        argv = layout.init_argv(password_file, self._owner_ids())
+        argv = layout.init_argv(password_file, self._files.owner_ids())
         result = await self._one_off(ref, argv, on_line=on_line)
         if result.exit_code == layout.INIT_EXISTS:
             return False

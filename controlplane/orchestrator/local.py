@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
 import re
 import shutil
 import socket
@@ -16,7 +14,7 @@ import asyncpg
 import msgspec
 
 from controlplane.errors import ExternalCommandError
-from controlplane.files import write_private_file
+from controlplane.files import OwnedFiles
 from controlplane.models import Host
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.process import CommandResult, LineSink, as_user, run_command
@@ -48,6 +46,7 @@ class LocalOrchestrator:
         self._root = settings.data_path / "instances"
         self._sockets = settings.run_dir / "i"
         self._build_settings: dict[str, str] | None = None
+        self._files = OwnedFiles(settings.os_user)
 
     # -- placement -------------------------------------------------------------------------
     def hosts(self) -> list[Host]:
@@ -115,11 +114,6 @@ class LocalOrchestrator:
     def _as_user(self, argv: Sequence[str]) -> list[str]:
         return as_user(argv, self._settings.os_user)
 
-    def _chown(self, path: Path) -> None:
-        owner = self._owner()
-        if owner is not None:
-            os.chown(path, *owner)
-
     def _ensure_dirs(self, ref: InstanceRef) -> None:
         data_path = self._settings.data_path
         data_path.mkdir(parents=True, exist_ok=True)
@@ -127,10 +121,10 @@ class LocalOrchestrator:
         self._root.mkdir(mode=0o755, exist_ok=True)
         self._sockets.parent.mkdir(mode=0o755, exist_ok=True)
         self._sockets.mkdir(mode=0o700, exist_ok=True)
-        self._chown(self._sockets.parent)
-        self._chown(self._sockets)
+        self._files.chown(self._sockets.parent)
+        self._files.chown(self._sockets)
         self._dir(ref).mkdir(mode=0o700, exist_ok=True)
-        self._chown(self._dir(ref))
+        self._files.chown(self._dir(ref))
 
     # -- lifecycle -------------------------------------------------------------------------
     async def create_instance(self, ref: InstanceRef, *, on_line: LineSink) -> bool:
@@ -173,18 +167,18 @@ class LocalOrchestrator:
     async def write_postgresql_conf(self, ref: InstanceRef, settings: Mapping[str, str]) -> bool:
         lines = ["# Managed by controlplane: rewritten on every change of the spec."]
         lines += [f"{key} = {value}" for key, value in sorted(settings.items())]
-        return self._write(Path(self.data_dir(ref)) / "controlplane.conf", "\n".join(lines) + "\n")
+        conf = Path(self.data_dir(ref)) / "controlplane.conf"
+        return self._files.write(conf, "\n".join(lines) + "\n")
 
     async def write_file(self, ref: InstanceRef, name: str, text: str) -> bool:
         self._ensure_dirs(ref)
-        return self._write(self._dir(ref) / name, text)
+        return self._files.write(self._dir(ref) / name, text)
 
     async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
         return await self.write_file(ref, _ENV_FILE, msgspec.json.encode(dict(env)).decode())
 
     async def read_file(self, ref: InstanceRef, name: str) -> str | None:
-        path = self._dir(ref) / name
-        return path.read_text() if path.exists() else None
+        return self._files.read(self._dir(ref) / name)
 
     async def has_cluster(self, ref: InstanceRef) -> bool:
         return (Path(self.data_dir(ref)) / "global" / "pg_control").exists()
@@ -197,7 +191,7 @@ class LocalOrchestrator:
         pgdata = Path(self.data_dir(ref))
         shutil.rmtree(pgdata, ignore_errors=True)
         pgdata.mkdir(mode=0o700)
-        self._chown(pgdata)
+        self._files.chown(pgdata)
 
     def _environment(self, ref: InstanceRef) -> dict[str, str]:
         path = self._dir(ref) / _ENV_FILE
@@ -206,26 +200,7 @@ class LocalOrchestrator:
         return msgspec.json.decode(path.read_bytes(), type=dict[str, str])
 
     async def make_dirs(self, ref: InstanceRef, paths: Sequence[str]) -> None:
-        await asyncio.to_thread(self._make_dirs, paths)
-
-    def _make_dirs(self, paths: Sequence[str]) -> None:
-        for raw in paths:
-            path = Path(raw)
-            missing = [p for p in (path, *path.parents) if not p.exists()]
-            path.mkdir(parents=True, exist_ok=True, mode=0o750)
-            for created in missing:
-                self._chown(created)
-
-    def _write(self, path: Path, text: str) -> bool:
-        """Atomic write, mode 0600, owned by the OS user; False when already there."""
-        uid, gid = self._owner() or (None, None)
-        return write_private_file(path, text, uid=uid, gid=gid)
-
-    def _owner(self) -> tuple[int, int] | None:
-        if os.geteuid() != 0:
-            return None
-        entry = pwd.getpwnam(self._settings.os_user)
-        return entry.pw_uid, entry.pw_gid
+        await asyncio.to_thread(self._files.make_dirs, paths)
 
     async def status(self, ref: InstanceRef) -> InstanceStatus:
         pgdata = Path(self.data_dir(ref))
