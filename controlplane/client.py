@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-import msgspec
 
+from controlplane import client_calls as calls
 from controlplane.client_async import AsyncClient
 from controlplane.client_core import (
     DEFAULT_URL,
@@ -35,28 +35,17 @@ from controlplane.client_core import (
     Body,
     ClientBase,
     DatabaseOperation,
-    DatabasesAnswer,
-    HostsAnswer,
     LogEnd,
     LogFollower,
     RecoveryWindow,
     RestoreOperation,
     Schedule,
     ScheduleLastTask,
-    SchedulesAnswer,
     SseEvent,
     SseParser,
-    TaskAnswer,
-    TasksAnswer,
-    api_path,
-    backup_body,
-    decode,
-    encode_body,
     error_from_response,
     resolve_token,
     resolve_url,
-    restore_body,
-    task_filters,
     unreachable,
 )
 from controlplane.models import Database, Host, LogEntry, Task, TaskLog, Version
@@ -89,7 +78,7 @@ __all__ = [
     "resolve_token",
     "resolve_url",
 ]
-T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Client(ClientBase):
@@ -146,34 +135,25 @@ class Client(ClientBase):
             raise error_from_response(response.status_code, response.content)
         return response.content
 
-    def _call(
-        self,
-        method: str,
-        path: str,
-        type_: type[T],
-        *,
-        params: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-    ) -> T:
-        return decode(self._request(method, path, params=params, body=body), type_)
+    def _run(self, call: calls.Call[R]) -> R:
+        return call.read(self._request(call.method, call.path, params=call.params, body=call.body))
 
     def create_database(self, body: Body) -> DatabaseOperation:
         """POST /v1/databases with `{id?, spec}`."""
-        return self._call("POST", "/v1/databases", DatabaseOperation, body=encode_body(body))
+        return self._run(calls.create_database(body))
 
     def list_databases(self) -> list[Database]:
-        return self._call("GET", "/v1/databases", DatabasesAnswer).databases
+        return self._run(calls.list_databases())
 
     def get_database(self, database_id: str) -> Database:
-        return self._call("GET", api_path("databases", database_id), Database)
+        return self._run(calls.get_database(database_id))
 
     def update_database(self, database_id: str, body: Body) -> DatabaseOperation:
         """Declarative update with the full desired `{spec}`."""
-        path = api_path("databases", database_id)
-        return self._call("POST", path, DatabaseOperation, body=encode_body(body))
+        return self._run(calls.update_database(database_id, body))
 
     def delete_database(self, database_id: str) -> Task:
-        return self._call("DELETE", api_path("databases", database_id), TaskAnswer).task
+        return self._run(calls.delete_database(database_id))
 
     def start_backup(
         self,
@@ -184,24 +164,19 @@ class Client(ClientBase):
         annotations: Mapping[str, str] | None = None,
         repository_id: str | None = None,
     ) -> Task:
-        body = msgspec.json.encode(backup_body(type, annotations, repository_id))
-        path = api_path("databases", database_id, "nodes", node, "backups")
-        return self._call("POST", path, TaskAnswer, body=body).task
+        call = calls.start_backup(database_id, node, type, annotations, repository_id)
+        return self._run(call)
 
     def list_backups(self, database_id: str, node: str) -> BackupCatalog:
-        path = api_path("databases", database_id, "nodes", node, "backups")
-        return self._call("GET", path, BackupCatalog)
+        return self._run(calls.list_backups(database_id, node))
 
     def verify_backups(self, database_id: str, node: str) -> Task:
-        path = api_path("databases", database_id, "nodes", node, "backups", "verify")
-        return self._call("POST", path, TaskAnswer).task
+        return self._run(calls.verify_backups(database_id, node))
 
     def expire_backup(
         self, database_id: str, node: str, label: str, *, force: bool = False
     ) -> Task:
-        path = api_path("databases", database_id, "nodes", node, "backups", label)
-        params = {"force": "true"} if force else None
-        return self._call("DELETE", path, TaskAnswer, params=params).task
+        return self._run(calls.expire_backup(database_id, node, label, force))
 
     def restore(
         self,
@@ -212,14 +187,11 @@ class Client(ClientBase):
         pre_restore_backup: bool = False,
     ) -> RestoreOperation:
         """In-place restore of `target_nodes` (every node when empty) from `restore_config`."""
-        body = restore_body(restore_config, target_nodes, pre_restore_backup)
-        path = api_path("databases", database_id, "restore")
-        return self._call("POST", path, RestoreOperation, body=body)
+        call = calls.restore(database_id, restore_config, target_nodes, pre_restore_backup)
+        return self._run(call)
 
     def list_schedules(self, database_id: str) -> list[Schedule]:
-        return self._call(
-            "GET", api_path("databases", database_id, "schedules"), SchedulesAnswer
-        ).schedules
+        return self._run(calls.list_schedules(database_id))
 
     def list_tasks(
         self,
@@ -232,24 +204,30 @@ class Client(ClientBase):
         sort_order: str | None = None,
     ) -> list[Task]:
         """Tasks of one database (or of all when `database_id` is None), newest first."""
-        path = api_path("databases", database_id, "tasks") if database_id else "/v1/tasks"
-        params = task_filters(status, type, after_task_id, limit, sort_order)
-        return self._call("GET", path, TasksAnswer, params=params).tasks
+        call = calls.list_tasks(database_id, status, type, after_task_id, limit, sort_order)
+        return self._run(call)
 
     def get_task(self, database_id: str, task_id: str) -> Task:
-        return self._call("GET", api_path("databases", database_id, "tasks", task_id), Task)
+        return self._run(calls.get_task(database_id, task_id))
 
     def cancel_task(self, database_id: str, task_id: str) -> Task:
-        path = api_path("databases", database_id, "tasks", task_id, "cancel")
-        return self._call("POST", path, Task)
+        return self._run(calls.cancel_task(database_id, task_id))
 
     def get_task_log(
         self, database_id: str, task_id: str, *, after_entry_id: int = 0, limit: int = 100
     ) -> TaskLog:
         """One page: the next `limit` entries after the cursor."""
-        path = api_path("databases", database_id, "tasks", task_id, "log")
-        params = {"after_entry_id": str(after_entry_id), "limit": str(limit)}
-        return self._call("GET", path, TaskLog, params=params)
+        return self._run(calls.get_task_log(database_id, task_id, after_entry_id, limit))
+
+    def list_hosts(self) -> list[Host]:
+        return self._run(calls.list_hosts())
+
+    def version(self) -> Version:
+        return self._run(calls.version())
+
+    def metrics(self) -> str:
+        """The Prometheus exposition text of GET /metrics."""
+        return self._run(calls.metrics())
 
     def iter_task_log(
         self, database_id: str, task_id: str, *, after_entry_id: int = 0, page_size: int = 500
@@ -272,7 +250,7 @@ class Client(ClientBase):
         A dropped stream is resumed after the last delivered entry (`Last-Event-ID`).
         """
         follower = LogFollower(after_entry_id)
-        path = api_path("databases", database_id, "tasks", task_id, "log")
+        path = calls.task_log_path(database_id, task_id)
         failures = 0
         while True:
             params, headers = follower.request()
@@ -303,13 +281,3 @@ class Client(ClientBase):
         for _ in self.follow_task_log(database_id, task_id):
             pass
         return self.get_task(database_id, task_id)
-
-    def list_hosts(self) -> list[Host]:
-        return self._call("GET", "/v1/hosts", HostsAnswer).hosts
-
-    def version(self) -> Version:
-        return self._call("GET", "/v1/version", Version)
-
-    def metrics(self) -> str:
-        """The Prometheus exposition text of GET /metrics."""
-        return self._request("GET", "/metrics").decode()

@@ -9,35 +9,24 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-import msgspec
 
+from controlplane import client_calls as calls
 from controlplane.client_core import (
     STREAM_TIMEOUT,
     BackupCatalog,
     Body,
     ClientBase,
     DatabaseOperation,
-    DatabasesAnswer,
-    HostsAnswer,
     LogEnd,
     LogFollower,
     RestoreOperation,
     Schedule,
-    SchedulesAnswer,
-    TaskAnswer,
-    TasksAnswer,
-    api_path,
-    backup_body,
-    decode,
-    encode_body,
     error_from_response,
-    restore_body,
-    task_filters,
     unreachable,
 )
 from controlplane.models import Database, Host, LogEntry, Task, TaskLog, Version
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 
 class AsyncClient(ClientBase):
@@ -94,32 +83,26 @@ class AsyncClient(ClientBase):
             raise error_from_response(response.status_code, response.content)
         return response.content
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        type_: type[T],
-        *,
-        params: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-    ) -> T:
-        return decode(await self._request(method, path, params=params, body=body), type_)
+    async def _run(self, call: calls.Call[R]) -> R:
+        content = await self._request(call.method, call.path, params=call.params, body=call.body)
+        return call.read(content)
 
     async def create_database(self, body: Body) -> DatabaseOperation:
-        return await self._call("POST", "/v1/databases", DatabaseOperation, body=encode_body(body))
+        """POST /v1/databases with `{id?, spec}`."""
+        return await self._run(calls.create_database(body))
 
     async def list_databases(self) -> list[Database]:
-        return (await self._call("GET", "/v1/databases", DatabasesAnswer)).databases
+        return await self._run(calls.list_databases())
 
     async def get_database(self, database_id: str) -> Database:
-        return await self._call("GET", api_path("databases", database_id), Database)
+        return await self._run(calls.get_database(database_id))
 
     async def update_database(self, database_id: str, body: Body) -> DatabaseOperation:
-        path = api_path("databases", database_id)
-        return await self._call("POST", path, DatabaseOperation, body=encode_body(body))
+        """Declarative update with the full desired `{spec}`."""
+        return await self._run(calls.update_database(database_id, body))
 
     async def delete_database(self, database_id: str) -> Task:
-        return (await self._call("DELETE", api_path("databases", database_id), TaskAnswer)).task
+        return await self._run(calls.delete_database(database_id))
 
     async def start_backup(
         self,
@@ -130,24 +113,19 @@ class AsyncClient(ClientBase):
         annotations: Mapping[str, str] | None = None,
         repository_id: str | None = None,
     ) -> Task:
-        body = msgspec.json.encode(backup_body(type, annotations, repository_id))
-        path = api_path("databases", database_id, "nodes", node, "backups")
-        return (await self._call("POST", path, TaskAnswer, body=body)).task
+        call = calls.start_backup(database_id, node, type, annotations, repository_id)
+        return await self._run(call)
 
     async def list_backups(self, database_id: str, node: str) -> BackupCatalog:
-        path = api_path("databases", database_id, "nodes", node, "backups")
-        return await self._call("GET", path, BackupCatalog)
+        return await self._run(calls.list_backups(database_id, node))
 
     async def verify_backups(self, database_id: str, node: str) -> Task:
-        path = api_path("databases", database_id, "nodes", node, "backups", "verify")
-        return (await self._call("POST", path, TaskAnswer)).task
+        return await self._run(calls.verify_backups(database_id, node))
 
     async def expire_backup(
         self, database_id: str, node: str, label: str, *, force: bool = False
     ) -> Task:
-        path = api_path("databases", database_id, "nodes", node, "backups", label)
-        params = {"force": "true"} if force else None
-        return (await self._call("DELETE", path, TaskAnswer, params=params)).task
+        return await self._run(calls.expire_backup(database_id, node, label, force))
 
     async def restore(
         self,
@@ -157,13 +135,12 @@ class AsyncClient(ClientBase):
         target_nodes: list[str] | None = None,
         pre_restore_backup: bool = False,
     ) -> RestoreOperation:
-        body = restore_body(restore_config, target_nodes, pre_restore_backup)
-        path = api_path("databases", database_id, "restore")
-        return await self._call("POST", path, RestoreOperation, body=body)
+        """In-place restore of `target_nodes` (every node when empty) from `restore_config`."""
+        call = calls.restore(database_id, restore_config, target_nodes, pre_restore_backup)
+        return await self._run(call)
 
     async def list_schedules(self, database_id: str) -> list[Schedule]:
-        path = api_path("databases", database_id, "schedules")
-        return (await self._call("GET", path, SchedulesAnswer)).schedules
+        return await self._run(calls.list_schedules(database_id))
 
     async def list_tasks(
         self,
@@ -175,23 +152,31 @@ class AsyncClient(ClientBase):
         limit: int | None = None,
         sort_order: str | None = None,
     ) -> list[Task]:
-        path = api_path("databases", database_id, "tasks") if database_id else "/v1/tasks"
-        params = task_filters(status, type, after_task_id, limit, sort_order)
-        return (await self._call("GET", path, TasksAnswer, params=params)).tasks
+        """Tasks of one database (or of all when `database_id` is None), newest first."""
+        call = calls.list_tasks(database_id, status, type, after_task_id, limit, sort_order)
+        return await self._run(call)
 
     async def get_task(self, database_id: str, task_id: str) -> Task:
-        return await self._call("GET", api_path("databases", database_id, "tasks", task_id), Task)
+        return await self._run(calls.get_task(database_id, task_id))
 
     async def cancel_task(self, database_id: str, task_id: str) -> Task:
-        path = api_path("databases", database_id, "tasks", task_id, "cancel")
-        return await self._call("POST", path, Task)
+        return await self._run(calls.cancel_task(database_id, task_id))
 
     async def get_task_log(
         self, database_id: str, task_id: str, *, after_entry_id: int = 0, limit: int = 100
     ) -> TaskLog:
-        path = api_path("databases", database_id, "tasks", task_id, "log")
-        params = {"after_entry_id": str(after_entry_id), "limit": str(limit)}
-        return await self._call("GET", path, TaskLog, params=params)
+        """One page: the next `limit` entries after the cursor."""
+        return await self._run(calls.get_task_log(database_id, task_id, after_entry_id, limit))
+
+    async def list_hosts(self) -> list[Host]:
+        return await self._run(calls.list_hosts())
+
+    async def version(self) -> Version:
+        return await self._run(calls.version())
+
+    async def metrics(self) -> str:
+        """The Prometheus exposition text of GET /metrics."""
+        return await self._run(calls.metrics())
 
     async def iter_task_log(
         self, database_id: str, task_id: str, *, after_entry_id: int = 0, page_size: int = 500
@@ -211,7 +196,7 @@ class AsyncClient(ClientBase):
     ) -> AsyncIterator[LogEntry | LogEnd]:
         """Entries as they are written, then one `LogEnd`; resumes a dropped stream."""
         follower = LogFollower(after_entry_id)
-        path = api_path("databases", database_id, "tasks", task_id, "log")
+        path = calls.task_log_path(database_id, task_id)
         failures = 0
         while True:
             params, headers = follower.request()
@@ -241,12 +226,3 @@ class AsyncClient(ClientBase):
         async for _ in self.follow_task_log(database_id, task_id):
             pass
         return await self.get_task(database_id, task_id)
-
-    async def list_hosts(self) -> list[Host]:
-        return (await self._call("GET", "/v1/hosts", HostsAnswer)).hosts
-
-    async def version(self) -> Version:
-        return await self._call("GET", "/v1/version", Version)
-
-    async def metrics(self) -> str:
-        return (await self._request("GET", "/metrics")).decode()

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -320,57 +319,6 @@ def decode(content: bytes, type_: type[T]) -> T:
         raise ApiError(
             f"unexpected response from the server: {exc}", name="invalid_response"
         ) from None
-
-
-def encode_body(body: Body) -> bytes:
-    """JSON bytes of a request body (bytes are sent as they are)."""
-    return body if isinstance(body, bytes) else msgspec.json.encode(body)
-
-
-def api_path(*parts: str) -> str:
-    """`/v1/<parts>` with every part percent-encoded."""
-    return "/v1/" + "/".join(quote(part, safe="") for part in parts)
-
-
-def task_filters(
-    status: str | None,
-    type: str | None,
-    after_task_id: str | None,
-    limit: int | None,
-    sort_order: str | None,
-) -> dict[str, str]:
-    """Query parameters of a task listing; unset filters are left out."""
-    raw = {
-        "status": status,
-        "type": type,
-        "after_task_id": after_task_id,
-        "limit": limit,
-        "sort_order": sort_order,
-    }
-    return {key: str(value) for key, value in raw.items() if value is not None}
-
-
-def backup_body(
-    type: str, annotations: Mapping[str, str] | None, repository_id: str | None
-) -> dict[str, Any]:
-    """Body of a manual backup request."""
-    body: dict[str, Any] = {"type": type, "annotations": dict(annotations or {})}
-    if repository_id is not None:
-        body["repository_id"] = repository_id
-    return body
-
-
-def restore_body(
-    restore_config: Body, target_nodes: list[str] | None, pre_restore_backup: bool
-) -> bytes:
-    """Body of a restore request (the config may be a dict, a RestoreConfig or JSON bytes)."""
-    config = msgspec.json.decode(encode_body(restore_config))
-    body = {
-        "restore_config": config,
-        "target_nodes": list(target_nodes or []),
-        "pre_restore_backup": pre_restore_backup,
-    }
-    return msgspec.json.encode(body)
 
 
 def unreachable(url: str, exc: Exception) -> ApiUnreachable:
