@@ -95,7 +95,7 @@ async def _plan(services: Services, config: RestoreConfig, target: Any) -> Any:
     entries = await restore_source.source_catalog(services, setup, config)
     options = config.restore_options
     latest = None
-    if normalise_restore_options(options).get("type") == "time":
+    if normalise_restore_options(options).get("type") in ("time", "lsn"):
         latest = await restore_source.archive_marker(services, config)
     return restore_source.decide(entries, dict(options), latest=latest, path=_OPTIONS_PATH)
 

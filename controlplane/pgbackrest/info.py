@@ -208,6 +208,24 @@ def choose_set_for_time(entries: Iterable[CatalogEntry], target: datetime) -> Ca
     return chosen
 
 
+def lsn_value(text: str) -> int:
+    """`16/B374D848` as one comparable number."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def choose_set_for_lsn(entries: Iterable[CatalogEntry], target: int) -> CatalogEntry | None:
+    """The newest backup whose consistent point (its stop LSN) is at or before `target`, or
+    None: recovery to an LSN before the set's stop would fail after the data was replaced."""
+    chosen = None
+    for entry in entries:
+        if entry.lsn_stop is None or lsn_value(entry.lsn_stop) > target:
+            continue
+        if chosen is None or _newer(entry, chosen):
+            chosen = entry
+    return chosen
+
+
 def stanza_problem(
     stanza: StanzaInfo, repository_ids: Mapping[int, str] | None = None
 ) -> str | None:

@@ -41,7 +41,7 @@ async def plan_new_nodes(
     explicit target, a live source first archives a marker commit and every node stops there.
     """
     plans: dict[str, dict[str, Any]] = {}
-    markers: dict[tuple[str, str], Any] = {}
+    markers: dict[tuple[str, str], restore_source.ArchiveEnd | None] = {}
     for index, node in enumerate(spec.nodes):
         config = restore_config_of(spec, node)
         if config is None or node not in nodes:
@@ -67,14 +67,14 @@ async def plan_new_nodes(
             await services.orchestrator.remove_instance(probe, on_line=_quiet)
         options = dict(config.restore_options)
         key = (config.source_database_id, config.source_node_name)
-        if "type" not in normalise_restore_options(options):
-            if key not in markers:
-                markers[key] = await restore_source.archive_marker(services, config)
-            if markers[key] is not None:
-                options = {**options, "type": "time", "target": markers[key].isoformat()}
-        plan = restore_source.decide(
-            entries, options, latest=markers.get(key), path=f"{path}.restore_options"
-        )
+        kind = normalise_restore_options(options).get("type")
+        if kind in (None, "time", "lsn") and key not in markers:
+            markers[key] = await restore_source.archive_marker(services, config)
+        marker = markers.get(key)
+        if kind is None and marker is not None:
+            options = {**options, "type": "time", "target": marker.time.isoformat()}
+        options_path = f"{path}.restore_options"
+        plan = restore_source.decide(entries, options, latest=marker, path=options_path)
         plans[node.name] = plan.to_state()
     return plans
 

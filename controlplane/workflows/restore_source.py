@@ -129,10 +129,18 @@ async def source_catalog(
     return entries
 
 
-async def archive_marker(services: Services, config: RestoreConfig) -> datetime | None:
+@dataclass(frozen=True)
+class ArchiveEnd:
+    """How far the source's archive reaches now: a moment and an LSN recovery can get to."""
+
+    time: datetime
+    lsn: str
+
+
+async def archive_marker(services: Services, config: RestoreConfig) -> ArchiveEnd | None:
     """Commit an empty transaction on the live source, switch WAL and wait until it is archived.
 
-    A time target is only reachable when a commit after it is in the archive (PostgreSQL ends
+    A time or LSN target is only reachable when WAL after it is in the archive (PostgreSQL ends
     recovery with FATAL otherwise); this makes every moment up to now restorable. None when the
     source is not one of ours or is not running.
     """
@@ -151,12 +159,14 @@ async def archive_marker(services: Services, config: RestoreConfig) -> datetime 
         marker: datetime = await conn.fetchval("SELECT clock_timestamp()")
         async with conn.transaction():
             await conn.execute("SELECT pg_current_xact_id()")
+        # Everything up to here is in the segment the switch closes, and so in the archive.
+        lsn = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
         segment = await conn.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             archived = await conn.fetchval("SELECT last_archived_wal FROM pg_stat_archiver")
             if archived is not None and archived >= segment:
-                return marker
+                return ArchiveEnd(time=marker, lsn=lsn)
             await asyncio.sleep(0.2)
     finally:
         await conn.close()
@@ -167,10 +177,11 @@ def decide(
     entries: list[pgb_info.CatalogEntry],
     options: dict[str, str],
     *,
-    latest: datetime | None,
+    latest: ArchiveEnd | None,
     path: str,
 ) -> RestorePlan:
-    """Choose the set ourselves and check the target lies inside the recovery window."""
+    """Choose the set ourselves and check a time or LSN target lies inside the recovery
+    window (`latest`: how far the archive reaches, when the source could tell)."""
     options = normalise_restore_options(options)
     kind = options.get("type")
     label = options.get("set")
@@ -188,8 +199,12 @@ def decide(
     )
     if kind == "time":
         moment = parse_time_target(options["target"])
-        chosen = _for_time(entries, moment, latest, path, label, by_label)
+        ceiling = latest.time if latest else None
+        chosen = _for_time(entries, moment, ceiling, path, label, by_label)
         plan.target = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    elif kind == "lsn":
+        end = latest.lsn if latest else None
+        chosen = _for_lsn(entries, options["target"], end, path, label, by_label)
     elif label and label != "latest":
         chosen = by_label[label]
     else:
@@ -197,6 +212,36 @@ def decide(
     plan.set_label = chosen.label
     plan.backup_system_id = chosen.system_id
     return plan
+
+
+def _for_lsn(
+    entries: list[pgb_info.CatalogEntry],
+    target: str,
+    latest: str | None,
+    path: str,
+    label: str | None,
+    by_label: dict[str, pgb_info.CatalogEntry],
+) -> pgb_info.CatalogEntry:
+    """The set an LSN target restores from; the target must lie between the first set's
+    consistent point and the end of the archive, else recovery fails after the data is gone."""
+    value = pgb_info.lsn_value(target)
+    stops = [e.lsn_stop for e in entries if e.lsn_stop is not None]
+    earliest = min(stops, key=pgb_info.lsn_value) if stops else None
+    too_late = latest is not None and value > pgb_info.lsn_value(latest)
+    if earliest is None or value < pgb_info.lsn_value(earliest) or too_late:
+        window = f"{earliest or '?'} .. {latest or 'the end of the archive'}"
+        message = f"{target} is outside the recovery window {window}"
+        raise InvalidInputError([{"path": f"{path}.target", "message": message}])
+    if label and label != "latest":
+        chosen = by_label[label]
+        if chosen.lsn_stop is None or pgb_info.lsn_value(chosen.lsn_stop) > value:
+            raise InvalidInputError(
+                [{"path": f"{path}.set", "message": f"set {label} ends after the target LSN"}]
+            )
+        return chosen
+    found = pgb_info.choose_set_for_lsn(entries, value)
+    assert found is not None  # value >= earliest guarantees one
+    return found
 
 
 def _for_time(

@@ -61,6 +61,32 @@ async def test_backup_then_pitr_in_place(api: httpx.AsyncClient, repo_dir: Path)
     assert (await api.get("/v1/databases/pitr")).json()["state"] == "available"
 
 
+async def test_lsn_target_in_place(api: httpx.AsyncClient, repo_dir: Path) -> None:
+    """An LSN target restores exactly the rows committed before it; an LSN before the first
+    set's consistent point, or past the end of the archive, is refused before anything stops."""
+    database = await create_and_wait(api, database_body("lsn", backup_config=posix(repo_dir)))
+    await on_every(database, TABLE)
+    await write(database, "n1", range(1, 101))
+    await backup(api, "lsn")
+    await write(database, "n1", range(101, 201))
+    expected = await digest(database)
+    target = await query(database, "n1", "SELECT pg_current_wal_lsn()::text")
+    await write(database, "n1", range(201, 301))
+    repository = posix_repository(repo_dir)
+    started = await query(database, "n1", "SELECT pg_postmaster_start_time()")
+    for wrong in ("0/1", "FFFF/0"):
+        config = restore_config("lsn", "n1", repository, type="lsn", target=wrong)
+        response = await api.post("/v1/databases/lsn/restore", json={"restore_config": config})
+        assert response.status_code == 422, response.text
+        assert [e["path"] for e in response.json()["details"]["errors"]] == [
+            "restore_config.restore_options.target"
+        ]
+    assert await query(database, "n1", "SELECT pg_postmaster_start_time()") == started
+    config = restore_config("lsn", "n1", repository, type="lsn", target=target)
+    await restore(api, "lsn", {"restore_config": config})
+    assert await digest(database) == expected
+
+
 async def test_unreachable_time_target_refused_before_touching(
     api: httpx.AsyncClient, repo_dir: Path
 ) -> None:

@@ -24,9 +24,11 @@ from controlplane.pgbackrest.info import (
     CatalogEntry,
     StanzaInfo,
     catalog,
+    choose_set_for_lsn,
     choose_set_for_time,
     current_system_id,
     find_by_task,
+    lsn_value,
     parse_info,
     recovery_window,
     stanza_problem,
@@ -173,6 +175,25 @@ def test_choose_set_for_time() -> None:
     assert choose_set_for_time(got, got[0].stopped_at) == got[0]
     assert choose_set_for_time(got, got[2].stopped_at + timedelta(microseconds=1)) == got[2]
     assert choose_set_for_time(got, got[-1].stopped_at + timedelta(days=1)) == got[-1]
+
+
+def test_lsn_value_orders_like_postgres() -> None:
+    """LSNs compare by their 64-bit value, not as text (`0/A0` > `0/9F`, `1/0` > `0/FFFFFFFF`)."""
+    assert lsn_value("0/A0") > lsn_value("0/9F")
+    assert lsn_value("1/0") > lsn_value("0/FFFFFFFF")
+    assert lsn_value("16/B374D848") == (0x16 << 32) | 0xB374D848
+
+
+def test_choose_set_for_lsn() -> None:
+    """The newest backup whose stop LSN is at or before the target; before all -> None."""
+    got = entries()
+    stops = [lsn_value(e.lsn_stop) for e in got if e.lsn_stop]
+    assert len(stops) == len(got)
+    assert choose_set_for_lsn(got, stops[0] - 1) is None
+    assert choose_set_for_lsn(got, stops[0]) == got[0]
+    assert choose_set_for_lsn(got, stops[-1] + 1) == got[-1]
+    for index in range(1, len(got)):
+        assert choose_set_for_lsn(got, stops[index] - 1) == got[index - 1]
 
 
 def test_choose_set_for_time_accepts_other_timezones_and_refuses_naive() -> None:
