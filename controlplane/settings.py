@@ -46,7 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Longest sleep of the scheduler loop (it also wakes at the next due tick).
     schedule_interval: float = 1.0
     # Testing aid for crash tests: "<task type>:<step>" makes the server SIGKILL itself right
-    # after that step commits, so every step boundary can be crashed deterministically.
+    # after that step commits, so every step boundary can be crashed deterministically;
+    # "<task type>:<step>:<point>" crashes at a named point inside a step (StepContext.failpoint).
     crash_after_step: str | None = None
 
     @property

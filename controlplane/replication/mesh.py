@@ -69,13 +69,15 @@ async def converge_mesh(
     source_node: Mapping[str, str] | None = None,
     tools: PgTools | None = None,
     sync_timeout: float = 60.0,
+    on_nodes_ready: Callable[[], None] | None = None,
 ) -> MeshChanges:
     """Make `nodes` a complete mesh (see the module docstring for the order).
 
     `conns` holds a superuser connection to each node's application database. Nodes in
     `new_nodes` are populated from `source_node[name]` (default: the first existing node by
-    name); their current rows are replaced. `sync_timeout` bounds each wait for a subscription
-    and for a source to catch up.
+    name); their current rows are replaced — also when they already have a pglogical identity
+    (a join interrupted after step 2 is resumed with its copy). `sync_timeout` bounds each wait
+    for a subscription and for a source to catch up. `on_nodes_ready` is called after step 2.
     """
     by_name = {node.name: node for node in nodes}
     sources = _plan_sources(conns, by_name, new_nodes, source_node or {})
@@ -85,6 +87,8 @@ async def converge_mesh(
     for name in copied:
         await copy_schema(by_name[sources[name]], by_name[name], tools)
     node_changes = await _each(list(by_name), lambda name: ensure_node(conns[name], by_name[name]))
+    if on_nodes_ready is not None:
+        on_nodes_ready()
     members = [name for name in by_name if name not in sources]
     created = await _link(conns, by_name, members, members, sync_timeout)
     for name in sorted(sources):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,13 @@ class StepContext:
     @property
     def database_id(self) -> str:
         return self.task.database_id
+
+    def failpoint(self, point: str) -> None:
+        """Crash-test aid: SIGKILL this server here when CONTROLPLANE_CRASH_AFTER_STEP names
+        `<task type>:<point>` (a point inside a step, e.g. `update:create_replication_mesh:
+        nodes_ready`)."""
+        if self.services.settings.crash_after_step == f"{self.task.type}:{point}":
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def check_cancel(self) -> None:
         """Raise between units of work when a cancel was requested."""

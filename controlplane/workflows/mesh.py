@@ -56,20 +56,28 @@ async def _rows(ctx: StepContext, spec: DatabaseSpec) -> list[InstanceRow]:
 async def converge_replication(ctx: StepContext) -> dict[str, Any]:
     """Every node subscribes to every other (forward_origins '{}': no loops).
 
-    A node without a pglogical identity while others have one is joining: it is populated from
-    its `source_node` (default: the first member) with one data copy, then linked without data.
-    A node restored from a backup had its identity reset when it was restored, so it joins as a
-    member holding the same rows, without a copy.
+    A node is joining when others already form the mesh and it either has no pglogical
+    identity or was created by this task (so a join cut short after the identity was made is
+    resumed with its copy, never linked empty): it is populated from its `source_node`
+    (default: the first member) with one data copy, then linked without data. A node restored
+    from a backup had its identity reset when it was restored, so it joins as a member holding
+    the same rows, without a copy.
     """
     _, spec = await load_spec(ctx)
     rows = await _rows(ctx, spec)
     nodes = [mesh_node(ctx.services, ref_of(r), spec.database_name) for r in rows]
+    restored = ctx.task.input.get("restore_plans", {})
+    fresh = {
+        r.node_name
+        for r in rows
+        if r.created_at >= ctx.task.created_at and r.node_name not in restored
+    }
     async with (
         mesh_lock(ctx.services, ctx.database_id),
         connections(ctx.services, rows, spec.database_name) as conns,
     ):
         identities = {n: await replication.local_node_name(c) for n, c in conns.items()}
-        members = sorted(n for n, name in identities.items() if name is not None)
+        members = sorted(n for n, name in identities.items() if name is not None and n not in fresh)
         joining = sorted(n for n in conns if n not in members) if members else []
         sources = {}
         for name in joining:
@@ -79,7 +87,12 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
                 f"node {name} joins the mesh with a copy of {sources[name]}'s data", node=name
             )
         changes = await replication.converge_mesh(
-            conns, nodes, new_nodes=joining, source_node=sources, tools=tools(ctx.services)
+            conns,
+            nodes,
+            new_nodes=joining,
+            source_node=sources,
+            tools=tools(ctx.services),
+            on_nodes_ready=lambda: ctx.failpoint("create_replication_mesh:nodes_ready"),
         )
     if changes.subscriptions:
         await ctx.log.info(f"subscriptions created: {', '.join(changes.subscriptions)}")

@@ -134,6 +134,45 @@ async def test_add_node_from_source_and_remove_node(
         assert not [s for s in instance["subscriptions"] if "n2" in s["name"]]
 
 
+async def test_add_node_resumes_its_copy_after_a_crash_inside_the_join(
+    server: ServerProcess,
+) -> None:
+    """A server killed inside the mesh step, after the new node got its pglogical identity and
+    before its copy began: the resumed update still copies every row to it (it is never linked
+    empty), and it replicates both ways."""
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as api:
+        body = database_body("joincrash", nodes=2)
+        database = await create_and_wait(api, body)
+        await on_every(database, TABLE)
+        await write(database, "n1", range(1, 201))
+        await write(database, "n2", range(1001, 1201))
+        expected = await converged(database, 400)
+    server.terminate()
+    server.extra_env = {
+        "CONTROLPLANE_CRASH_AFTER_STEP": "update:create_replication_mesh:nodes_ready"
+    }
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as api:
+        body["spec"]["nodes"].append({"name": "n3", "source_node": "n1"})
+        response = await api.post("/v1/databases/joincrash", json=body)
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task"]["task_id"]
+    assert server.proc is not None
+    assert await asyncio.to_thread(server.proc.wait, 120) != 0  # it SIGKILLed itself
+    server.extra_env = {}
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as api:
+        task = await wait_task(api, "joincrash", task_id, timeout=180)
+        assert task["status"] == "completed", task["error"]
+        database = (await api.get("/v1/databases/joincrash")).json()
+        assert await converged(database, 400) == expected
+        await write(database, "n3", range(3001, 3011))
+        await write(database, "n2", range(2001, 2011))
+        await converged(database, 420)
+        log = [e["message"] for e in await full_log(api, "joincrash", task_id)]
+        assert log.count("node n3 joins the mesh with a copy of n1's data") == 2
+
+
 async def test_resubmitting_the_same_spec_is_a_no_op(api: httpx.AsyncClient) -> None:
     """An update with an unchanged spec completes without writing, restarting or linking."""
     body = database_body("same", nodes=2)
