@@ -12,13 +12,17 @@ Order, and why:
    b. the joining node's replicated tables are emptied if they hold rows (a node restored from
       an older backup) — nobody subscribes to it yet, so nothing propagates;
    c. `source -> new` with `synchronize_data := true`, and wait until the copy is complete;
-   d. only then `other -> new` and `new -> every member`, all without data.
+   d. only then `other -> new`, without data;
+   e. the join guard (`join_guard`): if another member wrote anything between 4a and 4d, the
+      copy may lack it — the source does not forward other members' writes — so the join is
+      undone and refused; otherwise `new -> every member`, without data.
    Each row reaches the new node once: through the copy, or through the direct subscription from
    the node where it was written — never through the source as well, because every
    subscription has `forward_origins := '{}'`: a node sends only its own writes, which also
-   keeps writes from looping around the mesh. Rows written on another member during the join
-   and not yet applied on the source when its copy starts would be missed (4a narrows that
-   window to the moments of the join itself): join nodes while writes go to the source only.
+   keeps writes from looping around the mesh. A row written on another member during the join
+   and not yet applied on the source when its copy started would be missed; 4a narrows that
+   window and 4e refuses a join during which it could have happened: join nodes while writes
+   go to the source only.
 5. Wait until every subscription of the mesh is replicating.
 
 Every step observes before it acts, so a second call changes nothing and a call after a crash
@@ -29,16 +33,19 @@ subscription is kept as it is, and a restored catalog's subscriptions are stale.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 import msgspec
 
 from controlplane.replication.errors import ReplicationError
-from controlplane.replication.names import MeshNode, subscription_name
-from controlplane.replication.nodes import ensure_node
+from controlplane.replication.join_guard import close_guard, has_guard, open_guard, written_tables
+from controlplane.replication.names import MeshNode, pglogical_node_name, subscription_name
+from controlplane.replication.nodes import ensure_node, local_node_name
 from controlplane.replication.schema import PgTools, copy_schema
 from controlplane.replication.subscriptions import (
+    drop_node_links,
     ensure_subscription,
     list_subscriptions,
     wait_for_sync,
@@ -168,20 +175,79 @@ async def _join(
     members: Sequence[str],
     sync_timeout: float,
 ) -> list[str]:
-    """Populate `new` from `source`, then link it with every member (steps 4a to 4d)."""
-    created: list[str] = []
-    if not await _has_subscription(conns[new], source, new):
+    """Populate `new` from `source`, then link it with every member (steps 4a to 4e). When the
+    join fails, or the guard finds writes the copy may have missed, it is undone: `new` loses
+    its subscriptions and its pglogical identity, so the next attempt copies again."""
+    others = [m for m in members if m != source]
+    populated = await _has_subscription(conns[new], source, new)
+    if not populated:
         await _refuse_if_subscribed(conns, new, members)
-        await _catch_up(conns, source, members, sync_timeout)
+    try:
+        created = await _populate(conns, by_name, new, source, others, sync_timeout)
+        created += await _link(conns, by_name, members, [new], sync_timeout)
+        await _check_guards(conns, new, source, others)
+        created += await _link(conns, by_name, [new], members, sync_timeout)
+    except Exception:
+        with contextlib.suppress(Exception):  # best effort: the join's own error matters more
+            await _undo_join(conns, new, members)
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # a member out of reach: drop_node_links cleans up
+            await _each(others, lambda m: close_guard(conns[m], new))
+    return created
+
+
+async def _populate(
+    conns: Mapping[str, Connection],
+    by_name: Mapping[str, MeshNode],
+    new: str,
+    source: str,
+    others: Sequence[str],
+    sync_timeout: float,
+) -> list[str]:
+    """Steps 4a to 4c: guards on the other members, the source catches up, `new` is emptied and
+    receives the source's copy (skipped when its subscription exists: a resumed join)."""
+    created = []
+    if not await _has_subscription(conns[new], source, new):
+        await _each(list(others), lambda m: open_guard(conns[m], new))
+        await _catch_up(conns, source, [source, *others], sync_timeout)
         await _empty_tables(conns[new])
         await ensure_subscription(
             conns[new], provider=by_name[source], subscriber=by_name[new], synchronize_data=True
         )
         created.append(subscription_name(source, new))
     await wait_for_sync(conns[new], provider=source, subscriber=new, timeout=sync_timeout)
-    created += await _link(conns, by_name, members, [new], sync_timeout)
-    created += await _link(conns, by_name, [new], members, sync_timeout)
     return created
+
+
+async def _check_guards(
+    conns: Mapping[str, Connection], new: str, source: str, others: Sequence[str]
+) -> None:
+    """Step 4e: refuse the join when another member wrote while `new` was being populated and
+    before its direct subscription to that member began (see join_guard)."""
+    for member in others:
+        conn = conns[member]
+        if not await has_guard(conn, new):
+            continue  # a join resumed after its guard was checked and closed
+        upto = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+        tables = await written_tables(conn, new, upto)
+        if tables:
+            raise ReplicationError(
+                f"node {new} was not joined: node {member} wrote to {', '.join(tables)} while "
+                f"{new} was being copied from {source}, and those rows might be missing on "
+                f"{new}. It is left out of the mesh; submit the spec again to retry the join "
+                f"while writes go to {source} only"
+            )
+
+
+async def _undo_join(conns: Mapping[str, Connection], new: str, members: Sequence[str]) -> None:
+    """Cut `new` out again and drop its identity, so the next converge treats it as joining."""
+    involved = {name: conns[name] for name in (*members, new)}
+    await drop_node_links(involved, new)
+    if await local_node_name(conns[new]) is not None:
+        await conns[new].execute(
+            "SELECT pglogical.drop_node($1, ifexists := true)", pglogical_node_name(new)
+        )
 
 
 async def _has_subscription(conn: Connection, provider: str, subscriber: str) -> bool:

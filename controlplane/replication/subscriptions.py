@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from controlplane.replication.errors import ReplicationError
+from controlplane.replication.join_guard import close_guard
 from controlplane.replication.names import (
     REPLICATION_SETS,
     MeshNode,
@@ -260,6 +261,7 @@ async def drop_node_links(conns_by_node: Mapping[str, Connection], node_name: st
             changed |= await _drop_leftover_slot(own, provider=node_name, subscriber=name)
     for name, conn in others.items():
         changed |= await _drop_leftover_slot(conn, provider=name, subscriber=node_name)
+        changed |= await close_guard(conn, node_name)  # left by a join cut short
     return changed
 
 

@@ -173,6 +173,68 @@ async def test_add_node_resumes_its_copy_after_a_crash_inside_the_join(
         assert log.count("node n3 joins the mesh with a copy of n1's data") == 2
 
 
+async def test_add_node_refused_while_another_member_writes(
+    api: httpx.AsyncClient, server: ServerProcess
+) -> None:
+    """n3 joining from n1 while n2 keeps writing could miss n2's rows (n1 does not forward
+    them): the update fails naming n2 and its table, n3 is left out of the mesh with no slot or
+    subscription anywhere, and the same spec submitted again once n2 is quiet joins n3 with
+    every row."""
+    body = database_body("busyjoin", nodes=2)
+    database = await create_and_wait(api, body)
+    await on_every(database, TABLE)
+    await write(database, "n1", range(1, 201))
+    await write(database, "n2", range(1001, 1201))
+    await converged(database, 400)
+    stop = asyncio.Event()
+
+    async def keep_writing() -> int:
+        conn = await connect(database, "n2")
+        written = 0
+        try:
+            while not stop.is_set():
+                await conn.execute(
+                    "INSERT INTO items VALUES ($1::int, 'n2', 'during the join')", 10_000 + written
+                )
+                written += 1
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
+        return written
+
+    writer = asyncio.create_task(keep_writing())
+    body["spec"]["nodes"].append({"name": "n3", "source_node": "n1"})
+    response = await api.post("/v1/databases/busyjoin", json=body)
+    assert response.status_code == 202, response.text
+    task = await wait_task(api, "busyjoin", response.json()["task"]["task_id"], timeout=180)
+    stop.set()
+    written = await writer
+    assert task["status"] == "failed"
+    assert "node n3 was not joined: node n2 wrote to public.items" in task["error"]
+    view = (await api.get("/v1/databases/busyjoin")).json()
+    pair = {**view, "instances": [i for i in view["instances"] if i["node_name"] != "n3"]}
+    await converged(pair, 400 + written)
+    for instance in view["instances"]:
+        assert not [s for s in instance["subscriptions"] if "n3" in s["name"]], instance
+    socket = superuser_socket(server)
+    for instance in pair["instances"]:
+        conn = await asyncpg.connect(host=socket, port=instance["port"], user="postgres")
+        try:
+            slots = await conn.fetch("SELECT slot_name FROM pg_replication_slots")
+        finally:
+            await conn.close()
+        assert not [r for r in slots if "n3" in r["slot_name"]], slots
+
+    response = await api.post("/v1/databases/busyjoin", json=body)
+    assert response.status_code == 202, response.text
+    task = await wait_task(api, "busyjoin", response.json()["task"]["task_id"], timeout=180)
+    assert task["status"] == "completed", task["error"]
+    database = (await api.get("/v1/databases/busyjoin")).json()
+    await converged(database, 400 + written)
+    await write(database, "n3", range(3001, 3011))
+    await converged(database, 410 + written)
+
+
 async def test_resubmitting_the_same_spec_is_a_no_op(api: httpx.AsyncClient) -> None:
     """An update with an unchanged spec completes without writing, restarting or linking."""
     body = database_body("same", nodes=2)
