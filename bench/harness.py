@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
 import statistics
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from controlplane.settings import Settings
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = os.environ.get("CONTROLPLANE_OS_USER", "postgres")
@@ -184,6 +187,8 @@ class BenchServer:
                 check=False,
                 capture_output=True,
             )
+        # The instances' short socket directory under /tmp outlives the data dir otherwise.
+        shutil.rmtree(Settings(data_dir=self.data_dir).run_dir, ignore_errors=True)
         self.client.close()
 
 
