@@ -27,10 +27,11 @@ def guard_slot(new: str) -> str:
 
 async def open_guard(conn: Connection, new: str) -> bool:
     """Create the member's guard slot for `new` unless it exists; True when created."""
-    slot = guard_slot(new)
-    if await conn.fetchval("SELECT true FROM pg_replication_slots WHERE slot_name = $1", slot):
+    if await has_guard(conn, new):
         return False
-    await conn.execute("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", slot)
+    await conn.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", guard_slot(new)
+    )
     return True
 
 
@@ -59,8 +60,7 @@ async def written_tables(conn: Connection, new: str, upto_lsn: str) -> list[str]
 
 async def close_guard(conn: Connection, new: str) -> bool:
     """Drop the member's guard slot for `new` (a slot nobody reads retains WAL forever)."""
-    slot = guard_slot(new)
     if not await has_guard(conn, new):
         return False
-    await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
+    await conn.execute("SELECT pg_drop_replication_slot($1)", guard_slot(new))
     return True

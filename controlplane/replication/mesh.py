@@ -210,7 +210,7 @@ async def _populate(
     created = []
     if not await _has_subscription(conns[new], source, new):
         await _each(list(others), lambda m: open_guard(conns[m], new))
-        await _catch_up(conns, source, [source, *others], sync_timeout)
+        await _catch_up(conns, source, others, sync_timeout)
         await _empty_tables(conns[new])
         await ensure_subscription(
             conns[new], provider=by_name[source], subscriber=by_name[new], synchronize_data=True

@@ -44,8 +44,8 @@ class StepContext:
 
     def failpoint(self, point: str) -> None:
         """Crash-test aid: SIGKILL this server here when CONTROLPLANE_CRASH_AFTER_STEP names
-        `<task type>:<point>` (a point inside a step, e.g. `update:create_replication_mesh:
-        nodes_ready`)."""
+        `<task type>:<point>`: a step name (the worker calls this after each step commits) or a
+        point inside a step (e.g. `update:create_replication_mesh:nodes_ready`)."""
         if self.services.settings.crash_after_step == f"{self.task.type}:{point}":
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -200,8 +199,7 @@ class _TaskRun:
             await ctx.log.info(
                 f"step {step.name} completed in {time.monotonic() - began:.1f}s", step=step.name
             )
-            if self.worker.settings.crash_after_step == f"{workflow.type}:{step.name}":
-                os.kill(os.getpid(), signal.SIGKILL)
+            ctx.failpoint(step.name)
         await self._finish(ctx, "completed", None, result=ctx.state.get("result"))
 
     async def _run_step(self, ctx: StepContext, workflow: Workflow, step: Any) -> dict[str, Any]:
