@@ -44,5 +44,5 @@ def repo_dir(docker_deployment: DockerDeployment, request: pytest.FixtureRequest
 @pytest.fixture
 async def api(docker_deployment: DockerDeployment) -> AsyncIterator[httpx.AsyncClient]:
     server = docker_deployment.server
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as client:
+    async with server.client(timeout=60) as client:
         yield client

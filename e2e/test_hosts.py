@@ -28,7 +28,7 @@ def hosts_deployment() -> Iterator[DockerDeployment]:
 @pytest.fixture
 async def hosts_api(hosts_deployment: DockerDeployment) -> AsyncIterator[httpx.AsyncClient]:
     server = hosts_deployment.server
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as client:
+    async with server.client(timeout=60) as client:
         yield client
 
 

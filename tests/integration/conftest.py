@@ -52,5 +52,5 @@ def server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
 @pytest.fixture
 async def api(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for `server`, authenticated with its admin token."""
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as client:
+    async with server.client(timeout=30) as client:
         yield client

@@ -7,51 +7,14 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.api import connect, create_and_wait, database_body, full_log, wait_task
+from tests.support.data import CHECKSUM, backup, checksum, posix, write_rows
 from tests.support.restore_check import restore_and_query
 from tests.support.server import ServerProcess
-
-CHECKSUM = "SELECT count(*) || ':' || md5(string_agg(id::text || v, ',' ORDER BY id)) FROM items"
-
-
-def posix_config(base: Path, **repo: Any) -> dict[str, Any]:
-    return {"repositories": [{"type": "posix", "base_path": str(base), **repo}]}
-
-
-async def backup(
-    api: httpx.AsyncClient, database_id: str, node: str, **body: Any
-) -> dict[str, Any]:
-    response = await api.post(f"/v1/databases/{database_id}/nodes/{node}/backups", json=body)
-    assert response.status_code == 202, response.text
-    task = await wait_task(api, database_id, response.json()["task"]["task_id"])
-    assert task["status"] == "completed", task
-    return task
-
-
-async def checksum(database: dict[str, Any], node: str = "n1") -> str:
-    conn = await connect(database, node)
-    try:
-        return str(await conn.fetchval(CHECKSUM))
-    finally:
-        await conn.close()
-
-
-async def write_rows(database: dict[str, Any], start: int, count: int, node: str = "n1") -> None:
-    conn = await connect(database, node)
-    try:
-        await conn.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v text)")
-        await conn.execute(
-            "INSERT INTO items SELECT g, md5(g::text) FROM generate_series($1::int, $2::int) g",
-            start,
-            start + count - 1,
-        )
-    finally:
-        await conn.close()
 
 
 async def test_posix_full_incr_diff_catalog_and_restored_data(
@@ -60,7 +23,7 @@ async def test_posix_full_incr_diff_catalog_and_restored_data(
     """Full, incr and diff backups appear in order linked to their tasks, and each set restores
     to exactly the rows present when it was taken."""
     repo = scratch_dir / "repo"
-    body = database_body("bk", backup_config=posix_config(repo))
+    body = database_body("bk", backup_config=posix(repo))
     database = await create_and_wait(api, body)
     await write_rows(database, 1, 1000)
     expected = {}
@@ -96,9 +59,9 @@ async def test_backup_survives_sigkill_after_backup_step(
     server.terminate()
     server.extra_env = {"CONTROLPLANE_CRASH_AFTER_STEP": "node_backup:take_backup"}
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         database = await create_and_wait(
-            client, database_body("crashbk", backup_config=posix_config(scratch_dir / "repo"))
+            client, database_body("crashbk", backup_config=posix(scratch_dir / "repo"))
         )
         await write_rows(database, 1, 200)
         response = await client.post("/v1/databases/crashbk/nodes/n1/backups", json={})
@@ -106,7 +69,7 @@ async def test_backup_survives_sigkill_after_backup_step(
     await asyncio.to_thread(server.proc.wait, 120)
     server.extra_env = {}
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         task = await wait_task(client, "crashbk", response.json()["task"]["task_id"])
         assert task["status"] == "completed", task
         sets = (await client.get("/v1/databases/crashbk/nodes/n1/backups")).json()["backups"]
@@ -117,9 +80,9 @@ async def test_backup_survives_sigkill_after_backup_step(
 async def test_backup_survives_sigkill_mid_backup(server: ServerProcess, scratch_dir: Path) -> None:
     """Killed while pgbackrest runs, the resumed task waits for that backup and adopts it (or
     takes one if it failed): exactly one set carries the task id."""
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         database = await create_and_wait(
-            client, database_body("midbk", backup_config=posix_config(scratch_dir / "repo"))
+            client, database_body("midbk", backup_config=posix(scratch_dir / "repo"))
         )
         await write_rows(database, 1, 20000)
         response = await client.post("/v1/databases/midbk/nodes/n1/backups", json={})
@@ -136,7 +99,7 @@ async def test_backup_survives_sigkill_mid_backup(server: ServerProcess, scratch
         await eventually(backing_up, interval=0.05, what="the backup to run")
     server.kill()
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         task = await wait_task(client, "midbk", task_id)
         assert task["status"] == "completed", task
         sets = (await client.get("/v1/databases/midbk/nodes/n1/backups")).json()["backups"]
@@ -158,7 +121,7 @@ async def test_enable_backups_later_needs_no_restart(
     conn = await connect(database, "n1")
     started = await conn.fetchval("SELECT pg_postmaster_start_time()")
     await conn.close()
-    body["spec"]["backup_config"] = posix_config(scratch_dir / "repo")
+    body["spec"]["backup_config"] = posix(scratch_dir / "repo")
     response = await api.post("/v1/databases/later", json=body)
     task = await wait_task(api, "later", response.json()["task"]["task_id"])
     assert task["status"] == "completed", task
@@ -179,7 +142,7 @@ async def test_encrypted_repository_keeps_passphrase_secret(
     """cipher: true encrypts the repository; the generated passphrase is in no file we render,
     no response and no log, and the set still restores."""
     database = await create_and_wait(
-        api, database_body("enc", backup_config=posix_config(scratch_dir / "repo", cipher=True))
+        api, database_body("enc", backup_config=posix(scratch_dir / "repo", cipher=True))
     )
     await write_rows(database, 1, 300)
     task = await backup(api, "enc", "n1")

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_backups import CHECKSUM, backup, checksum, write_rows
 from tests.support.api import connect, create_and_wait, database_body, full_log, wait_task
+from tests.support.data import CHECKSUM, backup, checksum, write_rows
 from tests.support.object_storage import (
     KINDS,
     ObjectStorage,

@@ -16,9 +16,8 @@ import msgspec
 
 from controlplane.cli_output import entry_text
 from controlplane.models import LogEntry
-from tests.integration.test_backups import checksum, posix_config, write_rows
-from tests.integration.test_restores import now_on, restore_config
 from tests.support.api import connect, create_and_wait, database_body, full_log, wait_task
+from tests.support.data import checksum, posix, posix_repository, query, restore_config, write_rows
 from tests.support.eventually import eventually
 from tests.support.server import ServerProcess
 
@@ -78,9 +77,7 @@ async def test_full_cycle_create_backup_and_point_in_time_restore(
     """create --wait, backup --wait and restore --time --wait through the CLI leave exactly
     the rows committed before the target time, and every log line is shown once in order."""
     repo = scratch_dir / "repo"
-    spec = write_json(
-        scratch_dir / "spec.json", database_body("clidb", backup_config=posix_config(repo))
-    )
+    spec = write_json(scratch_dir / "spec.json", database_body("clidb", backup_config=posix(repo)))
     created = ok(await cli(server, "database create -f", spec, "--wait"))
     assert re.search(r"task \S+ \(create\) completed in", created.stdout)
     database = json.loads(ok(await cli(server, "database get clidb -o json")).stdout)
@@ -99,9 +96,10 @@ async def test_full_cycle_create_backup_and_point_in_time_restore(
 
     await write_rows(database, 101, 100)
     expected = await checksum(database)
-    target = await now_on(database)
+    target = (await query(database, "n1", "SELECT clock_timestamp()")).isoformat()
     await write_rows(database, 201, 100)
-    config = write_json(scratch_dir / "restore.json", restore_config(repo, database_id="clidb"))
+    restore = restore_config("clidb", "n1", posix_repository(repo))
+    config = write_json(scratch_dir / "restore.json", restore)
     restored = ok(
         await cli(
             server, "restore clidb -f", config, "--time", target, "--yes", "--wait", "-o", "json"
@@ -127,7 +125,7 @@ async def test_failing_task_makes_wait_exit_1_with_its_error(
     """A backup into a repository pgBackRest cannot read fails; --wait exits 1 and prints the
     task's error, and json output reports the failed task."""
     repo = scratch_dir / "repo"
-    database = await create_and_wait(api, database_body("broken", backup_config=posix_config(repo)))
+    database = await create_and_wait(api, database_body("broken", backup_config=posix(repo)))
     await write_rows(database, 1, 10)
     repo.chmod(0o000)
     try:
@@ -151,7 +149,7 @@ async def test_follow_prints_every_entry_once_across_a_server_crash(
     """`task log --follow` keeps following through a SIGKILLed and restarted server and ends
     with exactly the entries of the paginated log, each once, in order."""
     database = await create_and_wait(
-        api, database_body("follow", backup_config=posix_config(scratch_dir / "repo"))
+        api, database_body("follow", backup_config=posix(scratch_dir / "repo"))
     )
     await write_rows(database, 1, 20000)
     started = json.loads(ok(await cli(server, "backup start follow n1 -o json")).stdout)
@@ -182,7 +180,7 @@ async def test_follow_prints_every_entry_once_across_a_server_crash(
             await follower.wait()
     assert follower.returncode == 0, errors.decode()
     followed = [first, *(json.loads(line) for line in rest.decode().splitlines())]
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as fresh:
+    async with server.client() as fresh:
         assert (await wait_task(fresh, "follow", task_id))["status"] == "completed"
         entries = await full_log(fresh, "follow", task_id)
     assert [e["entry_id"] for e in followed] == list(range(1, len(entries) + 1))

@@ -134,7 +134,7 @@ async def test_restart_keeps_specs_and_tasks(api: httpx.AsyncClient, server: Ser
     database = await create_and_wait(api, database_body("kept"))
     before = (await api.get("/v1/databases/kept/tasks")).json()["tasks"]
     server.restart()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as again:
+    async with server.client() as again:
         after = (await again.get("/v1/databases/kept/tasks")).json()["tasks"]
         assert [t["task_id"] for t in after] == [t["task_id"] for t in before]
         assert (await again.get("/v1/databases/kept")).json()["state"] == "available"

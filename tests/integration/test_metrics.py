@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.client import AsyncClient
 from controlplane.metrics import Family, render_metrics
-from tests.integration.test_backups import backup, posix_config, write_rows
 from tests.support.api import create_and_wait, database_body
+from tests.support.data import backup, posix, write_rows
 from tests.support.server import ServerProcess
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -48,7 +48,7 @@ async def test_metrics_follow_backups_and_tasks(
     """A node with a backup_config reports 0 until its first backup, then the stop time and
     duration of its newest set; task counts and queue gauges match the store."""
     database = await create_and_wait(
-        api, database_body("metered", backup_config=posix_config(scratch_dir / "repo"))
+        api, database_body("metered", backup_config=posix(scratch_dir / "repo"))
     )
     await create_and_wait(api, database_body("nobackups"))
     types, before = await scrape(server)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -59,8 +57,7 @@ async def converged(database: dict[str, Any], rows: int, timeout: float = 60) ->
 
 def superuser_socket(server: ServerProcess) -> str:
     """The private socket directory of the server's instances (superuser access for checks)."""
-    digest = hashlib.sha1(str(server.data_dir.resolve()).encode()).hexdigest()[:10]
-    return str(Path("/tmp") / f"cp-{digest}" / "i")
+    return str(server.run_dir / "i")
 
 
 async def slots_on(server: ServerProcess, instance: dict[str, Any]) -> list[str]:
@@ -140,7 +137,7 @@ async def test_add_node_resumes_its_copy_after_a_crash_inside_the_join(
     """A server killed inside the mesh step, after the new node got its pglogical identity and
     before its copy began: the resumed update still copies every row to it (it is never linked
     empty), and it replicates both ways."""
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as api:
+    async with server.client(timeout=30) as api:
         body = database_body("joincrash", nodes=2)
         database = await create_and_wait(api, body)
         await on_every(database, TABLE)
@@ -152,7 +149,7 @@ async def test_add_node_resumes_its_copy_after_a_crash_inside_the_join(
         "CONTROLPLANE_CRASH_AFTER_STEP": "update:create_replication_mesh:nodes_ready"
     }
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as api:
+    async with server.client(timeout=30) as api:
         body["spec"]["nodes"].append({"name": "n3", "source_node": "n1"})
         response = await api.post("/v1/databases/joincrash", json=body)
         assert response.status_code == 202, response.text
@@ -161,7 +158,7 @@ async def test_add_node_resumes_its_copy_after_a_crash_inside_the_join(
     assert await asyncio.to_thread(server.proc.wait, 120) != 0  # it SIGKILLed itself
     server.extra_env = {}
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as api:
+    async with server.client(timeout=30) as api:
         task = await wait_task(api, "joincrash", task_id, timeout=180)
         assert task["status"] == "completed", task["error"]
         database = (await api.get("/v1/databases/joincrash")).json()

@@ -6,11 +6,10 @@ import asyncio
 import signal
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.integration.test_backups import backup, checksum, posix_config, write_rows
 from tests.support.api import create_and_wait, database_body, full_log, wait_task
+from tests.support.data import backup, checksum, posix, write_rows
 from tests.support.server import ServerProcess
 
 NODE_STEPS = [
@@ -33,10 +32,10 @@ async def test_restore_completes_after_sigkill_at_step(
 ) -> None:
     """Killed right after a restore step commits, the restarted server finishes the restore
     once, with exactly the backed-up rows, the node writable and the database available."""
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         database = await create_and_wait(
             client,
-            database_body("crash", nodes=2, backup_config=posix_config(scratch_dir / "repo")),
+            database_body("crash", nodes=2, backup_config=posix(scratch_dir / "repo")),
         )
         await write_rows(database, 1, 100)
         taken = await backup(client, "crash", "n1")
@@ -45,7 +44,7 @@ async def test_restore_completes_after_sigkill_at_step(
     server.terminate()
     server.extra_env = {"CONTROLPLANE_CRASH_AFTER_STEP": crash_point}
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         response = await client.post(
             "/v1/databases/crash/restore",
             json={
@@ -65,7 +64,7 @@ async def test_restore_completes_after_sigkill_at_step(
     assert server.proc.returncode == -signal.SIGKILL
     server.extra_env = {}
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         task = await wait_task(client, "crash", response.json()["task"]["task_id"], timeout=300)
         assert task["status"] == "completed", task["error"]
         node_task = response.json()["node_tasks"][0]["task_id"]

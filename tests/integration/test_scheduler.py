@@ -32,8 +32,8 @@ from controlplane.store.pool import Pool, create_pool
 from controlplane.store.tasks import uuid7
 from controlplane.workflows.backups import effective_backup_config
 from controlplane.workflows.node_backup import NODE_BACKUP
-from tests.integration.test_backups import posix_config, write_rows
 from tests.support.api import create_and_wait, database_body, wait_task
+from tests.support.data import posix, write_rows
 from tests.support.eventually import eventually
 from tests.support.server import ServerProcess
 
@@ -65,7 +65,7 @@ def schedule(schedule_id: str, cron: str, type: str = "full") -> dict[str, str]:
 
 def config(*schedules: dict[str, str], repo: Path = Path("/nonexistent/repo")) -> dict[str, Any]:
     """A backup_config with these schedules (store-only tests never touch the repository)."""
-    return {**posix_config(repo), "schedules": list(schedules)}
+    return {**posix(repo), "schedules": list(schedules)}
 
 
 async def add_database(pool: Pool, database_id: str, spec: dict[str, Any]) -> None:
@@ -400,7 +400,7 @@ async def test_two_servers_fire_each_minute_once_and_catch_up_after_restart(
     second = _peer(scratch_dir, store_url, key, "b", **quiet)
     try:
         _start_pair(first, second)
-        async with httpx.AsyncClient(base_url=first.url, headers=first.headers, timeout=30) as api:
+        async with first.client(timeout=30) as api:
             minutely = config(schedule("minute", "* * * * *"), repo=scratch_dir / "repo")
             body = database_body("ha", backup_config=minutely)
             await write_rows(await create_and_wait(api, body), 1, 100)

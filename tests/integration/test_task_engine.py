@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,6 +14,7 @@ import pytest
 
 from tests.support.api import connect, create_and_wait, database_body, full_log, wait_task
 from tests.support.eventually import eventually
+from tests.support.processes import postmasters_under
 from tests.support.server import ServerProcess
 
 CREATE_STEPS = [
@@ -25,23 +25,6 @@ CREATE_STEPS = [
     "create_users",
     "create_replication_mesh",
 ]
-
-
-def postmasters_under(root: Path) -> list[int]:
-    """PIDs of postmasters whose data directory lies under `root` (orphans included)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"/postgres") and b"-D" in argv:
-            data = argv[argv.index(b"-D") + 1].decode()
-            if data.startswith(str(root)):
-                found.append(int(proc.name))
-    return found
 
 
 async def _task_of(client: httpx.AsyncClient, database_id: str) -> dict[str, Any]:
@@ -58,7 +41,7 @@ async def test_create_survives_sigkill_after_each_step(server: ServerProcess, st
     server.terminate()
     server.extra_env = {"CONTROLPLANE_CRASH_AFTER_STEP": f"create:{step}"}
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         response = await client.post("/v1/databases", json=database_body("crash", nodes=2))
         assert response.status_code == 202
     assert server.proc is not None
@@ -66,7 +49,7 @@ async def test_create_survives_sigkill_after_each_step(server: ServerProcess, st
     assert server.proc.returncode == -signal.SIGKILL
     server.extra_env = {}
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         task = await wait_task(client, "crash", response.json()["task"]["task_id"])
         assert task["status"] == "completed", task
         messages = [e["message"] for e in await full_log(client, "crash", task["task_id"])]
@@ -85,7 +68,7 @@ async def test_create_survives_sigkill_after_each_step(server: ServerProcess, st
 
 async def test_create_survives_sigkill_mid_step(server: ServerProcess) -> None:
     """Killed while initdb runs, the create redoes that step cleanly after restart."""
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         response = await client.post("/v1/databases", json=database_body("mid", nodes=3))
         task_id = response.json()["task"]["task_id"]
 
@@ -98,7 +81,7 @@ async def test_create_survives_sigkill_mid_step(server: ServerProcess) -> None:
         await eventually(initdb_running, interval=0.02, what="init_instances to run")
     server.kill()
     server.start()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
         task = await wait_task(client, "mid", task_id)
         assert task["status"] == "completed", task
         database = (await client.get("/v1/databases/mid")).json()
@@ -320,7 +303,7 @@ async def test_retention_prunes_old_finished_tasks(
     finally:
         await store.close()
     server.restart()
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+    async with server.client() as client:
 
         async def pruned() -> bool:
             tasks = (await client.get("/v1/databases/old/tasks")).json()["tasks"]

@@ -28,7 +28,7 @@ def deployment(orchestrator: str) -> Iterator[Deployment]:
 async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the deployment's server, authenticated with its admin token."""
     server = deployment.server
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as client:
+    async with server.client(timeout=60) as client:
         yield client
 
 

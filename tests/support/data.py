@@ -1,4 +1,4 @@
-"""Data checks for scenarios: a table on every node, rows, digests, convergence."""
+"""Data checks shared by the tests: a table on every node, rows, digests, convergence."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from tests.support.api import connect, wait_task
 from tests.support.eventually import eventually
 
 TABLE = "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v text)"
+# What a restored copy is compared by (also run by hand against a restored data directory).
+CHECKSUM = "SELECT count(*) || ':' || md5(string_agg(id::text || v, ',' ORDER BY id)) FROM items"
 DIGEST = (
     "SELECT count(*) || ':' || coalesce(md5(string_agg(id || v, ',' ORDER BY id)), '') FROM items"
 )
@@ -31,6 +33,24 @@ async def query(database: dict[str, Any], node: str, sql: str) -> Any:
 async def on_every(database: dict[str, Any], sql: str) -> list[Any]:
     """Run `sql` on every node (DDL is not replicated); the values, by node name."""
     return [await query(database, node, sql) for node in nodes_of(database)]
+
+
+async def checksum(database: dict[str, Any], node: str = "n1") -> str:
+    return str(await query(database, node, CHECKSUM))
+
+
+async def write_rows(database: dict[str, Any], start: int, count: int, node: str = "n1") -> None:
+    """`count` rows from id `start` on `node`, creating the table there first if needed."""
+    conn = await connect(database, node)
+    try:
+        await conn.execute(TABLE)
+        await conn.execute(
+            "INSERT INTO items SELECT g, md5(g::text) FROM generate_series($1::int, $2::int) g",
+            start,
+            start + count - 1,
+        )
+    finally:
+        await conn.close()
 
 
 async def write(database: dict[str, Any], node: str, ids: Iterable[int]) -> None:
@@ -62,11 +82,11 @@ async def converged(database: dict[str, Any], rows: int, limit: float = 60.0) ->
 
 
 async def backup(
-    api: httpx.AsyncClient, database_id: str, node: str = "n1", type: str = "full"
+    api: httpx.AsyncClient, database_id: str, node: str = "n1", **body: Any
 ) -> dict[str, Any]:
-    response = await api.post(
-        f"/v1/databases/{database_id}/nodes/{node}/backups", json={"type": type}
-    )
+    """A manual backup of `node` (the body's fields as keywords; the type defaults to full),
+    waited for; the completed task."""
+    response = await api.post(f"/v1/databases/{database_id}/nodes/{node}/backups", json=body)
     assert response.status_code == 202, response.text
     task = await wait_task(api, database_id, response.json()["task"]["task_id"], timeout=300)
     assert task["status"] == "completed", task["error"]

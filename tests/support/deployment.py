@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.os_user import give_to_os_user
+from tests.support.processes import cmdlines, postmasters_under
 from tests.support.server import ServerProcess
 
 ORCHESTRATORS = ("local", "docker")
@@ -84,44 +85,29 @@ class Deployment(ABC):
         self.server.stop_instances()
 
 
-def _postmaster_pid(pgdata: Path) -> int | None:
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-    return pid if Path(f"/proc/{pid}").exists() else None
-
-
-def _cmdlines() -> Iterator[list[str]]:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                raw = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if raw:
-                yield raw.rstrip(b"\0").decode(errors="replace").split("\0")
-
-
 class LocalDeployment(Deployment):
     """Instances are postmasters under the server's data dir."""
 
     orchestrator = "local"
+
+    def _postmaster(self, instance_id: str) -> int | None:
+        found = postmasters_under(self.instances_dir / instance_id / "pgdata")
+        return found[0] if found else None
 
     def running_nodes(self, database_id: str) -> list[str]:
         prefix = f"{database_id}-"
         return sorted(
             d.name.removeprefix(prefix)
             for d in self.instances_dir.glob(f"{database_id}-*")
-            if _postmaster_pid(d / "pgdata") is not None
+            if self._postmaster(d.name) is not None
         )
 
     def instance_identity(self, instance_id: str) -> str | None:
-        pid = _postmaster_pid(self.instances_dir / instance_id / "pgdata")
+        pid = self._postmaster(instance_id)
         return None if pid is None else str(pid)
 
     def lose_instance(self, instance_id: str) -> None:
-        pid = _postmaster_pid(self.instances_dir / instance_id / "pgdata")
+        pid = self._postmaster(instance_id)
         assert pid is not None, f"{instance_id} is not running"
         os.kill(pid, signal.SIGKILL)
 
@@ -131,7 +117,7 @@ class LocalDeployment(Deployment):
             "restore" in argv
             and any(a.endswith("pgbackrest") for a in argv)
             and any(config in a for a in argv)
-            for argv in _cmdlines()
+            for _, argv in cmdlines()
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from controlplane.settings import Settings
 from tests.support.os_user import as_os_user
 from tests.support.pgcluster import PG_BIN, free_port
 
@@ -39,6 +39,15 @@ class ServerProcess:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def run_dir(self) -> Path:
+        """The server's short directory under /tmp (its instances' unix sockets)."""
+        return Settings(data_dir=self.data_dir).run_dir
+
+    def client(self, timeout: float = 30.0) -> httpx.AsyncClient:
+        """An HTTP client for this server, authenticated with its admin token."""
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
@@ -121,9 +130,8 @@ class ServerProcess:
                 check=False,
                 capture_output=True,
             )
-        # The short socket directory under /tmp (see Settings.run_dir) outlives the data dir.
-        digest = hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
-        shutil.rmtree(Path("/tmp") / f"cp-{digest}", ignore_errors=True)
+        # The short socket directory under /tmp outlives the data dir.
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def create_token(self, name: str, scope: str) -> str:
         """`controlplane token create` against this server's store; returns the token."""
