@@ -4,7 +4,9 @@ Everything here works on asyncpg connections the caller opens (a superuser's, to
 application database) and on libpq DSNs by which the nodes reach each other: no HTTP, no tasks.
 """
 
+from controlplane.replication.attach import restored_origins, set_origin
 from controlplane.replication.errors import ReplicationError
+from controlplane.replication.joins import prepare_join
 from controlplane.replication.mesh import MeshChanges, converge_mesh
 from controlplane.replication.names import (
     REPLICATION_SETS,
@@ -44,7 +46,10 @@ __all__ = [
     "ensure_subscription",
     "local_node_name",
     "pglogical_node_name",
+    "prepare_join",
     "reset_restored_node",
+    "restored_origins",
+    "set_origin",
     "subscription_name",
     "subscription_status",
     "wait_for_sync",

@@ -1,13 +1,13 @@
-"""Join guard: notice writes a joining node's copy may have missed.
+"""Join guard: the last line of defence of a join, proving no member's write fell between
+the new node's rows and its subscription from that member.
 
-A joining node gets one copy of its source's rows, then direct subscriptions from the other
-members. A row another member wrote while the copy ran, and that reached the source only after
-the copy's snapshot, is in neither: the source does not forward it (`forward_origins '{}'`) and
-the direct subscription starts later. pglogical cannot start a subscription in the past, so the
-join is guarded instead: before the source catches up, each other member gets a logical slot
-(`test_decoding`, local writes only) that records what it writes from then on; once the direct
-subscriptions exist, any write recorded before they started means rows may be missing, and the
-join is undone rather than completed.
+A joining node holds a member's commits up to some LSN P (what its source had applied of that
+member when the new node's rows were taken) and its subscription from the member streams
+commits from the start L of a slot made for it (`attach`). The joins order their steps so that
+L <= P, or so that nothing of the member's own was committed between P and L; the guard checks
+it: before the slot is made, the member gets a logical slot (`test_decoding`, local writes
+only) that sees every commit from then on, and a commit of the member's own ending after P and
+before L means rows would be missing. The join is then undone rather than completed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from controlplane.replication.names import check_node_name
 from controlplane.store.pool import Connection
 
 _PREFIX = "cp_join_"
-# How much of a member's decoded WAL is looked at: the first writes are enough to refuse.
-_PEEK_CHANGES = 1000
 
 
 def guard_slot(new: str) -> str:
@@ -42,18 +40,20 @@ async def has_guard(conn: Connection, new: str) -> bool:
     return bool(found)
 
 
-async def written_tables(conn: Connection, new: str, upto_lsn: str) -> list[str]:
-    """Tables the member itself wrote to (not replicated writes) in transactions committed
-    since its guard for `new` opened and up to `upto_lsn`; pglogical's own tables are left
-    out. Peeking leaves the slot where it is."""
+async def written_tables(conn: Connection, new: str, after_lsn: str, upto_lsn: str) -> list[str]:
+    """Tables the member itself wrote to (not replicated writes) in transactions whose commit
+    ends after `after_lsn` and before `upto_lsn`, as far as its guard for `new` saw them;
+    pglogical's own tables are left out. Peeking leaves the slot where it is."""
     records = await conn.fetch(
-        "SELECT DISTINCT substring(data from '^table ([^:]+): ') AS name"
-        " FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, $3,"
-        "   'only-local', '1', 'skip-empty-xacts', '1', 'include-xids', '0')"
-        " WHERE data ~ '^table ' AND data !~ '^table pglogical\\.'",
+        "WITH c AS (SELECT lsn, xid, data FROM pg_logical_slot_peek_changes($1,"
+        "   $3::text::pg_lsn, NULL, 'only-local', '1', 'skip-empty-xacts', '1',"
+        "   'include-xids', '0'))"
+        " SELECT DISTINCT substring(data from '^table ([^:]+): ') AS name FROM c"
+        " WHERE data ~ '^table ' AND data !~ '^table pglogical\\.'"
+        "   AND xid IN (SELECT xid FROM c WHERE data ~ '^COMMIT' AND lsn > $2::text::pg_lsn)",
         guard_slot(new),
+        after_lsn,
         upto_lsn,
-        _PEEK_CHANGES,
     )
     return sorted(str(r["name"]) for r in records)
 

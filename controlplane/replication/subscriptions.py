@@ -116,20 +116,31 @@ async def ensure_subscription(
         _check_provider(existing[name], provider.name)
         return False
     async with subscriber_conn.transaction():
-        await subscriber_conn.execute(
-            "SELECT pglogical.create_subscription(subscription_name := $1, provider_dsn := $2, "
-            "replication_sets := $3::text[], synchronize_structure := false, "
-            "synchronize_data := $4, forward_origins := '{}')",
-            name,
-            provider.dsn,
-            list(REPLICATION_SETS),
-            synchronize_data,
+        await create_subscription(
+            subscriber_conn, provider=provider, name=name, synchronize_data=synchronize_data
         )
-        # pglogical names the provider after what the DSN reached: a DSN pointing at the
-        # wrong node must not leave a subscription whose name lies about its source.
-        created = {s.name: s for s in await list_subscriptions(subscriber_conn)}
-        _check_provider(created[name], provider.name)
     return True
+
+
+async def create_subscription(
+    conn: Connection, *, provider: MeshNode, name: str, synchronize_data: bool
+) -> Subscription:
+    """Create subscription `name` from `provider` (the caller holds a transaction, so a DSN
+    that reached the wrong node leaves nothing behind); the subscription as created."""
+    await conn.execute(
+        "SELECT pglogical.create_subscription(subscription_name := $1, provider_dsn := $2, "
+        "replication_sets := $3::text[], synchronize_structure := false, "
+        "synchronize_data := $4, forward_origins := '{}')",
+        name,
+        provider.dsn,
+        list(REPLICATION_SETS),
+        synchronize_data,
+    )
+    # pglogical names the provider after what the DSN reached: a DSN pointing at the wrong
+    # node must not leave a subscription whose name lies about its source.
+    created = {s.name: s for s in await list_subscriptions(conn)}[name]
+    _check_provider(created, provider.name)
+    return created
 
 
 def _check_provider(subscription: Subscription, provider: str) -> None:
@@ -258,14 +269,14 @@ async def drop_node_links(conns_by_node: Mapping[str, Connection], node_name: st
         for sub in await list_subscriptions(own):
             changed |= await drop_subscription(own, sub.name)
         for name in others:
-            changed |= await _drop_leftover_slot(own, provider=node_name, subscriber=name)
+            changed |= await drop_leftover_slot(own, provider=node_name, subscriber=name)
     for name, conn in others.items():
-        changed |= await _drop_leftover_slot(conn, provider=name, subscriber=node_name)
+        changed |= await drop_leftover_slot(conn, provider=name, subscriber=node_name)
         changed |= await close_guard(conn, node_name)  # left by a join cut short
     return changed
 
 
-async def _drop_leftover_slot(conn: Connection, *, provider: str, subscriber: str) -> bool:
+async def drop_leftover_slot(conn: Connection, *, provider: str, subscriber: str) -> bool:
     """On `provider`, drop the slot of subscription provider->subscriber if it is still there.
 
     The name is derived the way pglogical derives it (database, provider node, subscription).

@@ -301,3 +301,45 @@ async def test_node_restored_from_another_nodes_backup_is_reset_without_harming_
     await mesh.as_owner("n4", "INSERT INTO items VALUES (4, 'n4')")
     await mesh.as_owner("n3", "INSERT INTO items VALUES (3, 'n3')")
     await until_all_hold(mesh.conns, 3)
+
+
+async def test_node_joins_by_copy_while_every_member_writes(mesh: Mesh) -> None:
+    """n4 joins with a copy of n1 while n1, n2 and n3 each commit a row every few milliseconds
+    throughout: the join completes, and every node ends with every committed row exactly once."""
+    await converge(mesh)
+    n4 = (await start_nodes(mesh.root, ["n4"]))["n4"]
+    await mesh.add(n4)
+    await mesh.as_owner("n4", ITEMS_DDL)
+    committed: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def writer(name: str, base: int) -> None:
+        conn = await mesh.nodes[name].connect(APP_OWNER)
+        try:
+            while not stop.is_set():
+                await conn.execute(
+                    "INSERT INTO items VALUES ($1, $2)", base + committed[name], name
+                )
+                committed[name] += 1
+                await asyncio.sleep(0.005)
+        finally:
+            await conn.close()
+
+    writers = []
+    for index, name in enumerate(("n1", "n2", "n3"), start=1):
+        committed[name] = 0
+        writers.append(asyncio.create_task(writer(name, index * 1_000_000)))
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, result=all(committed.values()) or None), timeout=SYNC
+        )
+        changes = await converge(mesh, new_nodes={"n4"}, source_node={"n4": "n1"})
+        await asyncio.sleep(0.5)  # writes keep flowing after the join too
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    assert changes.subscriptions
+    await until_all_hold(mesh.conns, sum(committed.values()))
+    assert await slots(mesh.conns["n1"]) == sorted(await slots(mesh.conns["n1"]))
+    for conn in mesh.conns.values():  # no guard or spare slot is left retaining WAL
+        assert not [s for s in await slots(conn) if s.startswith("cp_join_")]
