@@ -4,9 +4,9 @@ Everything here works on asyncpg connections the caller opens (a superuser's, to
 application database) and on libpq DSNs by which the nodes reach each other: no HTTP, no tasks.
 """
 
-from controlplane.replication.attach import restored_origins, set_origin
+from controlplane.replication.attach import create_slot, restored_origins, set_origin
 from controlplane.replication.errors import ReplicationError
-from controlplane.replication.joins import prepare_join
+from controlplane.replication.joins import prepare_join, undo_join
 from controlplane.replication.mesh import MeshChanges, converge_mesh
 from controlplane.replication.names import (
     REPLICATION_SETS,
@@ -40,6 +40,7 @@ __all__ = [
     "SubscriptionStatus",
     "converge_mesh",
     "copy_schema",
+    "create_slot",
     "drop_node_links",
     "drop_subscription",
     "ensure_node",
@@ -52,5 +53,6 @@ __all__ = [
     "set_origin",
     "subscription_name",
     "subscription_status",
+    "undo_join",
     "wait_for_sync",
 ]

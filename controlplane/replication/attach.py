@@ -135,7 +135,7 @@ async def attach_subscription(
             subscriber_conn, provider=provider, name=name, synchronize_data=False
         )
         await subscriber_conn.execute(
-            "UPDATE pglogical.local_sync_status SET sync_status = $2::text::\"char\","
+            'UPDATE pglogical.local_sync_status SET sync_status = $2::text::"char",'
             "   sync_statuslsn = pg_replication_origin_progress($3, false)"
             " WHERE sync_subid = (SELECT sub_id FROM pglogical.subscription WHERE sub_name = $1)"
             "   AND sync_relname IS NULL",

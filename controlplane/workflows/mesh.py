@@ -60,8 +60,9 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
     identity or was created by this task (so a join cut short after the identity was made is
     resumed with its copy, never linked empty): it is populated from its `source_node`
     (default: the first member) with one data copy, then linked without data. A node restored
-    from a backup had its identity reset when it was restored, so it joins as a member holding
-    the same rows, without a copy.
+    from a member's backup to join was recovered to a prepared point (`restore_join`) and is
+    attached there, without a copy; nodes restored together to make a new database hold the
+    same rows and are linked as members.
     """
     _, spec = await load_spec(ctx)
     rows = await _rows(ctx, spec)
@@ -72,13 +73,27 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
         for r in rows
         if r.created_at >= ctx.task.created_at and r.node_name not in restored
     }
+    attaching = {name for name, plan in restored.items() if plan.get("join_source")}
     async with (
         mesh_lock(ctx.services, ctx.database_id),
         connections(ctx.services, rows, spec.database_name) as conns,
     ):
         identities = {n: await replication.local_node_name(c) for n, c in conns.items()}
-        members = sorted(n for n, name in identities.items() if name is not None and n not in fresh)
-        joining = sorted(n for n in conns if n not in members) if members else []
+        # A node restored to join keeps its identity until its join is undone; then it joins
+        # again by copy, like any node without one.
+        attached = {n for n in attaching if identities.get(n) is not None}
+        members = sorted(
+            n
+            for n, name in identities.items()
+            if name is not None and n not in fresh and n not in attached
+        )
+        joining = sorted(n for n in conns if n not in members and n not in attached)
+        joining = joining if members else []
+        for name in sorted(attached):
+            await ctx.log.info(
+                f"node {name} joins the mesh at the point it was restored to, without a copy",
+                node=name,
+            )
         sources = {}
         for name in joining:
             node = next(n for n in spec.nodes if n.name == name)
@@ -91,6 +106,7 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
             nodes,
             new_nodes=joining,
             source_node=sources,
+            attached=attached,
             tools=tools(ctx.services),
             on_nodes_ready=lambda: ctx.failpoint("create_replication_mesh:nodes_ready"),
         )
@@ -102,11 +118,17 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
 
 
 async def drop_links_of(
-    ctx: StepContext, spec: DatabaseSpec, node_name: str, rows: Sequence[InstanceRow]
+    ctx: StepContext,
+    spec: DatabaseSpec,
+    node_name: str,
+    rows: Sequence[InstanceRow],
+    *,
+    forget: bool = False,
 ) -> bool:
     """Drop every subscription to and from `node_name` on the reachable nodes, and any slot it
-    left on the others (a slot nobody reads retains WAL forever). True when every other node
-    was reached, so no slot for `node_name` is left anywhere."""
+    left on the others (a slot nobody reads retains WAL forever); with `forget`, its pglogical
+    identity too (a join that did not complete starts over). True when every other node was
+    reached, so no slot for `node_name` is left anywhere."""
     # Node restores run in parallel; one dropping links while another drops the same ones or
     # stops its node would race, so changes to one database's mesh (and restore stops) are
     # serialised, and which nodes run is looked at under the lock.
@@ -115,7 +137,10 @@ async def drop_links_of(
             row for row in rows if await ctx.services.orchestrator.status(ref_of(row)) == "running"
         ]
         async with connections(ctx.services, reachable, spec.database_name) as conns:
-            if await replication.drop_node_links(conns, node_name):
+            if forget:
+                others = [n for n in conns if n != node_name]
+                await replication.undo_join(conns, node_name, others)
+            elif await replication.drop_node_links(conns, node_name):
                 await ctx.log.info(f"replication links of node {node_name} dropped", node=node_name)
     return all(row in reachable for row in rows if row.node_name != node_name)
 

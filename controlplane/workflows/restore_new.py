@@ -19,7 +19,7 @@ from controlplane.spec.models import DatabaseSpec, NodeSpec, RestoreConfig
 from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services, StepContext
-from controlplane.workflows import backups, children, mesh, restore_source
+from controlplane.workflows import backups, children, mesh, restore_join, restore_source
 from controlplane.workflows.common import managed_settings, ref_of
 
 # Written once the node is fully made from its backup; until then a resumed step redoes the
@@ -42,6 +42,7 @@ async def plan_new_nodes(
     """
     plans: dict[str, dict[str, Any]] = {}
     markers: dict[tuple[str, str], restore_source.ArchiveEnd | None] = {}
+    members = [n.name for n in spec.nodes if n not in nodes]
     for index, node in enumerate(spec.nodes):
         config = restore_config_of(spec, node)
         if config is None or node not in nodes:
@@ -49,6 +50,20 @@ async def plan_new_nodes(
         path = (
             f"spec.nodes[{index}].restore_config" if node.restore_config else "spec.restore_config"
         )
+        if members:
+            problems = restore_join.join_problems(database_id, config, members, path)
+            if problems or not await _running(services, database_id, config.source_node_name):
+                raise InvalidInputError(
+                    problems
+                    or [
+                        {
+                            "path": f"{path}.source_node_name",
+                            "message": f"node {config.source_node_name} is not running; a node "
+                            f"is added from the backup of a running node, which streams it "
+                            f"every write made after its restore point",
+                        }
+                    ]
+                )
         probe = InstanceRef(
             instance_id=f"{database_id}-{node.name}",
             database_id=database_id,
@@ -68,7 +83,9 @@ async def plan_new_nodes(
         options = dict(config.restore_options)
         key = (config.source_database_id, config.source_node_name)
         kind = normalise_restore_options(options).get("type")
-        if kind in (None, "time", "lsn") and key not in markers:
+        # A node joining live members is restored to a point chosen when the task runs, after
+        # the slots that stream it every later write exist (restore_join).
+        if not members and kind in (None, "time", "lsn") and key not in markers:
             markers[key] = await restore_source.archive_marker(services, config)
         marker = markers.get(key)
         if kind is None and marker is not None:
@@ -76,7 +93,14 @@ async def plan_new_nodes(
         options_path = f"{path}.restore_options"
         plan = restore_source.decide(entries, options, latest=marker, path=options_path)
         plans[node.name] = plan.to_state()
+        if members:
+            plans[node.name]["join_source"] = config.source_node_name
     return plans
+
+
+async def _running(services: Services, database_id: str, node: str) -> bool:
+    row = await instances.get_instance(services.pool, database_id, node)
+    return row is not None and await services.orchestrator.status(ref_of(row)) == "running"
 
 
 async def _quiet(line: str) -> None:
@@ -96,6 +120,10 @@ async def restore_new_instance(
     if await orchestrator.read_file(ref, RESTORED_MARKER) is not None:
         return
     plan = restore_source.RestorePlan.from_state(plan_state)
+    join = None
+    if plan_state.get("join_source"):
+        join = await restore_join.join_target(ctx, spec, row, config)
+        plan.target_type, plan.target, plan.target_exclusive = "lsn", join.lsn, True
     source = await restore_source.source_setup(ctx.services, config, ref)
     await orchestrator.write_file(ref, restore_source.RESTORE_CONFIG_FILE, source.config_text)
     if not await orchestrator.has_cluster(ref):
@@ -125,7 +153,7 @@ async def restore_new_instance(
     sink = ctx.log.sink("pg_ctl", node=ref.node_name)
     await orchestrator.start(ref, on_line=sink, options=replication.FENCED_START_SETTINGS)
     await children.rename_database_if_needed(ctx, ref, config, spec)
-    await _take_identity(ctx, ref, spec)
+    await _take_identity(ctx, ref, spec, join)
     await orchestrator.stop(ref, on_line=sink)
     await orchestrator.write_file(ref, RESTORED_MARKER, plan.set_label + "\n")
     await ctx.log.info(
@@ -135,12 +163,19 @@ async def restore_new_instance(
     )
 
 
-async def _take_identity(ctx: StepContext, ref: InstanceRef, spec: DatabaseSpec) -> None:
+async def _take_identity(
+    ctx: StepContext, ref: InstanceRef, spec: DatabaseSpec, join: restore_join.JoinTarget | None
+) -> None:
     conn = await ctx.services.orchestrator.connect(ref, spec.database_name)
     try:
+        # How far the backed-up node had applied each member: read before the reset, which
+        # drops the restored subscriptions and their origins.
+        origins = await replication.restored_origins(conn)
         await replication.reset_restored_node(
             conn, mesh.mesh_node(ctx.services, ref, spec.database_name)
         )
+        if join is not None:
+            await restore_join.record_join_points(ctx, conn, spec, ref, join, origins)
         # pgBackRest wrote archive_mode=off into postgresql.auto.conf so the restored node
         # could not push into the source's repository; from now on it archives to its own.
         await conn.execute("ALTER SYSTEM RESET archive_mode")

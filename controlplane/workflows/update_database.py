@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from controlplane.tasks.context import StepContext
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows import converge, mesh
+from controlplane.workflows import converge, mesh, restore_join
+from controlplane.workflows.common import load_spec
+
+
+async def _on_failure(ctx: StepContext, message: str) -> None:
+    # A node restored to join and not linked yet would otherwise keep slots on every member
+    # (retaining WAL) and, resubmitted, be linked as if it held every row.
+    _, spec = await load_spec(ctx)
+    await restore_join.abandon_joins(ctx, spec)
+    await converge.settle_after_failure(ctx, message)
+
 
 UPDATE = Workflow(
     type="update",
@@ -19,6 +30,6 @@ UPDATE = Workflow(
         Step("configure_backups", converge.configure_backups),
         Step("mark_available", converge.mark_available),
     ),
-    on_failure=converge.settle_after_failure,
-    on_cancel=converge.settle_after_failure,
+    on_failure=_on_failure,
+    on_cancel=_on_failure,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -170,13 +171,12 @@ async def test_add_node_resumes_its_copy_after_a_crash_inside_the_join(
         assert log.count("node n3 joins the mesh with a copy of n1's data") == 2
 
 
-async def test_add_node_refused_while_another_member_writes(
+async def test_add_node_by_copy_while_every_member_writes(
     api: httpx.AsyncClient, server: ServerProcess
 ) -> None:
-    """n3 joining from n1 while n2 keeps writing could miss n2's rows (n1 does not forward
-    them): the update fails naming n2 and its table, n3 is left out of the mesh with no slot or
-    subscription anywhere, and the same spec submitted again once n2 is quiet joins n3 with
-    every row."""
+    """n3 joins with a copy of n1 while n1 and n2 both keep writing: the update completes, n3
+    holds every committed row of both (n2's too, which n1 does not forward), and no guard or
+    spare slot is left behind on any node."""
     body = database_body("busyjoin", nodes=2)
     database = await create_and_wait(api, body)
     await on_every(database, TABLE)
@@ -185,13 +185,15 @@ async def test_add_node_refused_while_another_member_writes(
     await converged(database, 400)
     stop = asyncio.Event()
 
-    async def keep_writing() -> int:
-        conn = await connect(database, "n2")
+    async def keep_writing(node: str, base: int) -> int:
+        conn = await connect(database, node)
         written = 0
         try:
             while not stop.is_set():
                 await conn.execute(
-                    "INSERT INTO items VALUES ($1::int, 'n2', 'during the join')", 10_000 + written
+                    "INSERT INTO items VALUES ($1::int, $2, 'during the join')",
+                    base + written,
+                    node,
                 )
                 written += 1
                 await asyncio.sleep(0.02)
@@ -199,37 +201,36 @@ async def test_add_node_refused_while_another_member_writes(
             await conn.close()
         return written
 
-    writer = asyncio.create_task(keep_writing())
+    writers = [
+        asyncio.create_task(keep_writing("n1", 100_000)),
+        asyncio.create_task(keep_writing("n2", 200_000)),
+    ]
     body["spec"]["nodes"].append({"name": "n3", "source_node": "n1"})
     response = await api.post("/v1/databases/busyjoin", json=body)
     assert response.status_code == 202, response.text
     task = await wait_task(api, "busyjoin", response.json()["task"]["task_id"], timeout=180)
     stop.set()
-    written = await writer
-    assert task["status"] == "failed"
-    assert "node n3 was not joined: node n2 wrote to public.items" in task["error"]
-    view = (await api.get("/v1/databases/busyjoin")).json()
-    pair = {**view, "instances": [i for i in view["instances"] if i["node_name"] != "n3"]}
-    await converged(pair, 400 + written)
-    for instance in view["instances"]:
-        assert not [s for s in instance["subscriptions"] if "n3" in s["name"]], instance
-    socket = superuser_socket(server)
-    for instance in pair["instances"]:
-        conn = await asyncpg.connect(host=socket, port=instance["port"], user="postgres")
-        try:
-            slots = await conn.fetch("SELECT slot_name FROM pg_replication_slots")
-        finally:
-            await conn.close()
-        assert not [r for r in slots if "n3" in r["slot_name"]], slots
-
-    response = await api.post("/v1/databases/busyjoin", json=body)
-    assert response.status_code == 202, response.text
-    task = await wait_task(api, "busyjoin", response.json()["task"]["task_id"], timeout=180)
+    written = sum(await asyncio.gather(*writers))
     assert task["status"] == "completed", task["error"]
     database = (await api.get("/v1/databases/busyjoin")).json()
     await converged(database, 400 + written)
     await write(database, "n3", range(3001, 3011))
     await converged(database, 410 + written)
+    socket = superuser_socket(server)
+    for instance in database["instances"]:
+        conn = await asyncpg.connect(
+            host=socket, port=instance["port"], user="postgres", database="app"
+        )
+        try:
+            slots = [r["slot_name"] for r in await conn.fetch("SELECT * FROM pg_replication_slots")]
+            disabled = await conn.fetchval(
+                "SELECT count(*) FROM pglogical.subscription WHERE NOT sub_enabled", column=0
+            )
+        finally:
+            await conn.close()
+        assert not [s for s in slots if s.startswith("cp_join_")], slots
+        assert len(slots) == 2, slots  # one per subscriber of this node
+        assert disabled == 0
 
 
 async def test_resubmitting_the_same_spec_is_a_no_op(api: httpx.AsyncClient) -> None:
@@ -248,3 +249,76 @@ async def test_resubmitting_the_same_spec_is_a_no_op(api: httpx.AsyncClient) -> 
     ]
     assert "replication mesh already complete" in messages
     assert await on_every(database, "SELECT pg_postmaster_start_time()") == started
+
+
+async def test_add_node_from_backup_joins_at_a_prepared_point(
+    api: httpx.AsyncClient, server: ServerProcess, scratch_dir: Path
+) -> None:
+    """A node added from a member's backup while both members write joins without a copy at
+    the point it was restored to, holds every committed row, and leaves exactly one slot per
+    subscriber behind; an explicit past target, or a backup of another database, is refused
+    with 422 before anything is created."""
+    repo = scratch_dir / "repo"
+    repo.mkdir(mode=0o755)
+    repository = {"type": "posix", "base_path": str(repo)}
+    body = database_body("rjoin", nodes=2, backup_config={"repositories": [repository]})
+    database = await create_and_wait(api, body)
+    await on_every(database, TABLE)
+    await write(database, "n1", range(1, 101))
+    response = await api.post("/v1/databases/rjoin/nodes/n1/backups", json={"type": "full"})
+    assert response.status_code == 202, response.text
+    backup_task = await wait_task(api, "rjoin", response.json()["task"]["task_id"], timeout=180)
+    assert backup_task["status"] == "completed", backup_task["error"]
+
+    source = {"source_database_id": "rjoin", "source_node_name": "n1", "repository": repository}
+    for config, path in (
+        ({**source, "restore_options": {"type": "immediate"}}, "restore_options"),
+        ({**source, "source_database_id": "other"}, "source_node_name"),
+        ({**source, "source_node_name": "n9"}, "source_node_name"),
+    ):
+        refused = {**body, "spec": {**body["spec"], "nodes": [*body["spec"]["nodes"]]}}
+        refused["spec"]["nodes"].append({"name": "n3", "restore_config": config})
+        response = await api.post("/v1/databases/rjoin", json=refused)
+        assert response.status_code == 422, response.text
+        errors = response.json()["details"]["errors"]
+        assert errors[0]["path"] == f"spec.nodes[2].restore_config.{path}", errors
+    assert len((await api.get("/v1/databases/rjoin")).json()["instances"]) == 2
+
+    stop = asyncio.Event()
+
+    async def keep_writing(node: str, base: int) -> int:
+        conn = await connect(database, node)
+        written = 0
+        try:
+            while not stop.is_set():
+                await conn.execute(
+                    "INSERT INTO items VALUES ($1::int, $2, 'during')", base + written, node
+                )
+                written += 1
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+        return written
+
+    writers = [
+        asyncio.create_task(keep_writing("n1", 100_000)),
+        asyncio.create_task(keep_writing("n2", 200_000)),
+    ]
+    body["spec"]["nodes"].append({"name": "n3", "restore_config": source})
+    response = await api.post("/v1/databases/rjoin", json=body)
+    assert response.status_code == 202, response.text
+    task = await wait_task(api, "rjoin", response.json()["task"]["task_id"], timeout=300)
+    stop.set()
+    written = sum(await asyncio.gather(*writers))
+    assert task["status"] == "completed", task["error"]
+    database = (await api.get("/v1/databases/rjoin")).json()
+    await converged(database, 100 + written)
+    log = [e["message"] for e in await full_log(api, "rjoin", task["task_id"])]
+    assert "node n3 joins the mesh at the point it was restored to, without a copy" in log
+    assert not [m for m in log if "with a copy" in m and "without" not in m]
+    await write(database, "n3", range(3001, 3011))
+    await converged(database, 110 + written)
+    for instance in database["instances"]:
+        slots = await slots_on(server, instance)
+        assert sorted(slots) == sorted(s for s in slots if not s.startswith("cp_join_")), slots
+        assert len(slots) == 2, (instance["node_name"], slots)
