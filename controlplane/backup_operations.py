@@ -1,4 +1,5 @@
-"""Backup operations the API offers: start a backup, read the catalog, verify, expire a set."""
+"""Backup operations the API offers: start a backup, read the catalog, verify, expire a set,
+and named restore points."""
 
 from __future__ import annotations
 
@@ -11,40 +12,49 @@ import msgspec
 from controlplane.errors import (
     ConflictError,
     DatabaseNotModifiableError,
+    DependencyError,
     InvalidInputError,
     NotFoundError,
 )
-from controlplane.models import Task
+from controlplane.models import RestorePoint, Task
 from controlplane.pgbackrest import info as pgb_info
-from controlplane.spec import parse_backup_request
+from controlplane.spec import parse_backup_request, parse_request
 from controlplane.spec.models import repository_id
-from controlplane.store import databases, instances, tasks
+from controlplane.spec.restore_options import RestorePointRequest
+from controlplane.store import databases, instances, restore_points, tasks
 from controlplane.store.instances import InstanceRow
+from controlplane.store.restore_points import RestorePointRow
 from controlplane.tasks.context import Services
-from controlplane.workflows import all_workflows, backups
+from controlplane.workflows import all_workflows, backups, restore_targets
 from controlplane.workflows.common import ref_of, spec_of
 from controlplane.workflows.maintain_backups import expire_refusal
+from controlplane.workflows.restore_targets import RESTORE_POINT_ARCHIVE_SECONDS
 
 _BUSY_STATES = ("creating", "deleting", "restoring")
 
 
 async def _node(
-    services: Services, database_id: str, node: str
+    services: Services, database_id: str, node: str, *, unconfigured: str = ""
 ) -> tuple[Any, InstanceRow, backups.BackupSetup]:
     row = await databases.get_database(services.pool, database_id)
     spec = spec_of(services, row)
+    instance = await _instance(services, database_id, node)
+    setup = await backups.backup_setup(services, spec, instance, ref_of(instance))
+    if not setup.enabled:
+        message = f"node {node} of {database_id} has no backup_config{unconfigured}"
+        raise InvalidInputError([{"path": "node", "message": message}])
+    return row, instance, setup
+
+
+async def _instance(services: Services, database_id: str, node: str) -> InstanceRow:
     instance = await instances.get_instance(services.pool, database_id, node)
     if instance is None:
+        await databases.get_database(services.pool, database_id)  # 404 for the database first
         raise NotFoundError(
             f"node {node} of database {database_id} not found",
             details={"database_id": database_id, "node": node},
         )
-    setup = await backups.backup_setup(services, spec, instance, ref_of(instance))
-    if not setup.enabled:
-        raise InvalidInputError(
-            [{"path": "node", "message": f"node {node} of {database_id} has no backup_config"}]
-        )
-    return row, instance, setup
+    return instance
 
 
 async def _enqueue(
@@ -121,10 +131,12 @@ async def backup_catalog(services: Services, database_id: str, node: str) -> dic
     window = pgb_info.recovery_window(
         entries, last_archived_at=await _last_archived(services, instance)
     )
+    points = await restore_points.list_restore_points(services.pool, database_id, node)
     return {
         "backups": [msgspec.to_builtins(e) for e in entries],
         "recovery_window": msgspec.to_builtins(window) if window else None,
         "repositories": [repository_id(p.repository) for p in setup.plans],
+        "restore_points": [_point_view(p) for p in points],
     }
 
 
@@ -139,3 +151,81 @@ async def _last_archived(services: Services, instance: InstanceRow) -> datetime 
     finally:
         await conn.close()
     return value if isinstance(value, datetime) else None
+
+
+def _point_view(row: RestorePointRow) -> RestorePoint:
+    return RestorePoint(
+        name=row.name,
+        lsn=row.lsn,
+        time=row.time,
+        timeline=row.timeline,
+        created_by=row.created_by,
+    )
+
+
+async def list_node_restore_points(
+    services: Services, database_id: str, node: str
+) -> list[RestorePoint]:
+    """The node's recorded restore points, oldest first."""
+    await _instance(services, database_id, node)
+    points = await restore_points.list_restore_points(services.pool, database_id, node)
+    return [_point_view(p) for p in points]
+
+
+async def create_restore_point(
+    services: Services, database_id: str, node: str, body: bytes, actor: str
+) -> RestorePoint:
+    """Write a named restore point on the node's running instance, wait until its WAL is in
+    the node's repository, and record it: a `name` restore can then be checked against it.
+
+    Synchronous and bounded: the wait for archiving ends after RESTORE_POINT_ARCHIVE_SECONDS,
+    and then nothing is recorded (502).
+    """
+    request = parse_request(body, RestorePointRequest)
+    row, instance, _ = await _node(
+        services,
+        database_id,
+        node,
+        unconfigured=": configure backups first (a restore point is only restorable from the "
+        "repository its WAL is archived to)",
+    )
+    if row.state in _BUSY_STATES:
+        raise DatabaseNotModifiableError(f"database {database_id} is {row.state}")
+    if await restore_points.get_restore_point(services.pool, database_id, node, request.name):
+        raise restore_points.exists_error(database_id, node, request.name)
+    try:
+        conn = await services.orchestrator.connect(ref_of(instance))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ConflictError(
+            f"node {node} of {database_id} is not running: a restore point is written by the "
+            f"running instance ({exc})",
+            details={"node": node},
+        ) from None
+    try:
+        written = await restore_targets.write_restore_point(
+            conn, request.name, seconds=RESTORE_POINT_ARCHIVE_SECONDS
+        )
+    finally:
+        await conn.close()
+    if not written.archived:
+        raise DependencyError(
+            f"restore point {request.name} was written at {written.lsn} on node {node} of "
+            f"{database_id}, but WAL segment {written.segment} did not reach the repository "
+            f"within {RESTORE_POINT_ARCHIVE_SECONDS:.0f} s, so it was not recorded: check the "
+            "node's archiving (pg_stat_archiver), then create it again under another name"
+        )
+    recorded = await restore_points.insert_restore_point(
+        services.pool,
+        RestorePointRow(
+            database_id=database_id,
+            node_name=node,
+            name=request.name,
+            lsn=written.lsn,
+            timeline=written.timeline,
+            timeline_history=written.timeline_history,
+            system_identifier=written.system_identifier,
+            time=written.time,
+            created_by=actor,
+        ),
+    )
+    return _point_view(recorded)

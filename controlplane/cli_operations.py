@@ -17,6 +17,7 @@ from controlplane.cli_output import (
     database_detail,
     databases_table,
     emit,
+    restore_points_table,
     tasks_table,
 )
 from controlplane.cli_support import (
@@ -247,10 +248,55 @@ def backup_expire(
     conclude({"task": task}, task, output, wait, lambda: "")
 
 
+@click.group(name="restore-point")
+def restore_point() -> None:
+    """Named restore points: targets for restores of type name."""
+
+
+@restore_point.command(name="create")
+@click.argument("database_id")
+@click.argument("node")
+@click.argument("name")
+@output_option
+@click.pass_context
+@api_command
+def restore_point_create(
+    ctx: click.Context, database_id: str, node: str, name: str, output: str
+) -> None:
+    """Write restore point NAME on a running node; returns once its WAL is archived."""
+    with client_of(ctx) as client:
+        point = client.create_restore_point(database_id, node, name)
+    emit(point, output, lambda: restore_points_table([point]), sys.stdout)
+
+
+@restore_point.command(name="list")
+@click.argument("database_id")
+@click.argument("node")
+@output_option
+@click.pass_context
+@api_command
+def restore_point_list(ctx: click.Context, database_id: str, node: str, output: str) -> None:
+    """List a node's restore points, oldest first."""
+    with client_of(ctx) as client:
+        points = client.list_restore_points(database_id, node)
+    emit(points, output, lambda: restore_points_table(points), sys.stdout)
+
+
 def build_restore_request(
-    raw: Any, nodes: Sequence[str], target_time: str | None, backup_set: str | None, pre: bool
+    raw: Any,
+    nodes: Sequence[str],
+    target_time: str | None,
+    backup_set: str | None,
+    pre: bool,
+    *,
+    restore_point: str | None = None,
+    xid: str | None = None,
 ) -> tuple[dict[str, Any], list[str], bool]:
     """(restore_config, target_nodes, pre_restore_backup) from the file and the flags."""
+    flags = {"time": target_time, "name": restore_point, "xid": xid}
+    given = {kind: value for kind, value in flags.items() if value is not None}
+    if len(given) > 1:
+        raise click.UsageError("give at most one of --time, --restore-point and --xid")
     if not isinstance(raw, dict) or not isinstance(raw.get("restore_config", {}), dict):
         raise click.BadParameter("must hold a JSON object", param_hint="--file")
     if "restore_config" in raw:
@@ -260,11 +306,11 @@ def build_restore_request(
     else:
         config, targets = dict(raw), list(nodes)
     options = dict(config.get("restore_options") or {})
-    if target_time is not None:
-        options |= {"type": "time", "target": target_time}
+    for kind, value in given.items():
+        options |= {"type": kind, "target": value}
     if backup_set is not None:
         options["set"] = backup_set
-        if target_time is None:
+        if not given:
             for key in ("target", "target-exclusive", "target_exclusive"):
                 options.pop(key, None)
             options["type"] = "immediate"
@@ -278,6 +324,10 @@ def _restore_target(options: dict[str, Any]) -> str:
         return f"time {options.get('target')}"
     if kind == "immediate":
         return f"the end of backup {options.get('set', '(latest)')}"
+    if kind == "name":
+        return f"restore point {options.get('target')}"
+    if kind == "xid":
+        return f"transaction {options.get('target')} (inclusive)"
     if "target" in options:
         return f"{kind} {options['target']}"
     return "the latest point in the archive"
@@ -288,7 +338,9 @@ def _restore_target(options: dict[str, Any]) -> str:
 @file_option("config_file", "JSON restore_config, or a request {restore_config, target_nodes}")
 @click.option("--node", "nodes", multiple=True, help="Restore this node only (repeatable).")
 @click.option("--time", "target_time", help="Point in time with a zone: '2025-05-05 09:38:52+00'.")
-@click.option("--set", "backup_set", help="Backup set label (type immediate unless --time).")
+@click.option("--restore-point", help="Name of a restore point (see `restore-point list`).")
+@click.option("--xid", help="Transaction id to restore through (a committed one, 32-bit).")
+@click.option("--set", "backup_set", help="Backup set label (type immediate without a target).")
 @click.option("--pre-restore-backup", is_flag=True, help="Back up each node first.")
 @yes_option
 @wait_option
@@ -301,19 +353,24 @@ def restore(
     config_file: Any,
     nodes: tuple[str, ...],
     target_time: str | None,
+    restore_point: str | None,
+    xid: str | None,
     backup_set: str | None,
     pre_restore_backup: bool,
     yes: bool,
     wait: bool,
     output: str,
 ) -> None:
-    """Restore nodes of a database in place from a backup, optionally to a point in time."""
+    """Restore nodes of a database in place from a backup, optionally to a point in time, a
+    restore point or a transaction."""
     config, targets, pre = build_restore_request(
         read_json(config_file, "the restore config"),
         nodes,
         target_time,
         backup_set,
         pre_restore_backup,
+        restore_point=restore_point,
+        xid=xid,
     )
     which = f"node(s) {', '.join(targets)}" if targets else "every node"
     target = _restore_target(config["restore_options"])
@@ -329,4 +386,4 @@ def restore(
     conclude(answer, task, output, wait, lambda: tasks_table(answer.node_tasks))
 
 
-OPERATION_COMMANDS: tuple[click.Command, ...] = (database, backup, restore)
+OPERATION_COMMANDS: tuple[click.Command, ...] = (database, backup, restore_point, restore)

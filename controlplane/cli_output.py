@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import msgspec
 
 from controlplane.client_core import BackupCatalog, Schedule
-from controlplane.models import Database, Host, LogEntry, Task
+from controlplane.models import Database, Host, LogEntry, RestorePoint, Task
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 _PGBACKREST_STAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:.]{8,12} (?=P[0-9]{2} )")
@@ -224,9 +224,21 @@ def backups_table(catalog: BackupCatalog) -> str:
     )
     window = catalog.recovery_window
     if window is None:
-        return text + "\n\nrecovery window: none (no backup yet)"
-    span = f"{format_time(window.earliest)} → {format_time(window.latest)}"
-    return f"{text}\n\nrecovery window: {span}"
+        text += "\n\nrecovery window: none (no backup yet)"
+    else:
+        text += (
+            f"\n\nrecovery window: {format_time(window.earliest)} → {format_time(window.latest)}"
+        )
+    if catalog.restore_points:
+        text += "\n\n" + restore_points_table(catalog.restore_points)
+    return text
+
+
+def restore_points_table(points: Sequence[RestorePoint]) -> str:
+    return table(
+        ("RESTORE POINT", "LSN", "TIMELINE", "TIME", "CREATED BY"),
+        [(p.name, p.lsn, p.timeline, p.time, p.created_by) for p in points],
+    )
 
 
 def schedules_table(schedules: Sequence[Schedule]) -> str:

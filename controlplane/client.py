@@ -48,7 +48,7 @@ from controlplane.client_core import (
     resolve_url,
     unreachable,
 )
-from controlplane.models import Database, Host, LogEntry, Task, TaskLog, Version
+from controlplane.models import Database, Host, LogEntry, RestorePoint, Task, TaskLog, Version
 
 __all__ = [
     "DEFAULT_URL",
@@ -123,11 +123,13 @@ class Client(ClientBase):
         *,
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
+        seconds: float | None = None,
     ) -> bytes:
         headers = {"Content-Type": "application/json"} if body is not None else None
+        timeout = httpx.USE_CLIENT_DEFAULT if seconds is None else seconds
         try:
             response = self._http.request(
-                method, path, params=params, content=body, headers=headers
+                method, path, params=params, content=body, headers=headers, timeout=timeout
             )
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from exc
@@ -136,7 +138,10 @@ class Client(ClientBase):
         return response.content
 
     def _run(self, call: calls.Call[R]) -> R:
-        return call.read(self._request(call.method, call.path, params=call.params, body=call.body))
+        content = self._request(
+            call.method, call.path, params=call.params, body=call.body, seconds=call.timeout
+        )
+        return call.read(content)
 
     def create_database(self, body: Body) -> DatabaseOperation:
         """POST /v1/databases with `{id?, spec}`."""
@@ -177,6 +182,14 @@ class Client(ClientBase):
         self, database_id: str, node: str, label: str, *, force: bool = False
     ) -> Task:
         return self._run(calls.expire_backup(database_id, node, label, force))
+
+    def create_restore_point(self, database_id: str, node: str, name: str) -> RestorePoint:
+        """Write a named restore point on the running node and wait until it is archived."""
+        return self._run(calls.create_restore_point(database_id, node, name))
+
+    def list_restore_points(self, database_id: str, node: str) -> list[RestorePoint]:
+        """The node's restore points, oldest first."""
+        return self._run(calls.list_restore_points(database_id, node))
 
     def restore(
         self,

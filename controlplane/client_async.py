@@ -24,7 +24,7 @@ from controlplane.client_core import (
     error_from_response,
     unreachable,
 )
-from controlplane.models import Database, Host, LogEntry, Task, TaskLog, Version
+from controlplane.models import Database, Host, LogEntry, RestorePoint, Task, TaskLog, Version
 
 R = TypeVar("R")
 
@@ -71,11 +71,13 @@ class AsyncClient(ClientBase):
         *,
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
+        seconds: float | None = None,
     ) -> bytes:
         headers = {"Content-Type": "application/json"} if body is not None else None
+        timeout = httpx.USE_CLIENT_DEFAULT if seconds is None else seconds
         try:
             response = await self._http.request(
-                method, path, params=params, content=body, headers=headers
+                method, path, params=params, content=body, headers=headers, timeout=timeout
             )
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from exc
@@ -84,7 +86,9 @@ class AsyncClient(ClientBase):
         return response.content
 
     async def _run(self, call: calls.Call[R]) -> R:
-        content = await self._request(call.method, call.path, params=call.params, body=call.body)
+        content = await self._request(
+            call.method, call.path, params=call.params, body=call.body, seconds=call.timeout
+        )
         return call.read(content)
 
     async def create_database(self, body: Body) -> DatabaseOperation:
@@ -126,6 +130,14 @@ class AsyncClient(ClientBase):
         self, database_id: str, node: str, label: str, *, force: bool = False
     ) -> Task:
         return await self._run(calls.expire_backup(database_id, node, label, force))
+
+    async def create_restore_point(self, database_id: str, node: str, name: str) -> RestorePoint:
+        """Write a named restore point on the running node and wait until it is archived."""
+        return await self._run(calls.create_restore_point(database_id, node, name))
+
+    async def list_restore_points(self, database_id: str, node: str) -> list[RestorePoint]:
+        """The node's restore points, oldest first."""
+        return await self._run(calls.list_restore_points(database_id, node))
 
     async def restore(
         self,

@@ -20,13 +20,14 @@ from controlplane.client_core import (
     DatabasesAnswer,
     HostsAnswer,
     RestoreOperation,
+    RestorePointsAnswer,
     Schedule,
     SchedulesAnswer,
     TaskAnswer,
     TasksAnswer,
     decode,
 )
-from controlplane.models import Database, Host, Task, TaskLog, Version
+from controlplane.models import Database, Host, RestorePoint, Task, TaskLog, Version
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -41,6 +42,8 @@ class Call(Generic[R]):
     read: Callable[[bytes], R]
     params: Mapping[str, str] | None = None
     body: bytes | None = None
+    # Seconds to wait for the answer when the server may take longer than the client's default.
+    timeout: float | None = None
 
 
 def _as(type_: type[T]) -> Callable[[bytes], T]:
@@ -116,6 +119,18 @@ def verify_backups(database_id: str, node: str) -> Call[Task]:
 def expire_backup(database_id: str, node: str, label: str, force: bool) -> Call[Task]:
     params = {"force": "true"} if force else None
     return Call("DELETE", _backups(database_id, node, label), _task, params=params)
+
+
+def create_restore_point(database_id: str, node: str, name: str) -> Call[RestorePoint]:
+    path = api_path("databases", database_id, "nodes", node, "restore-points")
+    body = msgspec.json.encode({"name": name})
+    # The server waits up to 60 s for the restore point's WAL to be archived.
+    return Call("POST", path, _as(RestorePoint), body=body, timeout=90.0)
+
+
+def list_restore_points(database_id: str, node: str) -> Call[list[RestorePoint]]:
+    path = api_path("databases", database_id, "nodes", node, "restore-points")
+    return Call("GET", path, lambda c: decode(c, RestorePointsAnswer).restore_points)
 
 
 def restore(

@@ -16,7 +16,7 @@ import httpx
 import msgspec
 
 from controlplane import __version__
-from controlplane.models import Database, Host, LogEntry, Task, TaskStatus
+from controlplane.models import Database, Host, LogEntry, RestorePoint, Task, TaskStatus
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 T = TypeVar("T")
@@ -152,11 +152,13 @@ class RecoveryWindow(msgspec.Struct, kw_only=True):
 
 
 class BackupCatalog(msgspec.Struct, kw_only=True):
-    """A node's backup sets, oldest first, and the span a point-in-time restore can reach."""
+    """A node's backup sets, oldest first, the span a point-in-time restore can reach, and
+    the node's named restore points (oldest first)."""
 
     backups: list[BackupSet]
     recovery_window: RecoveryWindow | None = None
     repositories: list[str] = msgspec.field(default_factory=list)
+    restore_points: list[RestorePoint] = msgspec.field(default_factory=list)
 
 
 class ScheduleLastTask(msgspec.Struct, kw_only=True):
@@ -203,6 +205,10 @@ class HostsAnswer(msgspec.Struct):
 
 class SchedulesAnswer(msgspec.Struct):
     schedules: list[Schedule]
+
+
+class RestorePointsAnswer(msgspec.Struct):
+    restore_points: list[RestorePoint]
 
 
 class SseEvent(msgspec.Struct, kw_only=True):

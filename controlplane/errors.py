@@ -71,6 +71,12 @@ class DatabaseNotModifiableError(ConflictError):
     name = "database_not_modifiable"
 
 
+class RestorePointExistsError(ConflictError):
+    """A node already has a restore point of that name; `details.name` names it."""
+
+    name = "restore_point_already_exists"
+
+
 class TaskNotCancelableError(ConflictError):
     name = "task_not_cancelable"
 

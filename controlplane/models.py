@@ -102,6 +102,16 @@ class TaskLog(Struct, kw_only=True):
     entries: list[LogEntry]
 
 
+class RestorePoint(Struct, kw_only=True):
+    """A named restore point of a node, recorded once its WAL reached the repository."""
+
+    name: str
+    lsn: str
+    time: datetime
+    timeline: int
+    created_by: str
+
+
 class Host(Struct, kw_only=True):
     id: str
     orchestrator: str

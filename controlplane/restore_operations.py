@@ -97,7 +97,10 @@ async def _plan(services: Services, config: RestoreConfig, target: Any) -> Any:
     latest = None
     if normalise_restore_options(options).get("type") in ("time", "lsn"):
         latest = await restore_source.archive_marker(services, config)
-    return restore_source.decide(entries, dict(options), latest=latest, path=_OPTIONS_PATH)
+    facts = await restore_source.target_facts(services, config, options)
+    return restore_source.decide(
+        entries, dict(options), latest=latest, path=_OPTIONS_PATH, facts=facts
+    )
 
 
 async def _enqueue(

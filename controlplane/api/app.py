@@ -15,6 +15,7 @@ from controlplane import __version__
 from controlplane.api.auth import require_token
 from controlplane.api.errors import domain_error, http_error, internal_error
 from controlplane.api.metrics import METRICS_ROUTES
+from controlplane.api.restore_points import RESTORE_POINT_ROUTES
 from controlplane.api.routes import ROUTES
 from controlplane.api.schedules import SCHEDULE_ROUTES
 from controlplane.errors import ControlPlaneError
@@ -43,7 +44,7 @@ def create_app(settings: Settings) -> Litestar:
         Exception: internal_error,
     }
     return Litestar(
-        route_handlers=[*ROUTES, *METRICS_ROUTES, *SCHEDULE_ROUTES],
+        route_handlers=[*ROUTES, *METRICS_ROUTES, *SCHEDULE_ROUTES, *RESTORE_POINT_ROUTES],
         guards=[require_token],
         exception_handlers=handlers,
         lifespan=[lifespan],

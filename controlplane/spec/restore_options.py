@@ -9,6 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
 
 from controlplane.spec.models import RestoreConfig
 from controlplane.spec.paths import (
@@ -40,6 +44,26 @@ _TIMESTAMP = re.compile(
     r"(?P<zone> ?(?:Z|z|UTC|[+-][0-9]{2}(?::?[0-9]{2})?))?$"
 )
 _TIME_EXAMPLE = "2025-05-05 09:38:52-04"
+# Transaction ids as PostgreSQL's recovery_target_xid and pgBackRest take them: 32 bits, and a
+# normal id (0, 1 and 2 are reserved). The epoch is found on the source when the target is checked.
+MIN_XID = 3
+MAX_XID = 2**32 - 1
+# Names of restore points: what pg_create_restore_point accepts (63 bytes), limited to characters
+# that are safe in postgresql.auto.conf and in logs.
+_RESTORE_POINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+RestorePointName = Annotated[
+    str,
+    Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$(?!\n)"),
+]
+RESTORE_POINT_NAME_RULE = (
+    "1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+)
+
+
+class RestorePointRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of a named restore point: `POST …/nodes/{node}/restore-points`."""
+
+    name: RestorePointName
 
 
 def normalise_restore_options(options: Mapping[str, str]) -> dict[str, str]:
@@ -163,10 +187,12 @@ def target_problem(restore_type: str, target: str) -> str | None:
             parse_time_target(target)
         except ValueError as exc:
             return str(exc)
-    elif restore_type == "xid" and not _DIGITS.fullmatch(target):
-        return "xid target must be a transaction id (digits only)"
+    elif restore_type == "xid" and not (
+        _DIGITS.fullmatch(target) and MIN_XID <= int(target) <= MAX_XID
+    ):
+        return f"xid target must be a 32-bit transaction id from {MIN_XID} to {MAX_XID}"
     elif restore_type == "lsn" and not _LSN.fullmatch(target):
         return "lsn target must look like 0/3000060"
-    elif restore_type == "name" and not 1 <= len(target) <= 63:
-        return "name target must be a restore point name of 1 to 63 characters"
+    elif restore_type == "name" and not _RESTORE_POINT_NAME.fullmatch(target):
+        return f"name target must be a restore point name: {RESTORE_POINT_NAME_RULE}"
     return None

@@ -91,7 +91,10 @@ async def plan_new_nodes(
         if kind is None and marker is not None:
             options = {**options, "type": "time", "target": marker.time.isoformat()}
         options_path = f"{path}.restore_options"
-        plan = restore_source.decide(entries, options, latest=marker, path=options_path)
+        facts = await restore_source.target_facts(services, config, options)
+        plan = restore_source.decide(
+            entries, options, latest=marker, path=options_path, facts=facts
+        )
         plans[node.name] = plan.to_state()
         if members:
             plans[node.name]["join_source"] = config.source_node_name
@@ -123,6 +126,7 @@ async def restore_new_instance(
     join = None
     if plan_state.get("join_source"):
         join = await restore_join.join_target(ctx, spec, row, config)
+        ctx.failpoint("init_instances:join_prepared")
         plan.target_type, plan.target, plan.target_exclusive = "lsn", join.lsn, True
     source = await restore_source.source_setup(ctx.services, config, ref)
     await orchestrator.write_file(ref, restore_source.RESTORE_CONFIG_FILE, source.config_text)
@@ -154,6 +158,7 @@ async def restore_new_instance(
     await orchestrator.start(ref, on_line=sink, options=replication.FENCED_START_SETTINGS)
     await children.rename_database_if_needed(ctx, ref, config, spec)
     await _take_identity(ctx, ref, spec, join)
+    ctx.failpoint("init_instances:identity_taken")
     await orchestrator.stop(ref, on_line=sink)
     await orchestrator.write_file(ref, RESTORED_MARKER, plan.set_label + "\n")
     await ctx.log.info(
@@ -170,7 +175,7 @@ async def _take_identity(
     try:
         # How far the backed-up node had applied each member: read before the reset, which
         # drops the restored subscriptions and their origins.
-        origins = await replication.restored_origins(conn)
+        origins = await restore_join.restored_points(ctx, conn, ref) if join else {}
         await replication.reset_restored_node(
             conn, mesh.mesh_node(ctx.services, ref, spec.database_name)
         )

@@ -3,9 +3,8 @@ the set and target it will use — checked before anything is touched."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +20,11 @@ from controlplane.pgbackrest.config import (
 )
 from controlplane.spec import normalise_restore_options, parse_time_target
 from controlplane.spec.models import BackupConfig, RestoreConfig, repository_id
-from controlplane.store import instances, repository_keys
+from controlplane.store import instances, repository_keys, restore_points
 from controlplane.tasks.context import Services
-from controlplane.workflows import backups
+from controlplane.workflows import backups, restore_targets
 from controlplane.workflows.common import ref_of
+from controlplane.workflows.restore_targets import TargetFacts, XidFacts
 
 RESTORE_CONFIG_FILE = "pgbackrest-restore.conf"
 
@@ -162,15 +162,55 @@ async def archive_marker(services: Services, config: RestoreConfig) -> ArchiveEn
         # Everything up to here is in the segment the switch closes, and so in the archive.
         lsn = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
         segment = await conn.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            archived = await conn.fetchval("SELECT last_archived_wal FROM pg_stat_archiver")
-            if archived is not None and archived >= segment:
-                return ArchiveEnd(time=marker, lsn=lsn)
-            await asyncio.sleep(0.2)
+        if await restore_targets.wait_archived(conn, segment, seconds=120):
+            return ArchiveEnd(time=marker, lsn=lsn)
     finally:
         await conn.close()
     return None
+
+
+async def target_facts(
+    services: Services, config: RestoreConfig, options: Mapping[str, str]
+) -> TargetFacts | None:
+    """What `decide` checks a name or xid target against (None for any other type): the
+    restore points recorded for the source node, or what the live source says about the
+    transaction — after which it archives a marker, so the commit is known to be in the
+    repository."""
+    normalised = normalise_restore_options(options)
+    kind = normalised.get("type")
+    database_id, node = config.source_database_id, config.source_node_name
+    facts = TargetFacts(
+        source=f"node {node} of {database_id}",
+        restore_points_path=f"/v1/databases/{database_id}/nodes/{node}/restore-points",
+    )
+    if kind == "name":
+        points = await restore_points.list_restore_points(services.pool, database_id, node)
+        return replace(facts, restore_points=tuple(points))
+    if kind != "xid":
+        return None
+    xid = await _probe_xid(services, config, int(normalised["target"]))
+    if xid is not None and xid.committed_at is not None:
+        xid = replace(xid, archive_end=await archive_marker(services, config))
+    return replace(facts, xid=xid)
+
+
+async def _probe_xid(services: Services, config: RestoreConfig, xid: int) -> XidFacts | None:
+    """What the live source says about `xid`; None when it is not ours or not reachable."""
+    source = await instances.get_instance(
+        services.pool, config.source_database_id, config.source_node_name
+    )
+    if source is None:
+        return None
+    try:
+        conn = await services.orchestrator.connect(ref_of(source))
+    except (OSError, asyncpg.PostgresError):
+        return None
+    try:
+        return await restore_targets.probe_xid(conn, xid)
+    except asyncpg.PostgresError:
+        return None
+    finally:
+        await conn.close()
 
 
 def decide(
@@ -179,9 +219,12 @@ def decide(
     *,
     latest: ArchiveEnd | None,
     path: str,
+    facts: TargetFacts | None = None,
 ) -> RestorePlan:
-    """Choose the set ourselves and check a time or LSN target lies inside the recovery
-    window (`latest`: how far the archive reaches, when the source could tell)."""
+    """Choose the set ourselves and check the target is reachable from it: a time or LSN
+    target inside the recovery window (`latest`: how far the archive reaches, when the source
+    could tell), a name or xid target against `facts` (from `target_facts`; without them a
+    name or xid target is passed on unchecked)."""
     options = normalise_restore_options(options)
     kind = options.get("type")
     label = options.get("set")
@@ -205,6 +248,14 @@ def decide(
     elif kind == "lsn":
         end = latest.lsn if latest else None
         chosen = _for_lsn(entries, options["target"], end, path, label, by_label)
+    elif kind == "name" and facts is not None:
+        point = restore_targets.recorded_point(facts, options["target"], path)
+        chosen = restore_targets.set_for_name(entries, point, path, label)
+        plan.target_timeline = restore_targets.name_timeline(point, plan.target_timeline, path)
+    elif kind == "xid" and facts is not None:
+        xid = options["target"]
+        committed_at, end_of = restore_targets.xid_commit(facts, xid, path)
+        chosen = restore_targets.set_for_xid(entries, committed_at, end_of, xid, path, label)
     elif label and label != "latest":
         chosen = by_label[label]
     else:

@@ -1,0 +1,32 @@
+"""Route handlers for a node's named restore points (the targets of `name` restores)."""
+
+from __future__ import annotations
+
+from litestar import Response, get, post
+
+from controlplane import backup_operations
+from controlplane.api.routes import AnyRequest, _actor, _json, _services
+
+
+@post(
+    "/v1/databases/{database_id:str}/nodes/{node:str}/restore-points",
+    opt={"scope": "write"},
+    status_code=201,
+)
+async def create_restore_point(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
+    """`{name}`: write the restore point on the running node, wait (at most 60 s) until its WAL
+    is in the repository, record it; 201 with the restore point."""
+    point = await backup_operations.create_restore_point(
+        _services(request), database_id, node, await request.body(), _actor(request)
+    )
+    return _json(point, 201)
+
+
+@get("/v1/databases/{database_id:str}/nodes/{node:str}/restore-points", opt={"scope": "read"})
+async def list_restore_points(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
+    """The node's recorded restore points, oldest first."""
+    points = await backup_operations.list_node_restore_points(_services(request), database_id, node)
+    return _json({"restore_points": points})
+
+
+RESTORE_POINT_ROUTES = [create_restore_point, list_restore_points]
