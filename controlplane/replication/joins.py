@@ -101,6 +101,7 @@ async def join_by_copy(
     members: Sequence[str],
     *,
     sync_timeout: float,
+    failpoint: Callable[[str], None] = lambda point: None,
 ) -> list[str]:
     """Populate `new` with a copy of `source`, then link it with every member (steps a-e)."""
     others = [m for m in members if m != source]
@@ -108,7 +109,7 @@ async def join_by_copy(
         await _refuse_if_subscribed(conns, new, members)
 
     async def join() -> list[str]:
-        created = await _populate(conns, by_name, new, source, others, sync_timeout)
+        created = await _populate(conns, by_name, new, source, others, sync_timeout, failpoint)
         return created + await _attach_links(
             conns, by_name, new, others, members, {new}, sync_timeout
         )
@@ -141,6 +142,7 @@ async def _populate(
     source: str,
     others: Sequence[str],
     sync_timeout: float,
+    failpoint: Callable[[str], None],
 ) -> list[str]:
     """Steps a-d (skipped when source->new exists: a resumed join), then wait for the copy."""
     created = []
@@ -152,6 +154,7 @@ async def _populate(
         # A slot left by an earlier attempt would look like the copy's snapshot being taken.
         await drop_leftover_slot(conns[source], provider=source, subscriber=new)
         progress = await pause_subscriptions(conns[source], source, others)
+        failpoint("source_paused")
         try:
             for member in others:
                 if member not in progress:

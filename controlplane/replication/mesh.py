@@ -64,7 +64,7 @@ async def converge_mesh(
     attached: Collection[str] = (),
     tools: PgTools | None = None,
     sync_timeout: float = 60.0,
-    on_nodes_ready: Callable[[], None] | None = None,
+    failpoint: Callable[[str], None] = lambda point: None,
 ) -> MeshChanges:
     """Make `nodes` a complete mesh (see the module docstring for the order).
 
@@ -74,7 +74,8 @@ async def converge_mesh(
     (a join interrupted after step 2 is resumed with its copy). Nodes in `attached` were
     restored for a join after `joins.prepare_join` and are linked without a copy.
     `sync_timeout` bounds each wait for a subscription and for a source to catch up.
-    `on_nodes_ready` is called after step 2.
+    `failpoint` is called with the name of a point reached (`nodes_ready` after step 2,
+    `source_paused` inside a copy join): crash tests stop there.
     """
     by_name = {node.name: node for node in nodes}
     sources = _plan_sources(conns, by_name, new_nodes, source_node or {}, attached)
@@ -86,8 +87,7 @@ async def converge_mesh(
     node_changes = await for_each_node(
         list(by_name), lambda name: ensure_node(conns[name], by_name[name])
     )
-    if on_nodes_ready is not None:
-        on_nodes_ready()
+    failpoint("nodes_ready")
     await for_each_node(list(by_name), lambda name: resume_subscriptions(conns[name]))
     members = [name for name in by_name if name not in sources and name not in attached]
     created = await _link(conns, by_name, members, members, sync_timeout)
@@ -98,7 +98,13 @@ async def converge_mesh(
         members.append(name)
     for name in sorted(sources):
         created += await join_by_copy(
-            conns, by_name, name, sources[name], list(members), sync_timeout=sync_timeout
+            conns,
+            by_name,
+            name,
+            sources[name],
+            list(members),
+            sync_timeout=sync_timeout,
+            failpoint=failpoint,
         )
         members.append(name)
     return MeshChanges(

@@ -108,7 +108,7 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
             source_node=sources,
             attached=attached,
             tools=tools(ctx.services),
-            on_nodes_ready=lambda: ctx.failpoint("create_replication_mesh:nodes_ready"),
+            failpoint=lambda point: ctx.failpoint(f"create_replication_mesh:{point}"),
         )
     if changes.subscriptions:
         await ctx.log.info(f"subscriptions created: {', '.join(changes.subscriptions)}")

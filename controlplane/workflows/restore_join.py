@@ -125,6 +125,18 @@ async def _member_rows(ctx: StepContext, spec: DatabaseSpec, joining: str) -> li
     return [r for r in rows if r.node_name in wanted and r.created_at < ctx.task.created_at]
 
 
+async def restored_points(ctx: StepContext, conn: Connection, ref: InstanceRef) -> dict[str, str]:
+    """How far the backed-up node had applied each of its providers (from the restored
+    catalog, before its reset drops those subscriptions and their origins), kept beside the
+    join target so that a step resumed after the reset still knows."""
+    orchestrator = ctx.services.orchestrator
+    saved = json.loads(await orchestrator.read_file(ref, JOIN_TARGET_FILE) or "{}")
+    if "origins" not in saved:
+        saved["origins"] = await replication.restored_origins(conn)
+        await orchestrator.write_file(ref, JOIN_TARGET_FILE, json.dumps(saved) + "\n")
+    return dict(saved["origins"])
+
+
 async def record_join_points(
     ctx: StepContext,
     conn: Connection,
