@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from pathlib import PurePosixPath
 from typing import Any
 
 import msgspec
@@ -11,13 +13,15 @@ import msgspec
 from controlplane.errors import (
     DatabaseAlreadyExistsError,
     DatabaseNotModifiableError,
+    ForbiddenError,
     InvalidInputError,
 )
 from controlplane.models import ConnectionInfo, Database, Instance, Subscription, Task
 from controlplane.spec import parse_database_request
-from controlplane.spec.models import DatabaseSpec
-from controlplane.spec.secrets import merge_secrets, redact, split_secrets
-from controlplane.store import databases, instances, tasks
+from controlplane.spec.backup_roots import check_base_paths, repositories_of
+from controlplane.spec.models import DatabaseSpec, Repository
+from controlplane.spec.secrets import merge_secrets, redact, secrets_to_resend, split_secrets
+from controlplane.store import databases, instances, tasks, tokens
 from controlplane.store.databases import DatabaseRow
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
@@ -67,6 +71,57 @@ async def _check_placement(services: Services, spec: DatabaseSpec, database_id: 
         raise InvalidInputError(errors)
 
 
+# Role attributes that reach beyond the database: only an admin token may grant them.
+PRIVILEGED_ATTRIBUTES = ("SUPERUSER", "CREATEROLE", "REPLICATION", "BYPASSRLS")
+# Attributes that give a role the instance's OS user (COPY … PROGRAM, pg_read_file; CREATEROLE
+# can grant itself pg_execute_server_program on PostgreSQL 15).
+_OS_ATTRIBUTES = ("SUPERUSER", "CREATEROLE")
+
+
+async def _check_privileges(
+    services: Services, spec: DatabaseSpec, old: DatabaseSpec | None, actor: str
+) -> None:
+    """Privileged role attributes need an admin token (only those the request adds: an update
+    that keeps an admin's grant is fine at write scope), and none that reaches the OS user on
+    the local orchestrator, where every database shares it (unless declared single-tenant)."""
+    granted = {(u.username, a) for u in (old.database_users if old else []) for a in u.attributes}
+    local = services.settings.orchestrator == "local" and not services.settings.local_superuser
+    refused, needs_admin = [], []
+    for i, user in enumerate(spec.database_users):
+        for j, attribute in enumerate(user.attributes):
+            path = f"spec.database_users[{i}].attributes[{j}]"
+            if local and attribute in _OS_ATTRIBUTES:
+                refused.append(
+                    {
+                        "path": path,
+                        "message": f"{attribute} is refused on the local orchestrator: every "
+                        f"database's instances run as one OS user, so it would reach the "
+                        f"others' files (use the docker orchestrator, or set "
+                        f"CONTROLPLANE_LOCAL_SUPERUSER=true on a single-tenant control plane)",
+                    }
+                )
+            elif attribute in PRIVILEGED_ATTRIBUTES and (user.username, attribute) not in granted:
+                needs_admin.append(path)
+    if refused:
+        raise InvalidInputError(refused)
+    if needs_admin and await tokens.scope_of(services.pool, actor) != "admin":
+        raise ForbiddenError(
+            f"granting {', '.join(PRIVILEGED_ATTRIBUTES)} needs an admin token",
+            details={"required_scope": "admin", "paths": needs_admin},
+        )
+
+
+def check_storage(services: Services, repositories: Iterator[tuple[str, Repository]]) -> None:
+    """Posix repositories only inside the operator's backup roots (`repositories`: each with
+    its JSON path)."""
+    settings = services.settings
+    errors = check_base_paths(
+        repositories, settings.backup_root_paths, PurePosixPath(settings.data_path)
+    )
+    if errors:
+        raise InvalidInputError(errors)
+
+
 def _encrypt(services: Services, spec: DatabaseSpec) -> tuple[dict[str, Any], str | None]:
     public, secrets = split_secrets(spec)
     return public, services.secret_box.encrypt(secrets) if secrets else None
@@ -76,6 +131,8 @@ async def create_database(services: Services, body: bytes, actor: str) -> tuple[
     """Record a new database and enqueue its create task."""
     request = parse_database_request(body)
     database_id = request.id or str(uuid.uuid4())
+    check_storage(services, repositories_of(request.spec))
+    await _check_privileges(services, request.spec, None, actor)
     await _check_placement(services, request.spec, database_id)
     if await databases.find_database(services.pool, database_id) is not None:
         raise DatabaseAlreadyExistsError(
@@ -125,8 +182,11 @@ async def update_database(
     old = spec_of(services, row)
     new = merge_secrets(request.spec, old)
     errors = _immutable_changes(old, new)
+    errors += [{"path": p, "message": m} for p, m in secrets_to_resend(request.spec, old)]
     if errors:
         raise InvalidInputError(errors)
+    check_storage(services, repositories_of(new))
+    await _check_privileges(services, new, old, actor)
     await _check_placement(services, new, database_id)
     existing = {r.node_name for r in await instances.list_instances(services.pool, database_id)}
     plans = await restore_new.plan_new_nodes(

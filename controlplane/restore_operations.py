@@ -12,8 +12,9 @@ from controlplane.errors import (
     RestoreNotAllowedError,
 )
 from controlplane.models import Database, Task
-from controlplane.operations import database_view
+from controlplane.operations import check_storage, database_view
 from controlplane.spec import normalise_restore_options, parse_restore_request
+from controlplane.spec.backup_roots import restore_repository
 from controlplane.spec.models import (
     SECRET_FIELDS,
     DatabaseSpec,
@@ -22,6 +23,7 @@ from controlplane.spec.models import (
     repository_id,
     type_of,
 )
+from controlplane.spec.secrets import repository_identity
 from controlplane.store import databases, instances, tasks
 from controlplane.tasks.context import Services
 from controlplane.workflows import all_workflows, restore_source
@@ -51,6 +53,19 @@ def with_known_secrets(config: RestoreConfig, spec: DatabaseSpec) -> RestoreConf
     )
     if match is None:
         return config
+    if repository_identity(match) != repository_identity(repo):
+        # A stored key is only ever sent to the storage it was given for.
+        missing = [f for f in fields if not getattr(repo, f)]
+        raise InvalidInputError(
+            [
+                {
+                    "path": f"restore_config.repository.{name}",
+                    "message": f"repository {repository_id(repo)} of the database names other "
+                    f"storage ({repository_identity(match)}): give {name} for this one",
+                }
+                for name in missing
+            ]
+        )
     filled = {f: getattr(repo, f) or getattr(match, f) for f in fields}
     return msgspec.structs.replace(config, repository=msgspec.structs.replace(repo, **filled))
 
@@ -77,6 +92,7 @@ async def start_restore(
     ]
     if unknown:
         raise InvalidInputError(unknown)
+    check_storage(services, restore_repository(request.restore_config, "restore_config"))
     config = with_known_secrets(request.restore_config, spec)
     plan = await _plan(services, config, rows[targets[0]])
     return await _enqueue(

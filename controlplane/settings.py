@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import msgspec
@@ -29,6 +29,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     instance_image: str = "controlplane/postgres:15"
     os_user: str = "postgres"
     allow_restore: bool = True
+    # Directories posix repositories may live in (comma-separated); the usual homes of backup
+    # volumes and mounts (pgEdge's guide mounts its NFS share at /backups).
+    backup_roots: str = "/var/backups,/srv/backups,/backups,/mnt"
+    # The local orchestrator runs every database's instances as one OS user: a SUPERUSER (or a
+    # CREATEROLE role, which can grant itself pg_execute_server_program) of one database could
+    # reach the others' files. Refused there unless the operator declares it single-tenant.
+    local_superuser: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -45,10 +52,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     schedule_catch_up: Literal["latest", "none"] = "latest"
     # Longest sleep of the scheduler loop (it also wakes at the next due tick).
     schedule_interval: float = 1.0
+    # Largest request body the API reads (bytes); bigger ones get 413 request_too_large before
+    # any of it is parsed. 1 MiB is ~10x the largest realistic spec (16 nodes, each with its own
+    # repositories and schedules, 64 users, 256 settings is ~120 KiB).
+    max_body_bytes: int = 1024 * 1024
     # Testing aid for crash tests: "<task type>:<step>" makes the server SIGKILL itself right
     # after that step commits, so every step boundary can be crashed deterministically;
     # "<task type>:<step>:<point>" crashes at a named point inside a step (StepContext.failpoint).
     crash_after_step: str | None = None
+
+    def __post_init__(self) -> None:
+        for root in self.backup_root_paths:
+            if not root.is_absolute() or str(root) == "/":
+                raise ValueError(
+                    f"CONTROLPLANE_BACKUP_ROOTS: {root} is not an absolute directory other than /"
+                )
+
+    @property
+    def backup_root_paths(self) -> list[PurePosixPath]:
+        """The directories posix repositories may live in."""
+        return [PurePosixPath(p.strip()) for p in self.backup_roots.split(",") if p.strip()]
 
     @property
     def data_path(self) -> Path:

@@ -36,6 +36,8 @@ class _Slot(NamedTuple):
     field: str
     # What must also match for an omitted secret to be carried over on update.
     identity: str
+    # Where it sits in the request, for error messages.
+    path: str
 
 
 def split_secrets(spec: DatabaseSpec) -> tuple[dict[str, Any], dict[str, str]]:
@@ -59,7 +61,9 @@ def merge_secrets(new: DatabaseSpec, old: DatabaseSpec) -> DatabaseSpec:
     """A copy of `new` where each omitted secret is taken from `old` at the same stable key.
 
     Users match by username, repositories by scope, repository id and type (the secret's field
-    name is type specific); a secret given in `new` always wins.
+    name is type specific) and only while the repository still names the same storage
+    (`repository_identity`): a key is never sent to an endpoint it was not given for. A secret
+    given in `new` always wins.
     """
     previous = {slot.key: (slot.identity, value) for slot, value in _filled_slots(old)}
     merged = copy.deepcopy(new)
@@ -70,6 +74,74 @@ def merge_secrets(new: DatabaseSpec, old: DatabaseSpec) -> DatabaseSpec:
         if identity == slot.identity:
             setattr(slot.owner, slot.field, value)
     return merged
+
+
+def secrets_to_resend(new: DatabaseSpec, old: DatabaseSpec) -> list[tuple[str, str]]:
+    """(JSON path, message) for each secret `new` omits that `old` holds for a repository whose
+    storage changed: it is not carried over, so the request must give it again."""
+    previous = {slot.key: slot.identity for slot, _ in _filled_slots(old)}
+    return [
+        (
+            slot.path,
+            f"the repository's storage changed ({slot.identity.split('|', 1)[1]}): give "
+            f"{slot.field} again, stored keys are only kept for the storage they were given for",
+        )
+        for slot in _slots(new)
+        if getattr(slot.owner, slot.field) is None
+        and slot.key in previous
+        and previous[slot.key] != slot.identity
+    ]
+
+
+# Custom options that change where a repository's requests go (pgBackRest's names, unprefixed).
+_LOCATION_OPTIONS = frozenset(
+    {
+        "storage-host",
+        "storage-port",
+        "s3-endpoint",
+        "s3-bucket",
+        "s3-region",
+        "s3-uri-style",
+        "gcs-endpoint",
+        "gcs-bucket",
+        "azure-endpoint",
+        "azure-account",
+        "azure-container",
+        "azure-uri-style",
+        "host-cert-file",
+        "host-key-file",
+    }
+)
+_LOCATION_FIELDS = (
+    "storage_port",
+    "s3_bucket",
+    "s3_region",
+    "s3_endpoint",
+    "s3_uri_style",
+    "gcs_bucket",
+    "gcs_endpoint",
+    "azure_account",
+    "azure_container",
+    "azure_endpoint",
+    "azure_uri_style",
+)
+
+
+def repository_identity(repository: Repository) -> str:
+    """What a repository's keys were given for: its type and every field (or custom option)
+    that decides where its requests go."""
+    parts = [type_of(repository)]
+    parts += [
+        f"{name}={getattr(repository, name)}"
+        for name in _LOCATION_FIELDS
+        if getattr(repository, name, None) is not None
+    ]
+    parts += [
+        f"{key}={value}"
+        for key, value in sorted(repository.custom_options.items())
+        if key in _LOCATION_OPTIONS
+    ]
+    return " ".join(parts)
 
 
 def redact(spec: DatabaseSpec) -> DatabaseSpec:
@@ -93,29 +165,40 @@ def _filled_slots(spec: DatabaseSpec) -> Iterator[tuple[_Slot, str]]:
 
 
 def _slots(spec: DatabaseSpec) -> Iterator[_Slot]:
-    for user in spec.database_users:
+    for index, user in enumerate(spec.database_users):
         key = f"database_users/{user.username}/password"
-        yield _Slot(key, user, "password", user.username)
-    yield from _scope_slots("", spec.backup_config, spec.restore_config)
-    for node in spec.nodes:
-        yield from _scope_slots(f"nodes/{node.name}/", node.backup_config, node.restore_config)
+        path = f"spec.database_users[{index}].password"
+        yield _Slot(key, user, "password", user.username, path)
+    yield from _scope_slots("", "spec.", spec.backup_config, spec.restore_config)
+    for index, node in enumerate(spec.nodes):
+        yield from _scope_slots(
+            f"nodes/{node.name}/", f"spec.nodes[{index}].", node.backup_config, node.restore_config
+        )
 
 
 def _scope_slots(
-    scope: str, backup_config: BackupConfig | None, restore_config: RestoreConfig | None
+    scope: str,
+    path: str,
+    backup_config: BackupConfig | None,
+    restore_config: RestoreConfig | None,
 ) -> Iterator[_Slot]:
     if backup_config is not None:
-        for repository in backup_config.repositories:
+        for index, repository in enumerate(backup_config.repositories):
             prefix = f"{scope}backup_config/{repository_id(repository)}"
-            yield from _repository_slots(prefix, repository)
+            at = f"{path}backup_config.repositories[{index}]"
+            yield from _repository_slots(prefix, at, repository)
     if restore_config is not None:
-        yield from _repository_slots(f"{scope}restore_config/repository", restore_config.repository)
+        yield from _repository_slots(
+            f"{scope}restore_config/repository",
+            f"{path}restore_config.repository",
+            restore_config.repository,
+        )
 
 
-def _repository_slots(prefix: str, repository: Repository) -> Iterator[_Slot]:
-    identity = repository_id(repository)
+def _repository_slots(prefix: str, path: str, repository: Repository) -> Iterator[_Slot]:
+    identity = f"{repository_id(repository)}|{repository_identity(repository)}"
     for name in SECRET_FIELDS[type_of(repository)]:
-        yield _Slot(f"{prefix}/{name}", repository, name, identity)
+        yield _Slot(f"{prefix}/{name}", repository, name, identity, f"{path}.{name}")
 
 
 class SecretBox:

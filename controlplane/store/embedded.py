@@ -1,11 +1,21 @@
-"""Embedded state store: a private Postgres cluster under `<data_dir>/store`, unix socket only."""
+"""Embedded state store: a private Postgres cluster under `<data_dir>/store`, unix socket only.
+
+Every connection authenticates with a password (SCRAM): the instances run as the same OS user
+as the store, and a socket directory only that user can enter would not keep out a process of
+theirs. The password is generated on first start and kept in `<data_dir>/store.password`, a
+file only the control plane's own user can read.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import pwd
+import secrets
 from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
 
 from controlplane.errors import DependencyError
 from controlplane.process import as_user, run_command
@@ -16,6 +26,10 @@ log = logging.getLogger(__name__)
 STORE_USER = "controlplane"
 STORE_DATABASE = "postgres"
 STORE_PORT = 5432
+_HBA = """\
+# Managed by controlplane: every connection to the state store authenticates.
+local   all   all   scram-sha-256
+"""
 
 
 class EmbeddedStore:
@@ -32,10 +46,25 @@ class EmbeddedStore:
         self.started_here = False
 
     @property
+    def password_path(self) -> Path:
+        return self._settings.data_path / "store.password"
+
+    @property
     def dsn(self) -> str:
+        password = quote(self._password(), safe="")
         return (
-            f"postgresql://{STORE_USER}@/{STORE_DATABASE}?host={self.socket_dir}&port={STORE_PORT}"
+            f"postgresql://{STORE_USER}:{password}@/{STORE_DATABASE}"
+            f"?host={self.socket_dir}&port={STORE_PORT}"
         )
+
+    def _password(self) -> str:
+        """The store role's password, generated (mode 0600, our own user) on first use."""
+        path = self.password_path
+        if not path.exists():
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip()
 
     def _pg(self, program: str) -> str:
         return str(self._settings.pg_bin_dir / program)
@@ -54,6 +83,7 @@ class EmbeddedStore:
         )
         if status.exit_code == 0:
             log.info("embedded store already running in %s", self.data_dir)
+            await self._require_passwords()
             return self.dsn
         self._remove_stale_pid()
         result = await run_command(
@@ -75,7 +105,33 @@ class EmbeddedStore:
             raise DependencyError(f"embedded store failed to start: {result.tail(10)}")
         self.started_here = True
         log.info("embedded store started in %s", self.data_dir)
+        await self._require_passwords()
         return self.dsn
+
+    async def _require_passwords(self) -> None:
+        """Give the store role its password and make every connection use one (a store made
+        before this, or just initialised, still trusts its socket until then)."""
+        hba = self.data_dir / "pg_hba.conf"
+        if hba.read_text() == _HBA:
+            return
+        conn = await asyncpg.connect(
+            host=str(self.socket_dir), port=STORE_PORT, user=STORE_USER, database=STORE_DATABASE
+        )
+        try:
+            await conn.execute("SET log_statement = 'none'")  # the password is in the statement
+            await conn.execute(
+                await conn.fetchval(
+                    "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
+                    STORE_USER,
+                    self._password(),
+                )
+            )
+            hba.write_text(_HBA)
+            self._chown(hba)
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+        log.info("embedded store: connections now authenticate with a password")
 
     async def stop(self) -> None:
         """Stop the cluster cleanly (fast shutdown: sessions are ours)."""
@@ -126,13 +182,14 @@ class EmbeddedStore:
             handle.write("\ninclude_if_exists = 'controlplane.conf'\n")
 
     def _write_conf(self) -> None:
-        # Trust auth is safe here: no TCP listener, and the socket lives in a 0700 directory.
+        # No TCP listener; the socket lives in a 0700 directory, and connections authenticate.
         text = (
             "listen_addresses = ''\n"
             f"unix_socket_directories = '{self.socket_dir}'\n"
             "unix_socket_permissions = 0700\n"
             f"port = {STORE_PORT}\n"
             "max_connections = 200\n"
+            "password_encryption = 'scram-sha-256'\n"
         )
         path = self.data_dir / "controlplane.conf"
         path.write_text(text)

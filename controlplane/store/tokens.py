@@ -64,3 +64,9 @@ async def revoke_token(db: Executor, name: str) -> None:
 
 async def has_token(db: Executor, name: str) -> bool:
     return bool(await db.fetchval("SELECT count(*) FROM tokens WHERE name = $1", name))
+
+
+async def scope_of(db: Executor, name: str) -> str | None:
+    """The scope of token `name` (None when there is none by that name)."""
+    scope = await db.fetchval("SELECT scope FROM tokens WHERE name = $1", name)
+    return None if scope is None else str(scope)

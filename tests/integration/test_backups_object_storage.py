@@ -152,3 +152,50 @@ async def test_unreachable_repository_fails_the_task_in_words(
         await conn.close()
     state = (await api.get("/v1/databases/gone")).json()
     assert state["state"] == "available"
+
+
+async def test_stored_keys_never_follow_a_changed_endpoint(
+    api: httpx.AsyncClient, scratch_dir: Path
+) -> None:
+    """A write-only key omitted from an update is kept only while the repository names the same
+    storage: pointing it at another endpoint or port without giving the keys again is a 422 on
+    each key's path (nothing changes), and so is a restore whose repository does the same."""
+    storage = start_object_storage("s3", scratch_dir / "objects")
+    try:
+        body = database_body("keys", backup_config={"repositories": [repository(storage)]})
+        await create_and_wait(api, body)
+        kept = repository(storage)
+        for name in ("s3_key", "s3_key_secret"):
+            del kept[name]
+        body["spec"]["backup_config"] = {"repositories": [kept]}
+        body["spec"]["postgresql_conf"] = {"work_mem": "8MB"}
+        response = await api.post("/v1/databases/keys", json=body)  # same storage: kept
+        assert response.status_code == 202, response.text
+        task = await wait_task(api, "keys", response.json()["task"]["task_id"])
+        assert task["status"] == "completed", task["error"]
+        prefix = "spec.backup_config.repositories[0]"
+        for change in ({"storage_port": storage.port + 1}, {"s3_endpoint": "localhost.evil"}):
+            moved = {**kept, **change}
+            body["spec"]["backup_config"] = {"repositories": [moved]}
+            response = await api.post("/v1/databases/keys", json=body)
+            assert response.status_code == 422, response.text
+            paths = [e["path"] for e in response.json()["details"]["errors"]]
+            assert paths == [f"{prefix}.s3_key", f"{prefix}.s3_key_secret"], paths
+            restore = {
+                "source_database_id": "keys",
+                "source_node_name": "n1",
+                "repository": moved,
+            }
+            response = await api.post(
+                "/v1/databases/keys/restore", json={"restore_config": restore}
+            )
+            assert response.status_code == 422, response.text
+            paths = [e["path"] for e in response.json()["details"]["errors"]]
+            assert paths == [
+                "restore_config.repository.s3_key",
+                "restore_config.repository.s3_key_secret",
+            ]
+        stored = (await api.get("/v1/databases/keys")).json()["spec"]["backup_config"]
+        assert stored["repositories"][0]["storage_port"] == storage.port
+    finally:
+        storage.cleanup()

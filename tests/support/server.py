@@ -45,9 +45,10 @@ class ServerProcess:
         """The server's short directory under /tmp (its instances' unix sockets)."""
         return Settings(data_dir=self.data_dir).run_dir
 
-    def client(self, timeout: float = 30.0) -> httpx.AsyncClient:
-        """An HTTP client for this server, authenticated with its admin token."""
-        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout)
+    def client(self, timeout: float = 30.0, token: str | None = None) -> httpx.AsyncClient:
+        """An HTTP client for this server, authenticated with its admin token (or `token`)."""
+        headers = self.headers if token is None else {"Authorization": f"Bearer {token}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
@@ -60,6 +61,8 @@ class ServerProcess:
                 "CONTROLPLANE_MONITOR_INTERVAL": "1",
                 "CONTROLPLANE_CANCEL_GRACE_SECONDS": "3",
                 "CONTROLPLANE_RETRY_BACKOFF_SECONDS": "0",
+                # Tests keep their repositories in scratch directories.
+                "CONTROLPLANE_BACKUP_ROOTS": "/tmp,/var/tmp,/var/backups",
             }
         )
         if self.database_url:

@@ -29,6 +29,7 @@ from controlplane.spec import (
     secret_values,
     split_secrets,
 )
+from controlplane.spec.secrets import secrets_to_resend
 
 CANARIES = {
     "database_users/admin/password": "canary-admin-pw",
@@ -190,6 +191,53 @@ def test_merge_does_not_cross_repository_type() -> None:
     replaced = merged.backup_config.repositories[1]
     assert isinstance(replaced, GcsRepository)
     assert replaced.gcs_key is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"s3_endpoint": "attacker.example"},
+        {"storage_port": 9443},
+        {"s3_bucket": "other-bucket"},
+        {"s3_region": "elsewhere"},
+        {"custom_options": {"storage-host": "attacker.example"}},
+    ],
+)
+def test_stored_keys_stay_with_their_storage(change: dict[str, object]) -> None:
+    """A repository pointed at other storage under the same id does not inherit its keys, and
+    the update is told which keys to give again (by JSON path)."""
+    old = spec_with_secrets()
+    new = without_secrets(old)
+    assert new.backup_config is not None
+    new.backup_config.repositories[1] = msgspec.structs.replace(
+        new.backup_config.repositories[1], **change
+    )
+    merged = merge_secrets(new, old)
+    assert merged.backup_config is not None
+    moved = merged.backup_config.repositories[1]
+    assert isinstance(moved, S3Repository)
+    assert moved.s3_key is None and moved.s3_key_secret is None
+    prefix = "spec.backup_config.repositories[1]"
+    assert [path for path, _ in secrets_to_resend(new, old)] == [
+        f"{prefix}.s3_key",
+        f"{prefix}.s3_key_secret",
+    ]
+
+
+def test_unchanged_storage_needs_no_keys_again() -> None:
+    """Changing what does not decide where requests go (retention, other custom options)
+    keeps the keys and asks for nothing."""
+    old = spec_with_secrets()
+    new = without_secrets(old)
+    assert new.backup_config is not None
+    new.backup_config.repositories[1] = msgspec.structs.replace(
+        new.backup_config.repositories[1], retention_full=3, custom_options={"io-timeout": "9"}
+    )
+    assert secrets_to_resend(new, old) == []
+    merged = merge_secrets(new, old)
+    assert merged.backup_config is not None
+    kept = merged.backup_config.repositories[1]
+    assert isinstance(kept, S3Repository) and kept.s3_key == "canary-s3-key"
 
 
 def test_merge_does_not_mutate_inputs() -> None:
