@@ -19,9 +19,11 @@ from controlplane.models import Host
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.process import CommandResult, LineSink, as_user, run_command
 from controlplane.settings import Settings
+from controlplane.spec.secrets import SecretBox
 
 LOCAL_HOST_ID = "local"
-# Postmaster environment (repository secrets for archive-push), private to the OS user.
+# Postmaster environment (repository secrets for archive-push), sealed with the control
+# plane's key and private to the OS user.
 _ENV_FILE = "postmaster.env"
 _OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
 _HBA = """\
@@ -47,6 +49,7 @@ class LocalOrchestrator:
         self._sockets = settings.run_dir / "i"
         self._build_settings: dict[str, str] | None = None
         self._files = OwnedFiles(settings.os_user)
+        self._box = SecretBox.for_settings(settings)
 
     # -- placement -------------------------------------------------------------------------
     def hosts(self) -> list[Host]:
@@ -175,7 +178,11 @@ class LocalOrchestrator:
         return self._files.write(self._dir(ref) / name, text)
 
     async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
-        return await self.write_file(ref, _ENV_FILE, msgspec.json.encode(dict(env)).decode())
+        # Sealed with the control plane's key: the file tells a process of the instances' OS
+        # user nothing; it is opened only to start Postgres (archive-push needs it there).
+        if (self._dir(ref) / _ENV_FILE).exists() and self._environment(ref) == dict(env):
+            return False
+        return await self.write_file(ref, _ENV_FILE, self._box.encrypt(env))
 
     async def read_file(self, ref: InstanceRef, name: str) -> str | None:
         return self._files.read(self._dir(ref) / name)
@@ -197,7 +204,10 @@ class LocalOrchestrator:
         path = self._dir(ref) / _ENV_FILE
         if not path.exists():
             return {}
-        return msgspec.json.decode(path.read_bytes(), type=dict[str, str])
+        text = path.read_text().strip()
+        if text.startswith("{"):  # written in the clear by an earlier version
+            return msgspec.json.decode(text, type=dict[str, str])
+        return self._box.decrypt(text)
 
     async def make_dirs(self, ref: InstanceRef, paths: Sequence[str]) -> None:
         await asyncio.to_thread(self._files.make_dirs, paths)

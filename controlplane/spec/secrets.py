@@ -17,6 +17,7 @@ import msgspec
 from cryptography.fernet import Fernet, InvalidToken
 
 from controlplane.errors import ControlPlaneError
+from controlplane.settings import Settings
 from controlplane.spec.models import (
     SECRET_FIELDS,
     BackupConfig,
@@ -216,6 +217,14 @@ class SecretBox:
             raise ValueError(
                 "secret key is not a fernet key (32 url-safe base64-encoded bytes)"
             ) from None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> SecretBox:
+        """The key that encrypts secrets at rest: from the environment (shared by every server
+        of one store) or a 0600 file in the data dir."""
+        if settings.secret_key:
+            return cls.from_key(settings.secret_key.encode())
+        return cls.load_or_create(settings.secret_key_path)
 
     @classmethod
     def load_or_create(cls, path: Path) -> SecretBox:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -151,8 +150,10 @@ async def test_encrypted_repository_keeps_passphrase_secret(
     assert "repo1-cipher-type=aes-256-cbc" in text
     assert "cipher-pass" not in text
     env_file = server.data_dir / "instances" / "enc-n1" / "postmaster.env"
-    passphrase = json.loads(env_file.read_text())["PGBACKREST_REPO1_CIPHER_PASS"]
+    passphrase = server.instance_env("enc-n1")["PGBACKREST_REPO1_CIPHER_PASS"]
     assert env_file.stat().st_mode & 0o777 == 0o600
+    instance_files = (server.data_dir / "instances" / "enc-n1").glob("*")
+    assert not [p for p in instance_files if p.is_file() and passphrase in p.read_text("latin-1")]
     logs = [str(e) for e in await full_log(api, "enc", task["task_id"])]
     assert not [line for line in logs if passphrase in line]
     assert passphrase not in server.log_text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,14 +79,6 @@ def repository(storage: ObjectStorage, **extra: Any) -> dict[str, Any]:
     }
 
 
-def instance_env(server: ServerProcess, instance: str) -> dict[str, str]:
-    """The repository secrets the control plane gives this instance's pgbackrest commands."""
-    import os
-
-    path = server.data_dir / "instances" / instance / "postmaster.env"
-    return {**os.environ, **json.loads(path.read_text())}
-
-
 async def test_object_storage_backups_restore_exact_rows(
     api: httpx.AsyncClient, server: ServerProcess, storage: ObjectStorage, scratch_dir: Path
 ) -> None:
@@ -106,17 +97,18 @@ async def test_object_storage_backups_restore_exact_rows(
     assert [s["task_id"] for s in sets] == [tasks[k]["task_id"] for k in ("full", "incr", "diff")]
     assert {s["repository_id"] for s in sets} == {storage.type}
     config = str(server.data_dir / "instances" / "obj-n1" / "pgbackrest.conf")
-    env = instance_env(server, "obj-n1")
+    env = server.instance_env("obj-n1")
     for kind, entry in zip(("full", "incr", "diff"), sets, strict=True):
         restored = await asyncio.to_thread(
             restore_and_query, config, entry["label"], CHECKSUM, scratch_dir, env=env
         )
         assert restored == expected[kind], kind
     if storage.type == "s3":
+        instance_files = (server.data_dir / "instances" / "obj-n1").glob("*")
         texts = [
             server.log_text(),
             (await api.get("/v1/databases/obj")).text,
-            Path(config).read_text(),
+            *(p.read_text(errors="replace") for p in instance_files if p.is_file()),
         ]
         for task in tasks.values():
             texts += [str(e) for e in await full_log(api, "obj", task["task_id"])]

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from controlplane.settings import Settings
+from controlplane.spec.secrets import SecretBox
 from tests.support.os_user import as_os_user
 from tests.support.pgcluster import PG_BIN, free_port
 
@@ -44,6 +45,13 @@ class ServerProcess:
     def run_dir(self) -> Path:
         """The server's short directory under /tmp (its instances' unix sockets)."""
         return Settings(data_dir=self.data_dir).run_dir
+
+    def instance_env(self, instance_id: str) -> dict[str, str]:
+        """The repository secrets this instance's Postgres starts with (its sealed env file,
+        opened with the server's key), on top of this process's environment."""
+        box = SecretBox.for_settings(Settings(data_dir=self.data_dir))
+        sealed = (self.data_dir / "instances" / instance_id / "postmaster.env").read_text()
+        return {**os.environ, **box.decrypt(sealed.strip())}
 
     def client(self, timeout: float = 30.0, token: str | None = None) -> httpx.AsyncClient:
         """An HTTP client for this server, authenticated with its admin token (or `token`)."""
