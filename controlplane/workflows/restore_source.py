@@ -3,7 +3,8 @@ the set and target it will use — checked before anything is touched."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from controlplane.pgbackrest.config import (
 from controlplane.spec import normalise_restore_options, parse_time_target
 from controlplane.spec.models import BackupConfig, RestoreConfig, repository_id
 from controlplane.store import instances, repository_keys, restore_points
+from controlplane.store.pool import Connection
 from controlplane.tasks.context import Services
 from controlplane.workflows import backups, restore_targets
 from controlplane.workflows.common import ref_of
@@ -144,16 +146,9 @@ async def archive_marker(services: Services, config: RestoreConfig) -> ArchiveEn
     recovery with FATAL otherwise); this makes every moment up to now restorable. None when the
     source is not one of ours or is not running.
     """
-    source = await instances.get_instance(
-        services.pool, config.source_database_id, config.source_node_name
-    )
-    if source is None:
-        return None
-    try:
-        conn = await services.orchestrator.connect(ref_of(source))
-    except (OSError, asyncpg.PostgresError):
-        return None
-    try:
+    async with _source_connection(services, config) as conn:
+        if conn is None:
+            return None
         # The time is taken before the commit: recovery to it stops just before the marker's
         # commit record, which lies after it.
         marker: datetime = await conn.fetchval("SELECT clock_timestamp()")
@@ -164,9 +159,27 @@ async def archive_marker(services: Services, config: RestoreConfig) -> ArchiveEn
         segment = await conn.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
         if await restore_targets.wait_archived(conn, segment, seconds=120):
             return ArchiveEnd(time=marker, lsn=lsn)
-    finally:
-        await conn.close()
     return None
+
+
+@contextlib.asynccontextmanager
+async def _source_connection(
+    services: Services, config: RestoreConfig
+) -> AsyncIterator[Connection | None]:
+    """A superuser connection to the live source node, closed afterwards; None when the source
+    is not one of ours or cannot be reached."""
+    source = await instances.get_instance(
+        services.pool, config.source_database_id, config.source_node_name
+    )
+    conn = None
+    if source is not None:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            conn = await services.orchestrator.connect(ref_of(source))
+    try:
+        yield conn
+    finally:
+        if conn is not None:
+            await conn.close()
 
 
 async def target_facts(
@@ -196,21 +209,13 @@ async def target_facts(
 
 async def _probe_xid(services: Services, config: RestoreConfig, xid: int) -> XidFacts | None:
     """What the live source says about `xid`; None when it is not ours or not reachable."""
-    source = await instances.get_instance(
-        services.pool, config.source_database_id, config.source_node_name
-    )
-    if source is None:
-        return None
-    try:
-        conn = await services.orchestrator.connect(ref_of(source))
-    except (OSError, asyncpg.PostgresError):
-        return None
-    try:
-        return await restore_targets.probe_xid(conn, xid)
-    except asyncpg.PostgresError:
-        return None
-    finally:
-        await conn.close()
+    async with _source_connection(services, config) as conn:
+        if conn is None:
+            return None
+        try:
+            return await restore_targets.probe_xid(conn, xid)
+        except asyncpg.PostgresError:
+            return None
 
 
 def decide(

@@ -56,6 +56,36 @@ async def converged(database: dict[str, Any], rows: int, timeout: float = 60) ->
     return await eventually(probe, timeout=timeout, what=f"{rows} identical rows on every node")
 
 
+class Writers:
+    """n1 and n2 each committing a row every 10-20 ms on their own connection until `stop`."""
+
+    def __init__(self, database: dict[str, Any]) -> None:
+        self._stopping = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._write(database, "n1", 100_000)),
+            asyncio.create_task(self._write(database, "n2", 200_000)),
+        ]
+
+    async def _write(self, database: dict[str, Any], node: str, base: int) -> int:
+        conn = await connect(database, node)
+        written = 0
+        try:
+            while not self._stopping.is_set():
+                await conn.execute(
+                    "INSERT INTO items VALUES ($1::int, $2, 'during')", base + written, node
+                )
+                written += 1
+                await asyncio.sleep(0.015)
+        finally:
+            await conn.close()
+        return written
+
+    async def stop(self) -> int:
+        """Stop writing; how many rows were committed in all."""
+        self._stopping.set()
+        return sum(await asyncio.gather(*self._tasks))
+
+
 def superuser_socket(server: ServerProcess) -> str:
     """The private socket directory of the server's instances (superuser access for checks)."""
     return str(server.run_dir / "i")
@@ -183,34 +213,12 @@ async def test_add_node_by_copy_while_every_member_writes(
     await write(database, "n1", range(1, 201))
     await write(database, "n2", range(1001, 1201))
     await converged(database, 400)
-    stop = asyncio.Event()
-
-    async def keep_writing(node: str, base: int) -> int:
-        conn = await connect(database, node)
-        written = 0
-        try:
-            while not stop.is_set():
-                await conn.execute(
-                    "INSERT INTO items VALUES ($1::int, $2, 'during the join')",
-                    base + written,
-                    node,
-                )
-                written += 1
-                await asyncio.sleep(0.02)
-        finally:
-            await conn.close()
-        return written
-
-    writers = [
-        asyncio.create_task(keep_writing("n1", 100_000)),
-        asyncio.create_task(keep_writing("n2", 200_000)),
-    ]
+    writers = Writers(database)
     body["spec"]["nodes"].append({"name": "n3", "source_node": "n1"})
     response = await api.post("/v1/databases/busyjoin", json=body)
     assert response.status_code == 202, response.text
     task = await wait_task(api, "busyjoin", response.json()["task"]["task_id"], timeout=180)
-    stop.set()
-    written = sum(await asyncio.gather(*writers))
+    written = await writers.stop()
     assert task["status"] == "completed", task["error"]
     database = (await api.get("/v1/databases/busyjoin")).json()
     await converged(database, 400 + written)
@@ -284,32 +292,12 @@ async def test_add_node_from_backup_joins_at_a_prepared_point(
         assert errors[0]["path"] == f"spec.nodes[2].restore_config.{path}", errors
     assert len((await api.get("/v1/databases/rjoin")).json()["instances"]) == 2
 
-    stop = asyncio.Event()
-
-    async def keep_writing(node: str, base: int) -> int:
-        conn = await connect(database, node)
-        written = 0
-        try:
-            while not stop.is_set():
-                await conn.execute(
-                    "INSERT INTO items VALUES ($1::int, $2, 'during')", base + written, node
-                )
-                written += 1
-                await asyncio.sleep(0.01)
-        finally:
-            await conn.close()
-        return written
-
-    writers = [
-        asyncio.create_task(keep_writing("n1", 100_000)),
-        asyncio.create_task(keep_writing("n2", 200_000)),
-    ]
+    writers = Writers(database)
     body["spec"]["nodes"].append({"name": "n3", "restore_config": source})
     response = await api.post("/v1/databases/rjoin", json=body)
     assert response.status_code == 202, response.text
     task = await wait_task(api, "rjoin", response.json()["task"]["task_id"], timeout=300)
-    stop.set()
-    written = sum(await asyncio.gather(*writers))
+    written = await writers.stop()
     assert task["status"] == "completed", task["error"]
     database = (await api.get("/v1/databases/rjoin")).json()
     await converged(database, 100 + written)
