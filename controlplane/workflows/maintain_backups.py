@@ -31,7 +31,10 @@ async def run_verify(ctx: StepContext) -> dict[str, Any]:
         subject=backups.subject_of(setup.ref, "verify"),
         on_line=ctx.log.sink("pgbackrest"),
     )
-    sets = [m.groupdict() for line in result.lines if (m := _SET_LINE.search(line))]
+    # The report reaches us twice (pgBackRest's output and its console log echo it): one
+    # entry per set, in the order the report names them.
+    found = {m["label"]: m["status"] for line in result.lines if (m := _SET_LINE.search(line))}
+    sets = [{"label": label, "status": status} for label, status in found.items()]
     overall = next(
         (m.group("status").strip() for line in result.lines if (m := _STATUS_LINE.match(line))),
         "unknown",

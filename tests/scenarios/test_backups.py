@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.api import create_and_wait, database_body, wait_task
+from tests.support.api import create_and_wait, database_body, full_log, wait_task
 from tests.support.data import TABLE, backup, on_every, posix, write
 
 
@@ -75,8 +75,11 @@ async def test_verify_and_expire(api: httpx.AsyncClient, repo_dir: Path) -> None
     response = await api.post("/v1/databases/maint/nodes/n1/backups/verify")
     verify = await wait_task(api, "maint", response.json()["task"]["task_id"])
     assert verify["status"] == "completed", verify
-    labels = {s["label"] for s in verify["result"]["sets"]}
-    assert {full1["result"]["label"], incr1["result"]["label"], full2["result"]["label"]} <= labels
+    labels = [s["label"] for s in verify["result"]["sets"]]
+    taken = [full1["result"]["label"], incr1["result"]["label"], full2["result"]["label"]]
+    assert sorted(labels) == sorted(taken)  # each set once
+    log = [e["message"] for e in await full_log(api, "maint", verify["task_id"])]
+    assert "verify: 3 set(s) checked, status ok" in log
     assert (
         await api.delete("/v1/databases/maint/nodes/n1/backups/20990101-000000F")
     ).status_code == 404
