@@ -16,7 +16,7 @@ from controlplane.errors import (
     ForbiddenError,
     InvalidInputError,
 )
-from controlplane.models import ConnectionInfo, Database, Instance, Subscription, Task
+from controlplane.models import ConnectionInfo, Database, Host, Instance, Subscription, Task
 from controlplane.spec import parse_database_request
 from controlplane.spec.backup_roots import check_base_paths, repositories_of
 from controlplane.spec.models import DatabaseSpec, Repository
@@ -287,3 +287,12 @@ async def list_databases(services: Services) -> list[Database]:
     rows = await databases.list_databases(services.pool)
     limit = asyncio.Semaphore(_SUBSCRIPTIONS_CONCURRENCY)
     return list(await asyncio.gather(*(database_view(services, row, limit) for row in rows)))
+
+
+async def list_hosts(services: Services) -> list[Host]:
+    """The orchestrator's hosts, each with the number of instances placed on it."""
+    counts = await instances.count_by_host(services.pool)
+    return [
+        msgspec.structs.replace(host, instances=counts.get(host.id, 0))
+        for host in services.orchestrator.hosts()
+    ]

@@ -139,7 +139,13 @@ async def _enqueue(
             type="restore",
             steps=steps["restore"].step_names,
             actor=actor,
-            input={"target_nodes": targets, "point_in_time": bool(plan.target), **sealed},
+            # Anything but "the latest" (a target, or a set recovered only to its end) leaves
+            # the restored nodes behind the others.
+            input={
+                "target_nodes": targets,
+                "point_in_time": plan.target_type not in (None, "default"),
+                **sealed,
+            },
         )
         children = []
         for node in targets:

@@ -90,6 +90,12 @@ async def used_ports(db: Executor, host_id: str) -> set[int]:
     return {r["port"] for r in rows}
 
 
+async def count_by_host(db: Executor) -> dict[str, int]:
+    """How many instances each host runs (hosts without any are absent)."""
+    rows = await db.fetch("SELECT host_id, count(*) AS n FROM instances GROUP BY host_id")
+    return {str(r["host_id"]): int(r["n"]) for r in rows}
+
+
 async def set_instance_state(
     db: Executor,
     database_id: str,

@@ -16,6 +16,7 @@ from tests.support.data import (
     on_every,
     posix,
     posix_repository,
+    query,
     restore,
     restore_config,
     update_and_wait,
@@ -165,3 +166,27 @@ async def test_create_from_missing_backup_refused(api: httpx.AsyncClient, repo_d
     assert response.status_code == 422, response.text
     assert response.json()["details"]["errors"][0]["path"].startswith("spec.restore_config")
     assert (await api.get("/v1/databases/nobk")).status_code == 404
+
+
+async def test_partial_restore_to_an_earlier_set_says_the_nodes_diverge(
+    api: httpx.AsyncClient, repo_dir: Path
+) -> None:
+    """Only n1 restored to a named set (immediate): n1 holds the set's rows and the restore's
+    log warns that it now diverges from n2; restored to the latest point, nothing is said."""
+    database = await create_and_wait(
+        api, database_body("split", nodes=2, backup_config=posix(repo_dir))
+    )
+    await on_every(database, TABLE)
+    await write(database, "n1", range(1, 51))
+    await converged(database, 50)
+    label = (await backup(api, "split", "n1"))["result"]["label"]
+    await write(database, "n2", range(1001, 1051))
+    await converged(database, 100)
+    repository = posix_repository(repo_dir)
+    for options, warned in (({"set": label, "type": "immediate"}, True), ({}, False)):
+        config = restore_config("split", "n1", repository, **options)
+        result = await restore(api, "split", {"target_nodes": ["n1"], "restore_config": config})
+        log = [e["message"] for e in await full_log(api, "split", result["task"]["task_id"])]
+        assert any("diverge from n2" in m for m in log) is warned, log
+        if warned:
+            assert await query(database, "n1", "SELECT count(*) FROM items") == 50
