@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,11 +64,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_level: str
     import uvicorn
 
     from controlplane.api.app import create_app
+    from controlplane.api.log_lines import configure_logging
 
     settings = _settings(ctx, host=host, port=port)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # One formatter for every record (ours, uvicorn's, Litestar's): what a client sends cannot
+    # start a log line. uvicorn must not install its own handlers (log_config=None).
+    configure_logging(log_level)
     ssl: dict[str, Any] = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
@@ -85,6 +85,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_level: str
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
+        log_config=None,
         access_log=False,
         lifespan="on",
         **ssl,
@@ -107,6 +108,9 @@ async def _store(settings: Settings) -> AsyncIterator[Pool]:
         await pool.close()
         if embedded is not None and embedded.started_here:
             await embedded.stop()
+            from controlplane.runtime import tidy_run_dir  # the server's modules: only here
+
+            tidy_run_dir(settings)
 
 
 def _run(coro: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,26 @@ class OwnedFiles:
         """`uid:gid` of whoever runs the instances (the OS user, or us when not root)."""
         owner = self.owner()
         return f"{owner[0]}:{owner[1]}" if owner else f"{os.geteuid()}:{os.getegid()}"
+
+    def private_dir(self, path: Path, mode: int) -> None:
+        """Make `path` a directory of ours (or the OS user's) with `mode`, given to the OS user.
+
+        Directories under /tmp have predictable names: one someone else made first (or a
+        symlink planted in its place) is refused rather than chowned, so root never hands a
+        path of an attacker's choosing to the OS user.
+        """
+        path.mkdir(mode=mode, exist_ok=True)
+        info = path.lstat()
+        owners = {os.geteuid(), *(o[0] for o in [self.owner()] if o)}
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners:
+            raise PermissionError(
+                f"{path} is not a directory of this control plane's (a symlink, or owned by "
+                f"uid {info.st_uid}); remove it and start again"
+            )
+        owner = self.owner()
+        if owner is not None:
+            os.chown(path, *owner, follow_symlinks=False)
+        os.chmod(path, mode)
 
     def chown(self, path: Path) -> None:
         owner = self.owner()

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
+import stat
 import sys
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -59,6 +62,7 @@ class Runtime:
         self._listener: asyncpg.Connection | None = None
         self.worker: Worker | None = None
         self.services: Services | None = None
+        self.monitor: Monitor | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -81,7 +85,8 @@ class Runtime:
         self._listener = await asyncpg.connect(dsn)
         await self._listener.add_listener("controlplane_tasks", self._on_notify)
         self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
-        self._background.append(asyncio.create_task(Monitor(self.services).run(), name="monitor"))
+        self.monitor = Monitor(self.services)
+        self._background.append(asyncio.create_task(self.monitor.run(), name="monitor"))
         scheduler = Scheduler.from_services(
             self.services, backup_steps=NODE_BACKUP.step_names, config_of=effective_backup_config
         )
@@ -120,3 +125,46 @@ class Runtime:
             await self.services.pool.close()
         if self._embedded is not None:
             await self._embedded.stop()
+        for path in tidy_run_dir(self.settings):
+            log.info("removed socket directory %s", path)
+
+
+# Made by store/embedded.py (the embedded store's socket) and orchestrator/local.py (every local
+# instance's socket), both under Settings.run_dir.
+_STORE_SOCKETS = "store"
+_INSTANCE_SOCKETS = "i"
+
+
+def tidy_run_dir(settings: Settings) -> list[Path]:
+    """Remove the socket directories under /tmp that this data dir's servers make, where
+    nothing needs them any more, after a clean stop; return those removed.
+
+    - `<run_dir>/store` holds the embedded store's socket; the store was just stopped.
+    - `<run_dir>/i` holds the local instances' sockets. Instances outlive the server, and a
+      stopped one is started again without the directory being made anew, so it stays while
+      any instance exists under `<data_dir>/instances`, running or not.
+    - `<run_dir>` itself, once empty.
+
+    Only empty directories go (rmdir: a live socket keeps its directory, whoever it belongs
+    to), never through a symlink, and only ones owned by us or the instances' OS user.
+    """
+    run_dir = settings.run_dir
+    owners = {os.geteuid()}
+    with contextlib.suppress(KeyError):
+        owners.add(pwd.getpwnam(settings.os_user).pw_uid)
+    instances = settings.data_path / "instances"
+    candidates = [run_dir / _STORE_SOCKETS]
+    if not (instances.is_dir() and any(instances.iterdir())):
+        candidates.append(run_dir / _INSTANCE_SOCKETS)
+    candidates.append(run_dir)
+    removed = []
+    for path in candidates:
+        try:
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners:
+                continue
+            path.rmdir()
+        except OSError:  # missing, or not empty: in use
+            continue
+        removed.append(path)
+    return removed

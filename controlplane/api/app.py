@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from controlplane import __version__
 from controlplane.api.auth import require_token
+from controlplane.api.bodies import BODY_CHECKS_AT_ONCE
 from controlplane.api.errors import domain_error, http_error, internal_error
 from controlplane.api.metrics import METRICS_ROUTES
+from controlplane.api.params import check_path_params
 from controlplane.api.restore_points import RESTORE_POINT_ROUTES
 from controlplane.api.routes import ROUTES
 from controlplane.api.schedules import SCHEDULE_ROUTES
@@ -33,6 +37,7 @@ def create_app(settings: Settings) -> Litestar:
         runtime = Runtime(settings)
         await runtime.start()
         app.state.services = runtime.services
+        app.state.monitor = runtime.monitor  # the instances' last observed facts, for /metrics
         try:
             yield
         finally:
@@ -45,9 +50,14 @@ def create_app(settings: Settings) -> Litestar:
     }
     return Litestar(
         route_handlers=[*ROUTES, *METRICS_ROUTES, *SCHEDULE_ROUTES, *RESTORE_POINT_ROUTES],
-        guards=[require_token],
+        # The token first: a client without one learns nothing, not even which ids are valid.
+        guards=[require_token, check_path_params],
         exception_handlers=handlers,
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="controlplane", version=__version__, path="/schema"),
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"body_checks": asyncio.Semaphore(BODY_CHECKS_AT_ONCE)}),
+        # Records go to the root logger, which `serve` formats (api/log_lines.py).
+        logging_config=None,
         debug=False,
     )

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 
+from controlplane.api.log_lines import printable
 from controlplane.errors import (
     ConflictError,
     ControlPlaneError,
@@ -36,8 +37,21 @@ _STATUS: tuple[tuple[type[ControlPlaneError], int], ...] = (
 )
 
 
+# A body can hold hundreds of thousands of bad items; the answer names the first ones (no
+# client fixing a real spec has more) and counts the rest, rather than echoing megabytes.
+MAX_REPORTED_ERRORS = 100
+
+
 def _body(name: str, message: str, details: dict[str, object] | None = None) -> dict[str, object]:
     return {"name": name, "message": message, "details": details or {}}
+
+
+def _bounded(details: dict[str, Any]) -> dict[str, Any]:
+    errors = details.get("errors")
+    if isinstance(errors, list) and len(errors) > MAX_REPORTED_ERRORS:
+        omitted = len(errors) - MAX_REPORTED_ERRORS
+        return {**details, "errors": errors[:MAX_REPORTED_ERRORS], "omitted_errors": omitted}
+    return details
 
 
 def domain_error(request: Request[Any, Any, Any], exc: ControlPlaneError) -> Response[object]:
@@ -45,7 +59,8 @@ def domain_error(request: Request[Any, Any, Any], exc: ControlPlaneError) -> Res
     if status == 500:
         return internal_error(request, exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(_body(exc.name, exc.message, exc.details), status_code=status, headers=headers)
+    body = _body(exc.name, exc.message, _bounded(exc.details))
+    return Response(body, status_code=status, headers=headers)
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
@@ -61,10 +76,13 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
         413: "request_too_large",
         415: "unsupported_media_type",
     }.get(status, "bad_request")
-    return Response(_body(name, str(exc.detail).lower()), status_code=status)
+    details = exc.extra if isinstance(exc.extra, dict) else None
+    return Response(_body(name, str(exc.detail).lower(), details), status_code=status)
 
 
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
-    """Generic message to the client; the traceback only in the server log."""
-    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    """Generic message to the client; the traceback only in the server log (the path is the
+    client's: escaped, so it cannot start a log line of its own)."""
+    path = printable(request.url.path)
+    log.error("internal error on %s %s", printable(request.method), path, exc_info=exc)
     return Response(_body("internal_error", "internal error"), status_code=500)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from litestar import Response, get, post
 
 from controlplane import backup_operations
+from controlplane.api.bodies import read_body
 from controlplane.api.routes import AnyRequest, _actor, _json, _services
+from controlplane.spec import parse_request
+from controlplane.spec.restore_options import RestorePointRequest
 
 
 @post(
@@ -16,8 +19,9 @@ from controlplane.api.routes import AnyRequest, _actor, _json, _services
 async def create_restore_point(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
     """`{name}`: write the restore point on the running node, wait (at most 60 s) until its WAL
     is in the repository, record it; 201 with the restore point."""
+    body = await read_body(request, lambda raw: parse_request(raw, RestorePointRequest))
     point = await backup_operations.create_restore_point(
-        _services(request), database_id, node, await request.body(), _actor(request)
+        _services(request), database_id, node, body, _actor(request)
     )
     return _json(point, 201)
 

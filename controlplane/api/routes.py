@@ -12,8 +12,10 @@ from litestar import Request, Response, delete, get, post
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from controlplane import __version__, backup_operations, operations, restore_operations
+from controlplane.api.bodies import read_body
 from controlplane.errors import InvalidInputError
 from controlplane.models import TERMINAL_STATUSES, TaskLog, Version
+from controlplane.spec import parse_backup_request, parse_database_request, parse_restore_request
 from controlplane.store import logs, tasks
 from controlplane.tasks.context import Services
 
@@ -38,6 +40,10 @@ def _services(request: AnyRequest) -> Services:
 
 def _actor(request: AnyRequest) -> str:
     return str(request.state.get("actor", "unknown"))
+
+
+# Entry ids are bigint: a larger cursor could only fail in the store.
+_MAX_ENTRY_ID = 2**62
 
 
 def _int_param(request: AnyRequest, name: str, default: int, low: int, high: int) -> int:
@@ -84,9 +90,8 @@ def _json(value: Any, status: int = 200) -> Response[bytes]:
 
 @post("/v1/databases", opt={"scope": "write"}, status_code=202)
 async def create_database(request: AnyRequest) -> Response[bytes]:
-    task, database = await operations.create_database(
-        _services(request), await request.body(), _actor(request)
-    )
+    body = await read_body(request, parse_database_request)
+    task, database = await operations.create_database(_services(request), body, _actor(request))
     return _json({"task": task, "database": database}, 202)
 
 
@@ -102,8 +107,9 @@ async def get_database(request: AnyRequest, database_id: str) -> Response[bytes]
 
 @post("/v1/databases/{database_id:str}", opt={"scope": "write"}, status_code=202)
 async def update_database(request: AnyRequest, database_id: str) -> Response[bytes]:
+    body = await read_body(request, parse_database_request)
     task, database = await operations.update_database(
-        _services(request), database_id, await request.body(), _actor(request)
+        _services(request), database_id, body, _actor(request)
     )
     return _json({"task": task, "database": database}, 202)
 
@@ -160,12 +166,13 @@ async def cancel_task(request: AnyRequest, database_id: str, task_id: str) -> Re
 async def task_log(request: AnyRequest, database_id: str, task_id: str) -> Any:
     pool = _services(request).pool
     task = await tasks.get_task(pool, task_id, database_id=database_id)
-    after = _int_param(request, "after_entry_id", 0, 0, 2**62)
+    after = _int_param(request, "after_entry_id", 0, 0, _MAX_ENTRY_ID)
     limit = _int_param(request, "limit", 100, 1, 1000)
     if "text/event-stream" in request.headers.get("accept", ""):
         last_event = request.headers.get("last-event-id", "")
-        if last_event.isdigit():
-            after = max(after, int(last_event))
+        # ASCII digits only ("²".isdigit() holds, int("²") fails), and within bigint.
+        if last_event.isascii() and last_event.isdigit() and len(last_event) <= 19:
+            after = max(after, min(int(last_event), _MAX_ENTRY_ID))
         return ServerSentEvent(_follow(_services(request), uuid.UUID(task.task_id), after))
     entries = await logs.read_entries(
         pool, uuid.UUID(task.task_id), after_entry_id=after, limit=limit
@@ -209,8 +216,9 @@ async def _follow(
     status_code=202,
 )
 async def start_backup(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
+    body = await read_body(request, parse_backup_request)
     task = await backup_operations.start_backup(
-        _services(request), database_id, node, await request.body(), _actor(request)
+        _services(request), database_id, node, body, _actor(request)
     )
     return _json({"task": task}, 202)
 
@@ -249,15 +257,20 @@ async def expire_backup(
 
 @post("/v1/databases/{database_id:str}/restore", opt={"scope": "admin"}, status_code=202)
 async def restore_database(request: AnyRequest, database_id: str) -> Response[bytes]:
+    services = _services(request)
+    # With restores disabled, start_restore refuses before it reads the body.
+    body = await read_body(
+        request, parse_restore_request if services.settings.allow_restore else None
+    )
     task, node_tasks, database = await restore_operations.start_restore(
-        _services(request), database_id, await request.body(), _actor(request)
+        services, database_id, body, _actor(request)
     )
     return _json({"task": task, "node_tasks": node_tasks, "database": database}, 202)
 
 
 @get("/v1/hosts")
 async def list_hosts(request: AnyRequest) -> Response[bytes]:
-    return _json({"hosts": _services(request).orchestrator.hosts()})
+    return _json({"hosts": await operations.list_hosts(_services(request))})
 
 
 @get("/v1/version", opt={"public": True})

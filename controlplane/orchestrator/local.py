@@ -122,10 +122,8 @@ class LocalOrchestrator:
         data_path.mkdir(parents=True, exist_ok=True)
         data_path.chmod(0o755)
         self._root.mkdir(mode=0o755, exist_ok=True)
-        self._sockets.parent.mkdir(mode=0o755, exist_ok=True)
-        self._sockets.mkdir(mode=0o700, exist_ok=True)
-        self._files.chown(self._sockets.parent)
-        self._files.chown(self._sockets)
+        self._files.private_dir(self._sockets.parent, 0o755)
+        self._files.private_dir(self._sockets, 0o700)
         self._dir(ref).mkdir(mode=0o700, exist_ok=True)
         self._files.chown(self._dir(ref))
 
@@ -223,6 +221,8 @@ class LocalOrchestrator:
         self, ref: InstanceRef, *, on_line: LineSink, options: Mapping[str, str] | None = None
     ) -> None:
         if await self.status(ref) != "running":
+            # The socket directory under /tmp may have gone with a reboot.
+            self._ensure_dirs(ref)
             argv = [
                 self._pg("pg_ctl"),
                 "start",

@@ -152,7 +152,8 @@ class _ShapeCheck:
         if not isinstance(value, list):
             self.errors.append(problem(path, f"expected `array`, got `{json_type(value)}`"))
             return
-        self.length(len(value), metas, "item", path)
+        if not self.length(len(value), metas, "item", path):
+            return  # items of an oversized list would only bury the one error that matters
         (item_type,) = get_args(tp)
         for index, item in enumerate(value):
             self.value(item, item_type, item_path(path, index))
@@ -161,7 +162,8 @@ class _ShapeCheck:
         if not isinstance(value, dict):
             self.errors.append(problem(path, f"expected `object`, got `{json_type(value)}`"))
             return
-        self.length(len(value), metas, "entry", path)
+        if not self.length(len(value), metas, "entry", path):
+            return
         key_type, value_type = get_args(tp)
         for key, item in value.items():
             sub_path = field_path(path, str(key))
@@ -173,7 +175,9 @@ class _ShapeCheck:
                 continue
             self.value(item, value_type, sub_path)
 
-    def length(self, length: int, metas: tuple[Any, ...], noun: str, path: str) -> None:
+    def length(self, length: int, metas: tuple[Any, ...], noun: str, path: str) -> bool:
+        """Report a length outside the bounds; False when it is over the maximum."""
+        fits = True
         for meta in metas:
             if not isinstance(meta, msgspec.Meta):
                 continue
@@ -183,3 +187,5 @@ class _ShapeCheck:
             if meta.max_length is not None and length > meta.max_length:
                 message = f"expected at most {_counted(meta.max_length, noun)}"
                 self.errors.append(problem(path, message))
+                fits = False
+        return fits

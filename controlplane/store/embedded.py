@@ -18,6 +18,7 @@ from urllib.parse import quote
 import asyncpg
 
 from controlplane.errors import DependencyError
+from controlplane.files import OwnedFiles
 from controlplane.process import as_user, run_command
 from controlplane.settings import Settings
 
@@ -146,13 +147,10 @@ class EmbeddedStore:
         data_path.mkdir(parents=True, exist_ok=True)
         # The OS user must be able to traverse the data dir to reach its own subdirectories.
         data_path.chmod(0o755)
-        self.data_dir.mkdir(mode=0o700, exist_ok=True)
-        self.socket_dir.parent.mkdir(mode=0o755, exist_ok=True)
-        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
-        for path in (self.data_dir, self.socket_dir, self.socket_dir.parent):
-            self._chown(path)
-        self.data_dir.chmod(0o700)
-        self.socket_dir.chmod(0o700)
+        files = OwnedFiles(self._settings.os_user)
+        files.private_dir(self.data_dir, 0o700)
+        files.private_dir(self.socket_dir.parent, 0o755)
+        files.private_dir(self.socket_dir, 0o700)
 
     def _chown(self, path: Path) -> None:
         if os.geteuid() == 0:

@@ -25,6 +25,7 @@ async def test_two_node_database_replicates(api: httpx.AsyncClient, deployment: 
     await converged(database, 200)
     hosts = (await api.get("/v1/hosts")).json()["hosts"]
     assert [(h["id"], h["orchestrator"]) for h in hosts] == [("local", deployment.orchestrator)]
+    assert hosts[0]["instances"] >= 2  # at least this database's two
 
 
 async def test_monitor_brings_back_a_lost_instance(
