@@ -1,4 +1,5 @@
-"""Instance monitor: reconcile instances with their desired state, derive database health."""
+"""Instance monitor: reconcile instances with their desired state, derive database health, and
+observe every running instance's health facts (kept in memory for `/metrics`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import time
 
 from controlplane.errors import ControlPlaneError
+from controlplane.instance_facts import InstanceFactsBook, InstanceObserver
 from controlplane.store import databases, instances, task_runs
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
@@ -26,19 +28,40 @@ async def _quiet(line: str) -> None:
 
 
 class Monitor:
-    """Periodically starts instances that should run and are down, and marks what cannot start."""
+    """Periodically starts instances that should run and are down, marks what cannot start, and
+    records each running instance's facts in `facts` (read by `/metrics`)."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, facts: InstanceFactsBook | None = None) -> None:
         self._services = services
         self._last_prune = 0.0
+        self.facts = facts if facts is not None else InstanceFactsBook()
+        self.observer = InstanceObserver(services, self.facts)
 
     async def run(self) -> None:
+        """Reconcile and observe, each on its own loop: starting an instance (slow) never
+        holds up the facts of the others, nor the other way round."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._reconcile_loop(), name="monitor reconcile")
+                group.create_task(self._observe_loop(), name="monitor facts")
+        finally:
+            await self.observer.close()
+
+    async def _reconcile_loop(self) -> None:
         while True:
             try:
                 await self.sweep()
                 await self._prune()
             except Exception:
                 log.exception("monitor sweep failed")
+            await asyncio.sleep(self._services.settings.monitor_interval)
+
+    async def _observe_loop(self) -> None:
+        while True:
+            try:
+                await self.observer.observe_round()
+            except Exception:
+                log.exception("monitor could not observe the instances")
             await asyncio.sleep(self._services.settings.monitor_interval)
 
     async def _prune(self) -> None:

@@ -21,6 +21,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+if [ "${1:-}" = "--test" ] && ! command -v promtool >/dev/null 2>&1; then
+  # promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/unit/test_alert_rules.py).
+  # Only the package itself (no exporters), and no server left running where systemd starts one.
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus \
+    >/dev/null
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -12,6 +12,7 @@ from typing import Any
 from litestar import Request, Response, get
 
 from controlplane.metrics import collect_metrics, render_metrics
+from controlplane.monitor import Monitor
 from controlplane.tasks.context import Services
 
 # Litestar appends `; charset=utf-8` to text media types.
@@ -20,10 +21,13 @@ _MEDIA_TYPE = "text/plain; version=0.0.4"
 
 @get("/metrics", opt={"scope": "read"})
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """The control plane's metrics in Prometheus text format 0.0.4."""
+    """The control plane's metrics in Prometheus text format 0.0.4: the store's, and each
+    instance's as the monitor last observed it (never asked of the instance here)."""
     services: Services = request.app.state.services
-    text = render_metrics(await collect_metrics(services.pool))
-    return Response(text.encode(), media_type=_MEDIA_TYPE)
+    monitor: Monitor | None = request.app.state.get("monitor")
+    facts = monitor.facts if monitor is not None else None
+    body = render_metrics(await collect_metrics(services.pool, facts))
+    return Response(body, media_type=_MEDIA_TYPE)
 
 
 METRICS_ROUTES = [metrics]
