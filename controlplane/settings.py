@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -55,7 +55,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Largest request body the API reads (bytes); bigger ones get 413 request_too_large before
     # any of it is parsed. 1 MiB is ~10x the largest realistic spec (16 nodes, each with its own
     # repositories and schedules, 64 users, 256 settings is ~120 KiB).
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     # Testing aid for crash tests: "<task type>:<step>" makes the server SIGKILL itself right
     # after that step commits, so every step boundary can be crashed deterministically;
     # "<task type>:<step>:<point>" crashes at a named point inside a step (StepContext.failpoint).
