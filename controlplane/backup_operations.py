@@ -39,7 +39,15 @@ async def _node(
     row = await databases.get_database(services.pool, database_id)
     spec = spec_of(services, row)
     instance = await _instance(services, database_id, node)
-    setup = await backups.backup_setup(services, spec, instance, ref_of(instance))
+    try:
+        setup = await backups.backup_setup(services, spec, instance, ref_of(instance))
+    except ValueError as exc:
+        # A spec stored before its rules were checked up front: say what to fix, not 500.
+        raise ConflictError(
+            f"the backup_config of node {node} of {database_id} cannot be used ({exc}): "
+            "correct it with an update",
+            details={"node": node},
+        ) from None
     if not setup.enabled:
         message = f"node {node} of {database_id} has no backup_config{unconfigured}"
         raise InvalidInputError([{"path": "node", "message": message}])
@@ -105,9 +113,16 @@ async def start_expire(
 ) -> Task:
     """Refuse at once what the task would refuse: an unknown set, or the last restorable one."""
     _, _, setup = await _node(services, database_id, node)
-    entries = await _entries(services, setup)
+    entries, statuses = await _entries(services, setup)
     refusal = expire_refusal(entries, label, force)
     if refusal is not None:
+        unread = [
+            f"{s['repository_id']} ({s['message']})" for s in statuses if s["status"] == "degraded"
+        ]
+        if "not found" in refusal and unread:
+            raise DependencyError(
+                f"{refusal} in the repositories that can be read; not read: {', '.join(unread)}"
+            )
         if "not found" in refusal:
             raise NotFoundError(refusal, details={"label": label})
         raise ConflictError(refusal, details={"label": label})
@@ -116,18 +131,42 @@ async def start_expire(
     )
 
 
-async def _entries(services: Services, setup: backups.BackupSetup) -> list[pgb_info.CatalogEntry]:
+async def _entries(
+    services: Services, setup: backups.BackupSetup
+) -> tuple[list[pgb_info.CatalogEntry], list[dict[str, Any]]]:
+    """The sets of every readable repository (oldest first) and each repository's status.
+
+    Each repository is read on its own, within a deadline: one that cannot be read is reported
+    `degraded` while the others' sets are listed. Only when none can be read is it an error.
+    """
     subject = backups.subject_of(setup.ref, "reading the backup catalog")
-    stanza = await backups.read_info(services, setup, subject=subject)
-    if stanza.status.code == 1:  # no stanza yet: nothing backed up
-        return []
-    return pgb_info.catalog(stanza, setup.repository_ids)
+    states = await backups.read_repositories(services, setup, subject=subject)
+    if states and all(state.health.status == "degraded" for state in states):
+        reasons = "; ".join(str(state.health.message) for state in states)
+        raise DependencyError(f"{subject} failed: no repository can be read: {reasons}")
+    entries = [
+        entry
+        for state in states
+        if state.stanza is not None and state.health.status == "ok"
+        for entry in pgb_info.catalog(state.stanza, setup.repository_ids)
+    ]
+    entries.sort(key=lambda entry: (entry.stopped_at, entry.label))
+    statuses = [
+        {
+            "repository_id": state.repository_id,
+            "status": state.health.status,
+            "message": state.health.message,
+        }
+        for state in states
+    ]
+    return entries, statuses
 
 
 async def backup_catalog(services: Services, database_id: str, node: str) -> dict[str, Any]:
-    """Every backup set of the node, oldest first, and the window a PITR can reach."""
+    """Every backup set of the node, oldest first, and the window a PITR can reach, with the
+    status of each repository (a degraded one is named rather than failing the catalog)."""
     _, instance, setup = await _node(services, database_id, node)
-    entries = await _entries(services, setup)
+    entries, statuses = await _entries(services, setup)
     window = pgb_info.recovery_window(
         entries, last_archived_at=await _last_archived(services, instance)
     )
@@ -136,6 +175,7 @@ async def backup_catalog(services: Services, database_id: str, node: str) -> dic
         "backups": [msgspec.to_builtins(e) for e in entries],
         "recovery_window": msgspec.to_builtins(window) if window else None,
         "repositories": [repository_id(p.repository) for p in setup.plans],
+        "repository_status": statuses,
         "restore_points": [_point_view(p) for p in points],
     }
 

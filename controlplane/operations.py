@@ -129,7 +129,8 @@ def _encrypt(services: Services, spec: DatabaseSpec) -> tuple[dict[str, Any], st
 
 async def create_database(services: Services, body: bytes, actor: str) -> tuple[Task, Database]:
     """Record a new database and enqueue its create task."""
-    request = parse_database_request(body)
+    # Off the event loop: a large spec takes a while to check, and lease renewals share it.
+    request = await asyncio.to_thread(parse_database_request, body, rules=services.setting_rules)
     database_id = request.id or str(uuid.uuid4())
     check_storage(services, repositories_of(request.spec))
     await _check_privileges(services, request.spec, None, actor)
@@ -171,7 +172,8 @@ async def update_database(
     services: Services, database_id: str, body: bytes, actor: str
 ) -> tuple[Task, Database]:
     """Store the new desired spec (secrets omitted are kept) and enqueue an update task."""
-    request = parse_database_request(body)
+    # Off the event loop: a large spec takes a while to check, and lease renewals share it.
+    request = await asyncio.to_thread(parse_database_request, body, rules=services.setting_rules)
     if request.id is not None and request.id != database_id:
         raise InvalidInputError(
             [{"path": "id", "message": "does not match the database in the URL"}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -78,7 +79,7 @@ async def start_restore(
         raise RestoreNotAllowedError(
             "restores are disabled on this control plane (CONTROLPLANE_ALLOW_RESTORE=false)"
         )
-    request = parse_restore_request(body)
+    request = await asyncio.to_thread(parse_restore_request, body)
     row = await databases.get_database(services.pool, database_id)
     if row.state in ("creating", "deleting"):
         raise DatabaseNotModifiableError(f"database {database_id} is {row.state}")

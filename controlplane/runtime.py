@@ -19,6 +19,7 @@ from controlplane.orchestrator.base import Orchestrator
 from controlplane.orchestrator.local import LocalOrchestrator
 from controlplane.scheduler import Scheduler
 from controlplane.settings import Settings
+from controlplane.spec.pg_settings import load_setting_rules
 from controlplane.spec.secrets import SecretBox
 from controlplane.store import tokens
 from controlplane.store.embedded import EmbeddedStore
@@ -42,14 +43,6 @@ def make_orchestrator(settings: Settings) -> Orchestrator:
         hosts = load_docker_hosts(settings.docker_hosts, default_url=settings.docker_url)
         return DockerOrchestrator(settings, hosts=hosts)
     return LocalOrchestrator(settings)
-
-
-def secret_box(settings: Settings) -> SecretBox:
-    """The key that encrypts secrets at rest: from the environment (shared by every server of
-    one store) or a 0600 file in the data dir."""
-    if settings.secret_key:
-        return SecretBox.from_key(settings.secret_key.encode())
-    return SecretBox.load_or_create(settings.secret_key_path)
 
 
 class Runtime:
@@ -78,7 +71,8 @@ class Runtime:
             settings=settings,
             pool=pool,
             orchestrator=make_orchestrator(settings),
-            secret_box=secret_box(settings),
+            secret_box=SecretBox.for_settings(settings),
+            setting_rules=await load_setting_rules(settings),
         )
         await self._ensure_admin_token()
         self.worker = Worker(self.services, all_workflows(), task_secrets)

@@ -118,21 +118,43 @@ def restore_argv(
     return pgbackrest_argv("restore", config_path=config_path, options=options)
 
 
-def info_argv(config_path: str, *, set_label: str | None = None) -> list[str]:
-    """`info --output=json` (optionally for one set, which adds its databases and links)."""
+def info_argv(
+    config_path: str,
+    *,
+    set_label: str | None = None,
+    repo: int | None = None,
+    io_timeout: int | None = None,
+) -> list[str]:
+    """`info --output=json` (optionally for one set, which adds its databases and links).
+
+    `repo` reads one repository only: without it pgBackRest reads every repository in turn,
+    and an unreachable object store makes it retry each file until `io-timeout` (60 s) runs
+    out, about four minutes in all. `io_timeout` bounds that wait.
+    """
     options: dict[str, OptionValue] = {"output": "json"}
     if set_label is not None:
         options["set"] = set_label
+    if repo is not None:
+        options["repo"] = repo
+    if io_timeout is not None:
+        options["io-timeout"] = io_timeout
     return pgbackrest_argv("info", config_path=config_path, options=options)
 
 
 def check_argv(config_path: str) -> list[str]:
-    """`check`: the stanza is valid and WAL archiving reaches every repository."""
+    """`check`: the stanza is valid and WAL archiving reaches every repository.
+
+    pgBackRest 2.45 takes no `--repo` here: it checks every repository the config names, so
+    one repository is checked alone through a config file that names only it.
+    """
     return pgbackrest_argv("check", config_path=config_path)
 
 
 def stanza_create_argv(config_path: str) -> list[str]:
-    """`stanza-create`: a no-op when the repository already matches this database."""
+    """`stanza-create`: a no-op when the repository already matches this database.
+
+    Like `check`, it acts on every repository the config names (no `--repo` in 2.45).
+    """
     return pgbackrest_argv("stanza-create", config_path=config_path)
 
 

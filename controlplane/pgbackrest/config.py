@@ -14,10 +14,12 @@ import msgspec
 
 from controlplane.files import write_private_file
 from controlplane.pgbackrest.options import (
+    REPO_PREFIX,
     check_custom_option,
     check_option_name,
     check_option_value,
     flag,
+    is_repository_scoped,
 )
 from controlplane.spec.models import (
     AzureRepository,
@@ -118,17 +120,24 @@ def render_config(
     process_max: int,
     archive_timeout: int = 60,
     io_timeout: int | None = None,
+    only_repo: int | None = None,
 ) -> str:
     """Render the instance's pgbackrest.conf (sections `[global]` and `[db]`, keys sorted).
 
     The text never contains a secret: keys and cipher passphrases go through `secret_env`.
+    With `only_repo`, only that repository's options are written (global options stay the
+    same): pgBackRest 2.45's `stanza-create` and `check` take no `--repo` and act on every
+    configured repository, so such a file lets them act on one repository alone.
     """
     if process_max < 1 or archive_timeout < 1 or (io_timeout is not None and io_timeout < 1):
         raise ValueError("process_max, archive_timeout and io_timeout must be >= 1")
+    if only_repo is not None and all(plan.index != only_repo for plan in repos):
+        raise ValueError(f"no repository repo{only_repo} to render")
     global_options = _global_options(layout, process_max, archive_timeout, io_timeout)
     global_custom: Options = {}
     for plan in repos:
-        global_options.update(_repository_options(plan))
+        if only_repo is None or plan.index == only_repo:
+            global_options.update(_repository_options(plan))
         _merge_global_custom(global_custom, plan)
     # Custom options come last so an operator can override a default (e.g. compress-type=lz4).
     global_options.update(global_custom)
@@ -149,7 +158,11 @@ def render_config(
 
 
 def secret_env(repos: Iterable[RepositoryPlan]) -> dict[str, str]:
-    """The `PGBACKREST_REPO<N>_…` environment carrying every secret that is set."""
+    """The `PGBACKREST_REPO<N>_…` environment carrying every secret that is set.
+
+    Give it only the repositories the command's config file names: pgBackRest counts a
+    repository as configured as soon as any of its options is set, from the environment too.
+    """
     env: dict[str, str] = {}
     for plan in repos:
         repo = plan.repository
@@ -252,9 +265,9 @@ def _repository_options(plan: RepositoryPlan) -> Options:
         options["cipher-type"] = "aes-256-cbc"
     options.update(_storage_options(repo))
     for key, value in repo.custom_options.items():
-        if key.startswith("repo-"):
-            check_custom_option(key)
-            options[key.removeprefix("repo-")] = value
+        if is_repository_scoped(key):
+            check_custom_option(key, value)
+            options[key.removeprefix(REPO_PREFIX)] = value
     return {f"repo{plan.index}-{key}": value for key, value in options.items()}
 
 
@@ -302,9 +315,9 @@ def _present(options: Mapping[str, str | None]) -> Options:
 
 def _merge_global_custom(merged: Options, plan: RepositoryPlan) -> None:
     for key, value in plan.repository.custom_options.items():
-        if key.startswith("repo-"):
+        if is_repository_scoped(key):
             continue
-        check_custom_option(key)
+        check_custom_option(key, value)
         if merged.get(key, value) != value:
             raise ValueError(f"repositories disagree on custom option {key!r}")
         merged[key] = value

@@ -246,6 +246,29 @@ def stanza_problem(
     return f"{words} ({'; '.join(repo_problems)})" if repo_problems else words
 
 
+class RepositoryHealth(msgspec.Struct, kw_only=True):
+    """How one repository answered `info --repo=<key>`.
+
+    `ok`: readable (with or without backups); `missing_stanza`: readable but holding no stanza
+    for this node (never created there, or its contents were removed); `degraded`: it could
+    not be read (`message` says why).
+    """
+
+    status: str
+    message: str | None = None
+
+
+def repository_health(stanza: StanzaInfo, key: int) -> RepositoryHealth:
+    """The health of repository `key` in an `info --repo=<key>` answer."""
+    repo = next((r for r in stanza.repo if r.key == key), None)
+    status: StanzaStatus | RepoStatus = repo.status if repo is not None else stanza.status
+    if status.code in _HEALTHY:
+        return RepositoryHealth(status="ok")
+    if status.code == 1:
+        return RepositoryHealth(status="missing_stanza", message=_status_words(status))
+    return RepositoryHealth(status="degraded", message=_status_words(status))
+
+
 def current_system_id(stanza: StanzaInfo) -> int | None:
     """The system id of the stanza's current database (the db history entry with the top id)."""
     if not stanza.db:

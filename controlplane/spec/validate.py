@@ -2,13 +2,14 @@
 
 Parsing has two passes. The shape pass (`shape.py`) checks types, bounds and unknown fields
 against the msgspec model; only when the shape is right does the semantic pass run, which
-checks what a type cannot say (unique names, safe paths, managed options, restore targets).
+checks what a type cannot say (unique names, safe paths, managed options, restore targets) and,
+given the installed server's `SettingRules`, whether it would accept each postgresql_conf value.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 
 import msgspec
@@ -16,7 +17,6 @@ import msgspec
 from controlplane.errors import InvalidInputError, MalformedRequestError
 from controlplane.spec.models import (
     BackupRequest,
-    ConfValue,
     DatabaseRequest,
     DatabaseSpec,
     DatabaseUser,
@@ -30,6 +30,8 @@ from controlplane.spec.paths import (
     item_path,
     problem,
 )
+from controlplane.spec.pg_settings import SettingRules
+from controlplane.spec.postgresql_conf import check_postgresql_conf
 from controlplane.spec.repositories import check_backup_config
 from controlplane.spec.restore_options import check_restore_config
 from controlplane.spec.shape import shape_errors, validation_message
@@ -46,25 +48,18 @@ ROLE_ATTRIBUTES = frozenset(
 )
 # Roles the control plane and PostgreSQL itself rely on.
 _RESERVED_USERS = frozenset({"postgres", "controlplane"})
-_CONF_KEY = re.compile(r"^[a-z_][a-z0-9_.]{0,63}$")
-# Settings the control plane renders itself: changing them would detach the instance from its
-# orchestration, archiving or replication.
-_MANAGED_CONF = frozenset(
-    {
-        *("port", "listen_addresses", "unix_socket_directories", "unix_socket_permissions"),
-        *("data_directory", "hba_file", "ident_file", "config_file", "external_pid_file"),
-        *("include", "include_dir", "include_if_exists"),
-        *("archive_mode", "archive_command", "archive_library", "restore_command"),
-        *("primary_conninfo", "primary_slot_name", "shared_preload_libraries"),
-        *("wal_level", "cluster_name"),
-    }
-)
+# Databases every cluster has (templates, the maintenance database the control plane connects
+# to) and the one a detached subscription names.
+RESERVED_DATABASES = frozenset({"template0", "template1", "postgres", "cp_detached"})
+# Ports below this are privileged: the OS user that runs Postgres cannot listen on them.
+_FIRST_UNPRIVILEGED_PORT = 1024
 
 
-def parse_request(body: bytes | str, model: type[T]) -> T:
+def parse_request(body: bytes | str, model: type[T], *, rules: SettingRules | None = None) -> T:
     """Decode a JSON body into `model`, raising InvalidInputError with every problem found.
 
-    A body that is not JSON, or not a JSON object, raises MalformedRequestError.
+    A body that is not JSON, or not a JSON object, raises MalformedRequestError. `rules` (the
+    installed server's settings) make postgresql_conf values checked too.
     """
     try:
         document = msgspec.json.decode(body)
@@ -79,15 +74,22 @@ def parse_request(body: bytes | str, model: type[T]) -> T:
         request = msgspec.convert(document, model)
     except msgspec.ValidationError as exc:  # the shape pass should have caught it already
         raise InvalidInputError([problem(_error_path(exc), validation_message(exc))]) from None
-    errors = validate_request(request)
+    errors = validate_request(request, rules=rules)
     if errors:
         raise InvalidInputError(errors)
     return request
 
 
-def parse_database_request(body: bytes | str) -> DatabaseRequest:
-    """Parse and validate the body of a database create or update."""
-    return parse_request(body, DatabaseRequest)
+def parse_database_request(
+    body: bytes | str, *, rules: SettingRules | None = None
+) -> DatabaseRequest:
+    """Parse and validate the body of a database create or update.
+
+    With `rules` (built once at start-up from the installed server, `Services.setting_rules`)
+    every postgresql_conf value is checked against the server's own rules; without them only
+    the control plane's rules apply and the server's are met when the configuration is applied.
+    """
+    return parse_request(body, DatabaseRequest, rules=rules)
 
 
 def parse_backup_request(body: bytes | str) -> BackupRequest:
@@ -100,10 +102,12 @@ def parse_restore_request(body: bytes | str) -> RestoreRequest:
     return parse_request(body, RestoreRequest)
 
 
-def validate_request(request: msgspec.Struct) -> list[Problem]:
+def validate_request(
+    request: msgspec.Struct, *, rules: SettingRules | None = None
+) -> list[Problem]:
     """Semantic problems of an already well-shaped request (paths relative to the body)."""
     if isinstance(request, DatabaseRequest):
-        return validate_database_spec(request.spec)
+        return validate_database_spec(request.spec, rules=rules)
     if isinstance(request, BackupRequest):
         return validate_backup_request(request)
     if isinstance(request, RestoreRequest):
@@ -111,12 +115,15 @@ def validate_request(request: msgspec.Struct) -> list[Problem]:
     return []
 
 
-def validate_database_spec(spec: DatabaseSpec) -> list[Problem]:
+def validate_database_spec(
+    spec: DatabaseSpec, *, rules: SettingRules | None = None
+) -> list[Problem]:
     """Semantic problems of a database spec, with paths prefixed `spec.`."""
-    errors = _check_nodes(spec)
+    errors = _check_database_name(spec.database_name)
+    errors += _check_nodes(spec)
     errors += _check_ports(spec)
     errors += _check_users(spec.database_users, "spec.database_users")
-    errors += _check_postgresql_conf(spec.postgresql_conf, "spec.postgresql_conf")
+    errors += check_postgresql_conf(spec.postgresql_conf, "spec.postgresql_conf", rules)
     if spec.backup_config is not None:
         errors += check_backup_config(spec.backup_config, "spec.backup_config")
     if spec.restore_config is not None:
@@ -190,10 +197,23 @@ def _check_nodes(spec: DatabaseSpec) -> list[Problem]:
     return errors
 
 
+def _check_database_name(name: str) -> list[Problem]:
+    if name in RESERVED_DATABASES:
+        message = (
+            f"database name {name} is reserved (PostgreSQL's templates and maintenance "
+            "database, or a name the control plane uses itself)"
+        )
+        return [problem("spec.database_name", message)]
+    return []
+
+
 def _check_ports(spec: DatabaseSpec) -> list[Problem]:
     # Instances share a host's network (local processes, host-networked containers), so two
     # nodes cannot listen on the same fixed port; 0 lets the orchestrator pick a free one.
-    errors: list[Problem] = []
+    errors = _privileged_port(spec.port, "spec.port")
+    for index, node in enumerate(spec.nodes):
+        if node.port is not None:
+            errors += _privileged_port(node.port, f"{item_path('spec.nodes', index)}.port")
     used_by: dict[int, str] = {}
     for index, node in enumerate(spec.nodes):
         port = spec.port if node.port is None else node.port
@@ -211,6 +231,16 @@ def _check_ports(spec: DatabaseSpec) -> list[Problem]:
             message = f"port {port} is also used by node {used_by[port]}"
             errors.append(problem(f"{item_path('spec.nodes', index)}.port", message))
     return errors
+
+
+def _privileged_port(port: int, path: str) -> list[Problem]:
+    if 0 < port < _FIRST_UNPRIVILEGED_PORT:
+        message = (
+            f"port {port} is privileged: Postgres runs as an unprivileged OS user and cannot "
+            f"listen on it (use 0 to pick one, or {_FIRST_UNPRIVILEGED_PORT}-65535)"
+        )
+        return [problem(path, message)]
+    return []
 
 
 def _check_users(users: Sequence[DatabaseUser], path: str) -> list[Problem]:
@@ -244,18 +274,4 @@ def _check_attributes(attributes: Sequence[str], path: str) -> list[Problem]:
         if opposite in attributes[:index]:
             message = f"attribute {attribute} contradicts {opposite}"
             errors.append(problem(item_path(path, index), message))
-    return errors
-
-
-def _check_postgresql_conf(conf: Mapping[str, ConfValue], path: str) -> list[Problem]:
-    errors: list[Problem] = []
-    for key, value in conf.items():
-        key_path = field_path(path, key)
-        if not _CONF_KEY.fullmatch(key) or has_control_chars(key):
-            message = "invalid parameter name (expected ^[a-z_][a-z0-9_.]*$, at most 64 chars)"
-            errors.append(problem(key_path, message))
-        elif key in _MANAGED_CONF or key.startswith("recovery_target"):
-            errors.append(problem(key_path, f"parameter {key} is managed by the control plane"))
-        elif isinstance(value, str) and has_control_chars(value):
-            errors.append(problem(key_path, UNSAFE_TEXT))
     return errors

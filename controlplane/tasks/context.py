@@ -15,6 +15,7 @@ from controlplane.tasks.logger import TaskLogger
 
 if TYPE_CHECKING:
     from controlplane.orchestrator.base import Orchestrator
+    from controlplane.spec.pg_settings import SettingRules
     from controlplane.spec.secrets import SecretBox
 
 
@@ -26,6 +27,9 @@ class Services:
     pool: Pool
     orchestrator: Orchestrator
     secret_box: SecretBox
+    # The installed server's setting rules (`load_setting_rules`): postgresql_conf values are
+    # checked against them at request time; None when the server binary could not be read.
+    setting_rules: SettingRules | None = None
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.errors import ExternalCommandError, InvalidInputError
@@ -27,6 +28,15 @@ from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
 
 CONFIG_FILE = "pgbackrest.conf"
+# How long the catalog waits for one repository's `info`, and pgBackRest's I/O timeout then:
+# an unreachable object store is reported as degraded in seconds rather than minutes.
+CATALOG_DEADLINE_SECONDS = 30.0
+CATALOG_IO_TIMEOUT_SECONDS = 5
+
+
+def repository_config_file(index: int) -> str:
+    """The config naming repository `index` alone (for commands that take no `--repo`)."""
+    return f"pgbackrest.repo{index}.conf"
 
 
 def effective_backup_config(spec: DatabaseSpec, node_name: str) -> BackupConfig | None:
@@ -46,6 +56,9 @@ class BackupSetup:
     plans: list[RepositoryPlan] = field(default_factory=list)
     config_text: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    # With several repositories: per repository index, a config file (path, text) naming it
+    # alone, so `stanza-create` and `check` on it do not depend on the others.
+    repo_configs: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -67,6 +80,20 @@ class BackupSetup:
         raise InvalidInputError(
             [{"path": "repository_id", "message": f"no repository {repo_id} for this node"}]
         )
+
+    def backup_repo(self, repo_id: str | None) -> int:
+        """The repo number a backup to `repo_id` (None: pgBackRest's default, repo1) lands in."""
+        index = self.repo_index(repo_id)
+        return self.plans[0].index if index is None else index
+
+    def scoped(self, index: int) -> tuple[str, dict[str, str]]:
+        """Config path and environment under which pgBackRest sees repository `index` alone."""
+        plan = next((p for p in self.plans if p.index == index), None)
+        if plan is None:
+            raise ValueError(f"node {self.ref.node_name} has no repository repo{index}")
+        if index not in self.repo_configs:
+            return self.config_path, self.env
+        return self.repo_configs[index][0], secret_env([plan])
 
     @property
     def repository_ids(self) -> dict[int, str]:
@@ -96,10 +123,16 @@ async def backup_setup(
         generations=generations,
         cipher_passes=passes,
     )
-    setup.config_text = render_config(
-        layout(services, ref), setup.plans, process_max=min(4, os.cpu_count() or 1)
-    )
+    process_max = min(4, os.cpu_count() or 1)
+    setup.config_text = render_config(layout(services, ref), setup.plans, process_max=process_max)
     setup.env = secret_env(setup.plans)
+    if len(setup.plans) > 1:
+        for plan in setup.plans:
+            text = render_config(
+                layout(services, ref), setup.plans, process_max=process_max, only_repo=plan.index
+            )
+            path = orchestrator.file_path(ref, repository_config_file(plan.index))
+            setup.repo_configs[plan.index] = (path, text)
     return setup
 
 
@@ -122,6 +155,8 @@ async def write_backup_files(services: Services, setup: BackupSetup) -> bool:
     orchestrator, ref = services.orchestrator, setup.ref
     if setup.enabled:
         await orchestrator.write_file(ref, CONFIG_FILE, setup.config_text)
+        for index, (_, text) in sorted(setup.repo_configs.items()):
+            await orchestrator.write_file(ref, repository_config_file(index), text)
         dirs = state_dirs(layout(services, ref))
         dirs += [p.path for p in setup.plans if type_of(p.repository) == "posix"]
         await orchestrator.make_dirs(ref, dirs)
@@ -136,23 +171,31 @@ async def run_pgbackrest(
     subject: str,
     on_line: LineSink | None = None,
     one_off: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> CommandResult:
-    """Run a pgbackrest argv next to the instance with its secrets in the environment; a
-    non-zero exit raises ExternalCommandError in words (`subject` names what failed)."""
+    """Run a pgbackrest argv next to the instance with its secrets in the environment (`env`
+    replaces the node's: see `BackupSetup.scoped`); a non-zero exit raises
+    ExternalCommandError in words (`subject` names what failed)."""
     orchestrator = services.orchestrator
     runner = orchestrator.run_one_off if one_off else orchestrator.exec
-    result = await runner(setup.ref, argv, env=setup.env, on_line=on_line)
+    result = await runner(setup.ref, argv, env=setup.env if env is None else env, on_line=on_line)
     if result.exit_code != 0:
         command = argv[-1]
         raise pgb.error_for(result.exit_code, result.tail(20), command=command, subject=subject)
     return result
 
 
-async def read_info(services: Services, setup: BackupSetup, *, subject: str) -> pgb_info.StanzaInfo:
-    """`pgbackrest info` for the node's stanza, parsed."""
-    result = await run_pgbackrest(
-        services, setup, pgb.info_argv(setup.config_path), subject=subject
-    )
+async def read_info(
+    services: Services,
+    setup: BackupSetup,
+    *,
+    subject: str,
+    repo: int | None = None,
+    io_timeout: int | None = None,
+) -> pgb_info.StanzaInfo:
+    """`pgbackrest info` for the node's stanza (of one repository with `repo`), parsed."""
+    argv = pgb.info_argv(setup.config_path, repo=repo, io_timeout=io_timeout)
+    result = await run_pgbackrest(services, setup, argv, subject=subject)
     # Console log lines (warnings) may surround the JSON, which pgBackRest prints on one line.
     json_lines = [line for line in result.lines if line.startswith("[")]
     stanzas = pgb_info.parse_info(json_lines[-1].encode()) if json_lines else []
@@ -163,3 +206,47 @@ async def read_info(services: Services, setup: BackupSetup, *, subject: str) -> 
 
 def subject_of(ref: InstanceRef, what: str) -> str:
     return f"{what} of node {ref.node_name} of {ref.database_id}"
+
+
+@dataclass
+class RepositoryState:
+    """One repository of a node as the catalog reports it, with what it holds when readable."""
+
+    index: int
+    repository_id: str
+    health: pgb_info.RepositoryHealth
+    stanza: pgb_info.StanzaInfo | None = None
+
+
+async def read_repositories(
+    services: Services,
+    setup: BackupSetup,
+    *,
+    subject: str,
+    deadline: float = CATALOG_DEADLINE_SECONDS,
+) -> list[RepositoryState]:
+    """`info` of every repository on its own, concurrently and bounded in time: one
+    unreachable repository is reported as degraded instead of failing or stalling the rest."""
+
+    async def read(index: int, rid: str) -> RepositoryState:
+        what = f"{subject} (repository {rid})"
+        try:
+            stanza = await asyncio.wait_for(
+                read_info(
+                    services, setup, subject=what, repo=index, io_timeout=CATALOG_IO_TIMEOUT_SECONDS
+                ),
+                deadline,
+            )
+        except TimeoutError:
+            message = f"repository {rid} did not answer within {deadline:.0f} s"
+            return RepositoryState(
+                index, rid, pgb_info.RepositoryHealth(status="degraded", message=message)
+            )
+        except ExternalCommandError as exc:
+            return RepositoryState(
+                index, rid, pgb_info.RepositoryHealth(status="degraded", message=exc.message)
+            )
+        return RepositoryState(index, rid, pgb_info.repository_health(stanza, index), stanza)
+
+    ids = setup.repository_ids
+    return list(await asyncio.gather(*(read(index, rid) for index, rid in sorted(ids.items()))))

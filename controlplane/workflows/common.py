@@ -9,8 +9,12 @@ import json
 import os
 from typing import Any
 
+import asyncpg
+
+from controlplane.errors import ExternalCommandError
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.spec.models import SECRET_FIELDS, DatabaseSpec, NodeSpec
+from controlplane.spec.postgresql_conf import MESH_MINIMUMS, quote_conf
 from controlplane.spec.secrets import join_secrets, secret_values
 from controlplane.store import databases, instances, repository_keys
 from controlplane.store.databases import DatabaseRow
@@ -19,6 +23,31 @@ from controlplane.store.tasks import TaskRow
 from controlplane.tasks.context import Services, StepContext
 
 SCRAM_ITERATIONS = 4096
+# The configuration a node ran on before a task rewrote it (instance dir, private).
+PREVIOUS_SETTINGS_FILE = "postgresql.previous.json"
+# Lines the orchestrator itself appends to the file we write (docker: hba and ident paths).
+_ORCHESTRATOR_PLACED = frozenset({"hba_file", "ident_file"})
+# The settings of the file we write, as the running server reads it now: the file that sets
+# cluster_name (always ours), not postgresql.auto.conf should ALTER SYSTEM have set it too.
+_OUR_FILE_SETTINGS = """
+WITH ours AS (
+    SELECT sourcefile FROM pg_file_settings
+    WHERE name = 'cluster_name' AND sourcefile NOT LIKE '%/postgresql.auto.conf'
+    ORDER BY seqno DESC LIMIT 1)
+SELECT name, setting FROM pg_file_settings
+WHERE sourcefile = (SELECT sourcefile FROM ours) AND name IS NOT NULL AND setting IS NOT NULL
+ORDER BY seqno
+"""
+# What the configuration files hold that the server could not apply (a pending restart is
+# not an error: the value is valid and waits for the restart).
+_FILE_ERRORS = """
+SELECT f.sourcefile, f.sourceline, f.name, f.setting, f.error
+FROM pg_file_settings f LEFT JOIN pg_settings s ON lower(s.name) = lower(f.name)
+WHERE f.error IS NOT NULL AND NOT coalesce(s.pending_restart, false)
+ORDER BY f.seqno
+"""
+# SQLSTATE 55P02: the setting cannot be changed now (postmaster or sighup context).
+_CANT_CHANGE_NOW = "55P02"
 
 
 def spec_of(services: Services, row: DatabaseRow) -> DatabaseSpec:
@@ -83,15 +112,6 @@ async def instance_refs(ctx: StepContext, nodes: list[NodeSpec] | None = None) -
     return [ref_of(r) for r in rows if names is None or r.node_name in names]
 
 
-def quote_conf(value: Any) -> str:
-    """A postgresql.conf value: booleans on/off, numbers bare, strings single-quoted."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int | float):
-        return str(value)
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
-
-
 async def managed_settings(
     ctx: StepContext, spec: DatabaseSpec, ref: InstanceRef, *, archive_command: str
 ) -> dict[str, str]:
@@ -103,9 +123,7 @@ async def managed_settings(
         "unix_socket_directories": orchestrator.socket_dir(ref),
         "cluster_name": ref.instance_id,
         "wal_level": "logical",
-        "max_wal_senders": 20,
-        "max_replication_slots": 20,
-        "max_worker_processes": 24,
+        **MESH_MINIMUMS,
         "track_commit_timestamp": True,
         "shared_preload_libraries": "pglogical",
         "archive_mode": "on",
@@ -115,6 +133,101 @@ async def managed_settings(
     ours.update(await orchestrator.build_settings())
     merged = {**ours, **spec.postgresql_conf}
     return {key: quote_conf(value) for key, value in merged.items()}
+
+
+async def keep_previous_settings(ctx: StepContext, ref: InstanceRef) -> None:
+    """Before this task rewrites a running node's configuration, keep what its file holds now
+    (as the server reads it back), tagged with the task: a setting that then fails to apply is
+    undone by writing this back. Kept once per task, so a step re-run after a crash never
+    takes the new configuration for the old one."""
+    orchestrator = ctx.services.orchestrator
+    if await previous_settings(ctx, ref) is not None:
+        return
+    if await orchestrator.status(ref) != "running":
+        return
+    try:
+        conn = await orchestrator.connect(ref)
+    except (OSError, asyncpg.PostgresError):
+        return
+    try:
+        rows = await conn.fetch(_OUR_FILE_SETTINGS)
+    finally:
+        await conn.close()
+    settings = {
+        str(r["name"]): quote_conf(str(r["setting"]))
+        for r in rows
+        if r["name"] not in _ORCHESTRATOR_PLACED
+    }
+    if settings:
+        record = {"task_id": str(ctx.task.task_id), "settings": settings}
+        await orchestrator.write_file(ref, PREVIOUS_SETTINGS_FILE, json.dumps(record))
+
+
+async def previous_settings(ctx: StepContext, ref: InstanceRef) -> dict[str, str] | None:
+    """The configuration this task found the node running on, or None (none kept)."""
+    text = await ctx.services.orchestrator.read_file(ref, PREVIOUS_SETTINGS_FILE)
+    if not text:
+        return None
+    record = json.loads(text)
+    if record.get("task_id") != str(ctx.task.task_id):
+        return None
+    return {str(k): str(v) for k, v in record["settings"].items()}
+
+
+async def setting_errors(conn: asyncpg.Connection) -> list[str]:
+    """What the node's configuration files hold that the server refuses, in words: each
+    setting with the server's own reason when it gives one (asked by trying it on this
+    session), else the file and line."""
+    found = []
+    for row in await conn.fetch(_FILE_ERRORS):
+        name, setting = row["name"], row["setting"]
+        if name is None:
+            found.append(f"{row['sourcefile']} line {row['sourceline']}: {row['error']}")
+            continue
+        reason = await _server_reason(conn, name, setting) or str(row["error"])
+        found.append(f"{name} = {setting!r} ({reason})")
+    return found
+
+
+async def _server_reason(conn: asyncpg.Connection, name: str, setting: str) -> str | None:
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config($1, $2, true)", name, setting)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == _CANT_CHANGE_NOW:
+            return None
+        return str(exc)
+    return None
+
+
+async def put_back_previous_settings(
+    ctx: StepContext, ref: InstanceRef, what: str, *, restart: bool
+) -> None:
+    """Write back the configuration the node ran on before this task and apply it (reload,
+    or start the stopped node), then fail the task saying `what` went wrong."""
+    orchestrator = ctx.services.orchestrator
+    subject = f"node {ref.node_name} of {ctx.database_id}"
+    previous = await previous_settings(ctx, ref)
+    if previous is None:
+        raise ExternalCommandError(
+            f"{subject} {what}; no earlier configuration of this task to put back"
+        )
+    await ctx.log.warning(f"{subject} {what}: putting its previous configuration back")
+    await orchestrator.write_postgresql_conf(ref, previous)
+    sink = ctx.log.sink("pg_ctl", node=ref.node_name)
+    try:
+        if restart:
+            await orchestrator.start(ref, on_line=sink)
+        else:
+            await orchestrator.reload(ref, on_line=sink)
+    except ExternalCommandError as exc:
+        raise ExternalCommandError(
+            f"{subject} {what}; its previous configuration was put back but the node did not "
+            f"start on it either: {exc.message}"
+        ) from None
+    raise ExternalCommandError(
+        f"{subject} {what}; its previous configuration was put back and the node runs on it"
+    )
 
 
 def scram_verifier(password: str) -> str:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controlplane.errors import ExternalCommandError, InvalidInputError
+from controlplane.errors import ControlPlaneError, ExternalCommandError, InvalidInputError
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.pgbackrest.command import check_argv, stanza_create_argv
 from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
@@ -16,11 +16,18 @@ from controlplane.tasks.context import StepContext
 from controlplane.workflows import backups, mesh, restore_new
 from controlplane.workflows.common import (
     instance_refs,
+    keep_previous_settings,
     load_spec,
     managed_settings,
+    put_back_previous_settings,
     ref_of,
     scram_verifier,
+    setting_errors,
 )
+
+# pgBackRest [050]: another command holds the stanza's lock; retried this often.
+_LOCK_HELD = 50
+_LOCK_ATTEMPTS = 5
 
 
 async def for_each(
@@ -115,6 +122,7 @@ async def configure_instances(ctx: StepContext) -> dict[str, Any]:
         if await backups.write_backup_files(ctx.services, setup):
             env_changed.append(ref.node_name)
         settings = await managed_settings(ctx, spec, ref, archive_command=setup.archive_command)
+        await keep_previous_settings(ctx, ref)
         if await ctx.services.orchestrator.write_postgresql_conf(ref, settings):
             changed.append(ref.node_name)
     if changed:
@@ -129,10 +137,13 @@ async def _spec_rows(ctx: StepContext, spec: DatabaseSpec) -> list[InstanceRow]:
 
 
 async def configure_backups(ctx: StepContext) -> dict[str, Any]:
-    """Create the stanza and `check` archiving on every node with a backup_config.
+    """Create the stanza and `check` archiving in every repository of every node with a
+    backup_config, one repository at a time.
 
     `check` forces a WAL switch and waits for it to reach the repository, so a node is only
-    called protected when its WAL really arrives.
+    called protected when its WAL really arrives. Each repository is set up on its own
+    (pgBackRest 2.45's `stanza-create` and `check` act on every configured repository), so a
+    failing one is named and does not keep the others from being set up.
     """
     _, spec = await load_spec(ctx)
 
@@ -141,18 +152,50 @@ async def configure_backups(ctx: StepContext) -> dict[str, Any]:
         setup = await backups.backup_setup(ctx.services, spec, row, ref)
         if not setup.enabled:
             return
-        sink = ctx.log.sink("pgbackrest", node=ref.node_name)
-        for argv, what in (
-            (stanza_create_argv(setup.config_path), "stanza creation"),
-            (check_argv(setup.config_path), "archive check"),
-        ):
-            await backups.run_pgbackrest(
-                ctx.services, setup, argv, on_line=sink, subject=backups.subject_of(ref, what)
-            )
+        failures: dict[str, str] = {}
+        # Every stanza first: a check's WAL switch starts an async archive-push, whose lock a
+        # stanza-create running at the same time would collide with.
+        for what in ("stanza creation", "archive check"):
+            for index, rid in sorted(setup.repository_ids.items()):
+                if rid not in failures:
+                    message = await _in_repository(ctx, setup, index, rid, what)
+                    if message is not None:
+                        failures[rid] = message
+        if failures:
+            raise ExternalCommandError("; ".join(failures.values()))
         await ctx.log.info(f"node {ref.node_name}: backups configured", node=ref.node_name)
 
     await for_each_row(await _spec_rows(ctx, spec), configure)
     return {}
+
+
+async def _in_repository(
+    ctx: StepContext, setup: backups.BackupSetup, index: int, rid: str, what: str
+) -> str | None:
+    """Stanza creation or archive check in one repository; the failure in words, or None."""
+    ref = setup.ref
+    config_path, env = setup.scoped(index)
+    argv = stanza_create_argv(config_path) if what == "stanza creation" else check_argv(config_path)
+    subject = backups.subject_of(ref, f"{what} in repository {rid}")
+    for attempt in range(1, _LOCK_ATTEMPTS + 1):
+        try:
+            await backups.run_pgbackrest(
+                ctx.services,
+                setup,
+                argv,
+                on_line=ctx.log.sink("pgbackrest", node=ref.node_name),
+                subject=subject,
+                env=env,
+            )
+            return None
+        except ExternalCommandError as exc:
+            if exc.exit_code == _LOCK_HELD and attempt < _LOCK_ATTEMPTS:
+                # Another pgBackRest command (an archive-push) holds the lock: it ends soon.
+                await asyncio.sleep(ctx.services.settings.retry_backoff_seconds * attempt)
+                continue
+            await ctx.log.warning(exc.message, node=ref.node_name, repository=rid)
+            return exc.message
+    return None
 
 
 async def for_each_row(
@@ -180,16 +223,23 @@ async def start_instances(ctx: StepContext) -> dict[str, Any]:
 
 
 async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
-    """Reload every instance; restart those with a setting that only takes effect on restart."""
+    """Reload every instance; restart those with a setting that only takes effect on restart.
+
+    A setting the server refuses on reload (`pg_file_settings.error`), or a restart that fails,
+    puts back the configuration the node ran on before this task, brings the node up on it and
+    fails the task naming the setting: the node keeps running its old settings.
+    """
     _, refs = await _spec_refs(ctx)
     orchestrator = ctx.services.orchestrator
 
     env_changed = set(ctx.state.get("environment_changed", []))
 
     async def apply(ref: InstanceRef) -> None:
-        await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl", node=ref.node_name))
+        sink = ctx.log.sink("pg_ctl", node=ref.node_name)
+        await orchestrator.reload(ref, on_line=sink)
         conn = await orchestrator.connect(ref)
         try:
+            refused = await setting_errors(conn)
             pending = [
                 r["name"]
                 for r in await conn.fetch(
@@ -198,6 +248,10 @@ async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
             ]
         finally:
             await conn.close()
+        if refused:
+            await put_back_previous_settings(
+                ctx, ref, f"refused {'; '.join(refused)}", restart=False
+            )
         if ref.node_name in env_changed:
             # archive-push runs inside Postgres: new repository secrets need a restart.
             pending.append("repository credentials")
@@ -206,9 +260,12 @@ async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
                 f"node {ref.node_name}: restarting for {', '.join(pending)}", node=ref.node_name
             )
             # stop + start, never `pg_ctl restart`: restart reuses earlier one-off options.
-            sink = ctx.log.sink("pg_ctl", node=ref.node_name)
             await orchestrator.stop(ref, on_line=sink)
-            await orchestrator.start(ref, on_line=sink)
+            try:
+                await orchestrator.start(ref, on_line=sink)
+            except ExternalCommandError as exc:
+                what = f"did not start with the new {', '.join(pending)} ({exc.message})"
+                await put_back_previous_settings(ctx, ref, what, restart=True)
 
     await for_each(refs, apply)
     return {}
@@ -324,11 +381,23 @@ async def settle_after_failure(ctx: StepContext, message: str) -> None:
     await databases.set_state(pool, ctx.database_id, state, error=message)
 
 
-async def stop_all_instances(ctx: StepContext) -> None:
-    """Stop every instance of the database (used when a create is canceled)."""
-    pool = ctx.services.pool
+async def stop_all_instances(ctx: StepContext, message: str | None = None) -> None:
+    """Stop every instance of a create that failed or was canceled, so that nothing it started
+    keeps running unattended: each is shown `stopped` (or `failed` when it is missing or would
+    not stop), desired stopped so the monitor leaves it down until an update or a delete."""
+    pool, orchestrator = ctx.services.pool, ctx.services.orchestrator
     for row in await instances.list_instances(pool, ctx.database_id):
-        await ctx.services.orchestrator.stop(ref_of(row), on_line=ctx.log.sink("pg_ctl"))
+        ref = ref_of(row)
+        state, error = "stopped", message
+        try:
+            if await orchestrator.status(ref) == "missing":
+                state = "failed"
+            else:
+                await orchestrator.stop(ref, on_line=ctx.log.sink("pg_ctl", node=row.node_name))
+        except (ControlPlaneError, OSError) as exc:
+            state = "failed"
+            error = exc.message if isinstance(exc, ControlPlaneError) else str(exc)
+            await ctx.log.error(f"node {row.node_name}: {error}", node=row.node_name)
         await instances.set_instance_state(
-            pool, ctx.database_id, row.node_name, "stopped", desired="stopped"
+            pool, ctx.database_id, row.node_name, state, error=error, desired="stopped"
         )

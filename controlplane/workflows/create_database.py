@@ -9,13 +9,14 @@ from controlplane.workflows import converge, mesh
 
 
 async def _on_failure(ctx: StepContext, message: str) -> None:
-    await converge.settle_after_failure(ctx, message)
+    # A half-created database must not keep running unattended: stop what was started. The
+    # instances stay (stopped) so the failure can be looked at; an update or a delete follows.
+    await converge.stop_all_instances(ctx, message)
     await databases.set_state(ctx.services.pool, ctx.database_id, "failed", error=message)
 
 
 async def _on_cancel(ctx: StepContext, message: str) -> None:
-    # A half-created database must not keep running unattended: stop what was started.
-    await converge.stop_all_instances(ctx)
+    await converge.stop_all_instances(ctx, "create was canceled")
     await databases.set_state(
         ctx.services.pool, ctx.database_id, "failed", error="create was canceled"
     )

@@ -60,20 +60,22 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
 
     Only a resumed attempt can find its own set, so a first attempt goes straight to pgbackrest
     (the benchmark holds the task to within 10% of a hand-run backup). A stanza that does not
-    exist yet (repository emptied, new generation) is created and the backup run again.
-    pgbackrest expires sets beyond retention at the end of every backup (expire-auto).
+    exist yet (repository emptied, new generation) is created in that repository alone (the
+    node's other repositories may be down) and the backup run again. pgbackrest expires sets
+    beyond retention at the end of every backup (expire-auto).
     """
     setup = await _setup(ctx)
     task_id = str(ctx.task.task_id)
     subject = backups.subject_of(setup.ref, "backup")
+    request = ctx.task.input
+    repo = setup.backup_repo(request.get("repository_id"))
     if ctx.task.attempts > 1:
-        found = await _wait_for_lock(ctx, setup, task_id, subject)
+        found = await _wait_for_lock(ctx, setup, task_id, subject, repo)
         if found is not None:
             await ctx.log.info(
                 f"backup {found.label} of this task already exists; not taking another"
             )
             return {"label": found.label}
-    request = ctx.task.input
     argv = pgb.backup_argv(
         setup.config_path,
         type=request.get("type", "full"),
@@ -89,13 +91,17 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
     except ExternalCommandError as exc:
         if exc.exit_code != _MISSING_STANZA:
             raise
-        await ctx.log.info("the repository has no stanza for this node yet; creating it")
+        await ctx.log.info(
+            f"repository {setup.repository_ids[repo]} has no stanza for this node yet; creating it"
+        )
+        config_path, env = setup.scoped(repo)
         await backups.run_pgbackrest(
             ctx.services,
             setup,
-            pgb.stanza_create_argv(setup.config_path),
+            pgb.stanza_create_argv(config_path),
             subject=backups.subject_of(setup.ref, "stanza creation"),
             on_line=sink,
+            env=env,
         )
         result = await backups.run_pgbackrest(
             ctx.services, setup, argv, subject=subject, on_line=sink
@@ -108,15 +114,16 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
 
 
 async def _wait_for_lock(
-    ctx: StepContext, setup: backups.BackupSetup, task_id: str, subject: str
+    ctx: StepContext, setup: backups.BackupSetup, task_id: str, subject: str, repo: int
 ) -> pgb_info.CatalogEntry | None:
     """Observe before acting: a backup still running (e.g. this task's attempt from before a
     crash, which outlives the server) holds the stanza lock; wait for it, then look again for
-    this task's set rather than starting a second backup."""
+    this task's set rather than starting a second backup. Only the backup's own repository is
+    read: another one being down must not hold this backup up."""
     waited = False
     deadline = time.monotonic() + _LOCK_WAIT_SECONDS
     while True:
-        stanza = await backups.read_info(ctx.services, setup, subject=subject)
+        stanza = await backups.read_info(ctx.services, setup, subject=subject, repo=repo)
         found = _mine(stanza, setup, task_id)
         locks = stanza.status.lock
         held = bool(locks and locks.backup and locks.backup.held)
@@ -143,7 +150,10 @@ async def record_result(ctx: StepContext) -> dict[str, Any]:
     """Put the set's catalog entry in the task result and clear the busy states."""
     setup = await _setup(ctx)
     stanza = await backups.read_info(
-        ctx.services, setup, subject=backups.subject_of(setup.ref, "backup")
+        ctx.services,
+        setup,
+        subject=backups.subject_of(setup.ref, "backup"),
+        repo=setup.backup_repo(ctx.task.input.get("repository_id")),
     )
     entry = _mine(stanza, setup, str(ctx.task.task_id))
     if entry is None:

@@ -132,6 +132,56 @@ CASES: list[tuple[str, Mutation, list[str]]] = [
         ["spec.database_users[0].username"],
     ),
     (
+        "value out of the server's range",
+        _set("spec.postgresql_conf", {"shared_buffers": "999TB"}),
+        ["spec.postgresql_conf.shared_buffers"],
+    ),
+    (
+        "unknown setting",
+        _set("spec.postgresql_conf", {"shared_bufers": "1GB"}),
+        ["spec.postgresql_conf.shared_bufers"],
+    ),
+    (
+        "wrong enum value",
+        _set("spec.postgresql_conf", {"huge_pages": "maybe"}),
+        ["spec.postgresql_conf.huge_pages"],
+    ),
+    (
+        "managed port setting",
+        _set("spec.postgresql_conf", {"port": 2}),
+        ["spec.postgresql_conf.port"],
+    ),
+    ("privileged port", _set("spec.port", 2), ["spec.port"]),
+    (
+        "log directory outside the data directory",
+        _set("spec.postgresql_conf", {"log_directory": "/etc"}),
+        ["spec.postgresql_conf.log_directory"],
+    ),
+    (
+        "ssl without certificates",
+        _set("spec.postgresql_conf", {"ssl": "on"}),
+        ["spec.postgresql_conf.ssl"],
+    ),
+    (
+        "fewer wal senders than the mesh needs",
+        _set("spec.postgresql_conf", {"max_wal_senders": 0}),
+        ["spec.postgresql_conf.max_wal_senders"],
+    ),
+    (
+        "preload library",
+        _set("spec.postgresql_conf", {"shared_preload_libraries": "pglogical,auto_explain"}),
+        ["spec.postgresql_conf.shared_preload_libraries"],
+    ),
+    ("reserved database name", _set("spec.database_name", "template1"), ["spec.database_name"]),
+    (
+        "custom option with a repository number",
+        _set(
+            "spec.backup_config",
+            {"repositories": [{**POSIX, "custom_options": {"repo1-path": "/tmp/x"}}]},
+        ),
+        ["spec.backup_config.repositories[0].custom_options.repo1-path"],
+    ),
+    (
         "time target without timezone",
         _set(
             "spec.restore_config",

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from controlplane.errors import InvalidInputError
 from controlplane.pgbackrest.config import (
     NOOP_ARCHIVE_COMMAND,
     InstanceLayout,
@@ -23,6 +24,7 @@ from controlplane.pgbackrest.config import (
     secret_env,
     write_config_atomic,
 )
+from controlplane.spec import parse_database_request
 from controlplane.spec.models import (
     BackupConfig,
     DatabaseSpec,
@@ -239,7 +241,7 @@ def test_keys_sorted_within_sections() -> None:
 def test_newline_in_value_refused() -> None:
     """A value with a line break (an INI injection) raises instead of being written."""
     plans = plans_for({**POSIX, "custom_options": {"buffer-size": "1MiB\nrepo1-path=/etc"}})
-    with pytest.raises(ValueError, match="line break"):
+    with pytest.raises(ValueError, match="newline"):
         render(plans)
 
 
@@ -256,7 +258,7 @@ def test_secret_custom_option_refused() -> None:
 def test_structural_custom_option_refused(key: str) -> None:
     """custom_options cannot redirect paths, the stanza or another repo's indexed options."""
     plans = plans_for({**POSIX, "custom_options": {key: "/tmp/elsewhere"}})
-    with pytest.raises(ValueError, match="may not set"):
+    with pytest.raises(ValueError, match="may not be set"):
         render(plans)
 
 
@@ -387,3 +389,89 @@ def test_gcs_port_goes_into_the_endpoint() -> None:
     )
     assert "repo1-gcs-endpoint=localhost:59200" in text
     assert "storage-port" not in text
+
+
+CUSTOM_KEYS = [
+    *("compress-type", "compress-level", "process-max", "buffer-size", "archive-async"),
+    *("repo-bundle", "repo-bundle-limit", "repo-hardlink", "io-timeout", "archive-timeout"),
+    *("repo1-path", "repo2-retention-full", "pg1-path", "repo-path", "lock-path", "stanza"),
+    *("config-include-path", "repo-s3-key", "repo-cipher-pass", "repo-host", "type", "repo"),
+    *("online", "log-level-console", "target-action", "Compress", "a--b", "repo-", "x=y"),
+]
+
+
+@pytest.mark.parametrize("key", CUSTOM_KEYS)
+def test_spec_and_renderer_share_one_custom_option_rule(key: str) -> None:
+    """A custom option passes spec validation exactly when the renderer writes it: nothing the
+    API accepts fails later in a backup, the catalog or verify."""
+    repository = {**POSIX, "base_path": "/backups", "custom_options": {key: "2"}}
+    body = {
+        "spec": {
+            "database_name": "app",
+            "nodes": [{"name": "n1"}],
+            "backup_config": {"repositories": [repository]},
+        }
+    }
+    try:
+        parse_database_request(msgspec.json.encode(body))
+        accepted = True
+    except InvalidInputError:
+        accepted = False
+    try:
+        render(plans_for(repository))
+        rendered = True
+    except ValueError:
+        rendered = False
+    assert accepted == rendered, (key, accepted, rendered)
+
+
+def test_repo1_path_custom_option_refused_up_front() -> None:
+    """The audit's `repo1-path` custom option is a 422 at its path, saying why."""
+    repository = {**POSIX, "base_path": "/backups", "custom_options": {"repo1-path": "/x"}}
+    body = {
+        "spec": {
+            "database_name": "app",
+            "nodes": [{"name": "n1"}],
+            "backup_config": {"repositories": [repository]},
+        }
+    }
+    with pytest.raises(InvalidInputError) as raised:
+        parse_database_request(msgspec.json.encode(body))
+    assert raised.value.errors == [
+        {
+            "path": "spec.backup_config.repositories[0].custom_options.repo1-path",
+            "message": "option repo1-path is managed by the control plane (repositories are "
+            "numbered by the control plane: write repository options as repo-<name>)",
+        }
+    ]
+
+
+def test_one_repository_config_names_that_repository_alone() -> None:
+    """`only_repo` keeps the global options and that repository's own, with its number, so
+    stanza-create and check (no --repo in 2.45) act on it alone."""
+    plans = plans_for(
+        {**POSIX, "custom_options": {"compress-type": "lz4", "repo-bundle-limit": "4MiB"}},
+        ENCRYPTED_S3,
+    )
+    full = render(plans)
+    second = render(plans, only_repo=2)
+    first = render(plans, only_repo=1)
+    assert "repo1-" not in second and "repo2-s3-bucket=prod-backups\n" in second
+    assert "repo2-" not in first and "repo1-bundle-limit=4MiB\n" in first
+    assert "compress-type=lz4\n" in first and "compress-type=lz4\n" in second
+    assert set(first.splitlines()) | set(second.splitlines()) == set(full.splitlines())
+    with pytest.raises(ValueError, match="no repository repo3"):
+        render(plans, only_repo=3)
+
+
+def test_secret_env_of_one_repository() -> None:
+    """The environment of a one-repository command carries only that repository's secrets:
+    pgBackRest would count a repository whose key alone is set as configured."""
+    plans = plans_for(POSIX, ENCRYPTED_S3)
+    env = secret_env([plans[1]])
+    assert set(env) == {
+        "PGBACKREST_REPO2_S3_KEY",
+        "PGBACKREST_REPO2_S3_KEY_SECRET",
+        "PGBACKREST_REPO2_CIPHER_PASS",
+    }
+    assert secret_env([plans[0]]) == {}
