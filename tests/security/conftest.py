@@ -22,6 +22,10 @@ from tests.support.server import ServerProcess
 
 # One Postgres for every test server's state store, as in tests/integration.
 store_cluster = integration.store_cluster
+# A server of its own per test, as in tests/integration (the isolation tests change it).
+store_url = integration.store_url
+server = integration.server
+api = integration.api
 
 # The database hostile requests are aimed at (one node, a posix repository).
 TARGET_ID = "target"
