@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -163,6 +164,12 @@ async def write_backup_files(services: Services, setup: BackupSetup) -> bool:
     return await orchestrator.set_environment(ref, setup.env)
 
 
+# Commands that contend with the node's own archiver for the archive lock (exit 50), and how
+# long they wait for it.
+_WAIT_FOR_ARCHIVE_LOCK = frozenset({"stanza-create", "stanza-upgrade", "check"})
+_ARCHIVE_LOCK_WAIT = 60.0
+
+
 async def run_pgbackrest(
     services: Services,
     setup: BackupSetup,
@@ -178,9 +185,21 @@ async def run_pgbackrest(
     ExternalCommandError in words (`subject` names what failed)."""
     orchestrator = services.orchestrator
     runner = orchestrator.run_one_off if one_off else orchestrator.exec
-    result = await runner(setup.ref, argv, env=setup.env if env is None else env, on_line=on_line)
+    command = argv[-1]
+    deadline = time.monotonic() + _ARCHIVE_LOCK_WAIT
+    while True:
+        result = await runner(
+            setup.ref, argv, env=setup.env if env is None else env, on_line=on_line
+        )
+        # stanza-create and check take the stanza's archive lock without waiting, and the
+        # node's own asynchronous archive-push holds it for moments at a time (retrying WAL
+        # that could not be pushed yet): wait for it rather than fail.
+        if not (result.exit_code == 50 and command in _WAIT_FOR_ARCHIVE_LOCK):
+            break
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
     if result.exit_code != 0:
-        command = argv[-1]
         raise pgb.error_for(result.exit_code, result.tail(20), command=command, subject=subject)
     return result
 
