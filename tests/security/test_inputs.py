@@ -213,9 +213,13 @@ async def test_hostile_requests_reach_a_real_database(
 
 
 async def test_health_answers_while_maximum_bodies_are_checked(target: Target) -> None:
-    """Three ~1 MiB bodies whose validation takes seconds each are posted at once: /health keeps
-    answering within a second throughout, and each body gets its 422 with the first 100 errors."""
-    slow = json.dumps({"restore_config": {}, "target_nodes": ["bad"] * 149_000}).encode()
+    """Three ~1 MiB bodies with tens of thousands of errors each are posted at once: /health
+    keeps answering within a second throughout, and each body gets its 422 with the first 100
+    errors. (An oversized list is refused by its length alone; unknown fields are each an
+    error.)"""
+    fields: dict[str, object] = {"restore_config": {}}
+    fields.update({f"x{i:06d}": 0 for i in range(73_000)})
+    slow = json.dumps(fields).encode()
     assert MAX_BODY - 64 * 1024 < len(slow) <= MAX_BODY
     async with target.client("admin", timeout=600) as api, target.client(None) as probe:
         posts = [
@@ -228,14 +232,14 @@ async def test_health_answers_while_maximum_bodies_are_checked(target: Target) -
             health = await probe.get("/health", timeout=30)
             latencies.append(time.monotonic() - started)
             assert health.status_code == 200
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.02)
         for post in posts:
             answer = post.result()
             assert answer.status_code == 422, answer.text[:300]
             details = answer.json()["details"]
             assert len(details["errors"]) == 100
-            assert details["omitted_errors"] > 100_000
+            assert details["omitted_errors"] > 60_000
     print(f"/health answered {len(latencies)} times, slowest in {max(latencies):.3f} s")
-    assert len(latencies) >= 5, latencies
+    assert len(latencies) >= 3, latencies
     assert max(latencies) < 1.0, sorted(latencies)[-5:]
     assert_log_clean(target)
