@@ -21,29 +21,16 @@ import asyncpg
 import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.client import AsyncClient
 from controlplane.metrics import METRICS
 from tests.support.api import create_and_wait, database_body, wait_task
 from tests.support.data import backup, posix, write_rows
 from tests.support.eventually import eventually
+from tests.support.metrics import Samples, parse
 from tests.support.server import ServerProcess
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> tuple[dict[str, str], Samples]:
-    """(type of each family, value of each sample keyed by name and sorted labels)."""
-    types: dict[str, str] = {}
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        types[family.name] = family.type
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return types, samples
 
 
 async def scrape(server: ServerProcess) -> tuple[dict[str, str], Samples]:

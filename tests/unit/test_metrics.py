@@ -33,19 +33,9 @@ from controlplane.metrics import (
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
+from tests.support.metrics import parse
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
-
-
-def parse(text: str) -> tuple[dict[str, str], Samples]:
-    types: dict[str, str] = {}
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        types[family.name] = family.type
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return types, samples
 
 
 def facts(node: str, **fields: Any) -> InstanceFacts:
