@@ -166,23 +166,8 @@ class BenchServer:
 
     def psql(self, instance: dict[str, Any], sql: str) -> str:
         """Run one statement as the database owner over TCP; its unaligned output."""
-        info = instance["connection_info"]
         result = subprocess.run(
-            [
-                str(PG_BIN / "psql"),
-                "-h",
-                info["host"],
-                "-p",
-                str(info["port"]),
-                "-U",
-                "admin",
-                "-d",
-                info["database"],
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-AtXc",
-                sql,
-            ],
+            _psql_argv(instance, "-v", "ON_ERROR_STOP=1", "-AtXc", sql),
             capture_output=True,
             text=True,
             env={**os.environ, "PGPASSWORD": "bench-pass"},
@@ -192,23 +177,10 @@ class BenchServer:
 
     def wait_writable(self, instance: dict[str, Any], timeout: float = 300) -> None:
         """Poll until the instance accepts connections and has left recovery."""
-        info = instance["connection_info"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             result = subprocess.run(
-                [
-                    str(PG_BIN / "psql"),
-                    "-h",
-                    info["host"],
-                    "-p",
-                    str(info["port"]),
-                    "-U",
-                    "admin",
-                    "-d",
-                    info["database"],
-                    "-AtXc",
-                    "SELECT pg_is_in_recovery()",
-                ],
+                _psql_argv(instance, "-AtXc", "SELECT pg_is_in_recovery()"),
                 capture_output=True,
                 text=True,
                 env={**os.environ, "PGPASSWORD": "bench-pass"},
@@ -440,3 +412,20 @@ def print_step_medians(title: str, tasks: list[dict[str, Any]]) -> None:
     names = [step["name"] for step in tasks[0]["steps"]]
     parts = [f"{name} {statistics.median(r.get(name, 0.0) for r in per_run):.2f}" for name in names]
     print(f"  {title} steps (median s): " + ", ".join(parts), flush=True)
+
+
+def _psql_argv(instance: dict[str, Any], *options: str) -> list[str]:
+    """psql as the database owner over TCP to an instance of the API's database view."""
+    info = instance["connection_info"]
+    return [
+        str(PG_BIN / "psql"),
+        "-h",
+        info["host"],
+        "-p",
+        str(info["port"]),
+        "-U",
+        "admin",
+        "-d",
+        info["database"],
+        *options,
+    ]
