@@ -95,7 +95,8 @@ async def start_restore(
         raise InvalidInputError(unknown)
     check_storage(services, restore_repository(request.restore_config, "restore_config"))
     config = with_known_secrets(request.restore_config, spec)
-    plan = await _plan(services, config, rows[targets[0]])
+    join_source = await _join_source(services, database_id, config, targets)
+    plan = await _plan(services, config, rows[targets[0]], pin=len(targets) > 1 and not join_source)
     return await _enqueue(
         services,
         database_id,
@@ -103,17 +104,42 @@ async def start_restore(
         config,
         plan,
         pre_restore_backup=request.pre_restore_backup,
+        join_source=join_source,
         actor=actor,
     )
 
 
-async def _plan(services: Services, config: RestoreConfig, target: Any) -> Any:
+async def _join_source(
+    services: Services, database_id: str, config: RestoreConfig, targets: list[str]
+) -> str | None:
+    """The running node of this database whose backup the targets are restored from to the
+    present, when it is not restored itself: each target then rejoins the mesh the way a node
+    added from that backup joins (at a point prepared when its task runs), and loses nothing
+    the source or any other member writes meanwhile."""
+    source = config.source_node_name
+    if config.source_database_id != database_id or source in targets:
+        return None
+    if normalise_restore_options(config.restore_options).get("type") not in (None, "default"):
+        return None
+    row = await instances.get_instance(services.pool, database_id, source)
+    if row is None or await services.orchestrator.status(ref_of(row)) != "running":
+        return None
+    return source
+
+
+async def _plan(services: Services, config: RestoreConfig, target: Any, *, pin: bool) -> Any:
+    """Decide the set and target. Several nodes restored "to the latest point" of a source
+    that may still be writing (`pin`) are all restored to one moment, read now by archiving a
+    marker on it, so they come back identical."""
     setup = await restore_source.source_setup(services, config, ref_of(target))
     entries = await restore_source.source_catalog(services, setup, config)
-    options = config.restore_options
+    options = dict(config.restore_options)
     latest = None
-    if normalise_restore_options(options).get("type") in ("time", "lsn"):
+    kind = normalise_restore_options(options).get("type")
+    if kind in ("time", "lsn") or (pin and kind in (None, "default")):
         latest = await restore_source.archive_marker(services, config)
+    if pin and kind in (None, "default") and latest is not None:
+        options = {**options, "type": "time", "target": latest.time.isoformat()}
     facts = await restore_source.target_facts(services, config, options)
     return restore_source.decide(
         entries, dict(options), latest=latest, path=_OPTIONS_PATH, facts=facts
@@ -128,6 +154,7 @@ async def _enqueue(
     plan: restore_source.RestorePlan,
     *,
     pre_restore_backup: bool,
+    join_source: str | None,
     actor: str,
 ) -> tuple[Task, list[Task], Database]:
     steps = all_workflows()
@@ -158,7 +185,13 @@ async def _enqueue(
                 parent_id=parent.task_id,
                 actor=actor,
                 steps=steps["node_restore"].step_names,
-                input={"plan": plan.to_state(), "pre_restore_backup": pre_restore_backup, **sealed},
+                input={
+                    "plan": plan.to_state(),
+                    "pre_restore_backup": pre_restore_backup,
+                    "target_nodes": targets,
+                    "join_source": join_source,
+                    **sealed,
+                },
             )
             children.append(child)
         await databases.set_state(conn, database_id, "restoring")

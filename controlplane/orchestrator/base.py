@@ -93,6 +93,11 @@ class Orchestrator(Protocol):
 
     async def reload(self, ref: InstanceRef, *, on_line: LineSink) -> None: ...
 
+    async def fence_clients(self, ref: InstanceRef, *, fenced: bool) -> bool:
+        """Admit only the superuser (`fenced`) or every client again, from the next start or
+        reload on (`hba.client_hba`); True when the rules changed."""
+        ...
+
     async def status(self, ref: InstanceRef) -> InstanceStatus: ...
 
     async def exec(

@@ -33,6 +33,7 @@ from controlplane.models import Host
 from controlplane.orchestrator import docker_layout as layout
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.orchestrator.docker_engine import ContainerSpec, Engine, mounted, running
+from controlplane.orchestrator.hba import client_hba
 from controlplane.process import CommandResult, LineSink
 from controlplane.settings import Settings
 
@@ -149,7 +150,8 @@ class DockerOrchestrator:
         for path in (directory, directory / layout.STATE_DIR):
             path.mkdir(mode=0o700, exist_ok=True)
             self._files.chown(path)
-        self._files.write(directory / layout.HBA_FILE, layout.HBA)
+        fenced = (directory / layout.FENCE_FILE).exists()
+        self._files.write(directory / layout.HBA_FILE, client_hba(layout.HBA, fenced=fenced))
         self._files.write(directory / layout.IDENT_FILE, layout.IDENT)
         if not (directory / layout.ENV_FILE).exists():
             self._files.write(directory / layout.ENV_FILE, layout.render_env_file({}))
@@ -182,6 +184,17 @@ class DockerOrchestrator:
     async def write_file(self, ref: InstanceRef, name: str, text: str) -> bool:
         self._ensure_dirs(ref)
         return self._files.write(self._dir(ref) / name, text)
+
+    async def fence_clients(self, ref: InstanceRef, *, fenced: bool) -> bool:
+        """The hba file is rewritten whenever the instance directory is touched: a marker file
+        beside it says which one to write."""
+        marker = self._dir(ref) / layout.FENCE_FILE
+        if fenced:
+            self._files.write(marker, "fenced\n")
+        else:
+            marker.unlink(missing_ok=True)
+        hba = self._dir(ref) / layout.HBA_FILE
+        return self._files.write(hba, client_hba(layout.HBA, fenced=fenced))
 
     async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
         """Sourced by the container's command when Postgres starts (so: on the next start)."""

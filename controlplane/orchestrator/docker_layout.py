@@ -55,6 +55,8 @@ ENV_FILE = "postmaster.env"
 OWN_PGBACKREST_CONFIG = "pgbackrest.conf"
 CONF_FILE = "postgresql.conf"
 HBA_FILE = "pg_hba.conf"
+# Present while the instance admits only the superuser (an in-place restore is under way).
+FENCE_FILE = "clients-fenced"
 IDENT_FILE = "pg_ident.conf"
 STATE_DIR = "pgbackrest"
 PGPASS_FILE = "pgpass"

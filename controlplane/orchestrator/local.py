@@ -17,6 +17,7 @@ from controlplane.errors import ExternalCommandError
 from controlplane.files import OwnedFiles
 from controlplane.models import Host
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
+from controlplane.orchestrator.hba import client_hba
 from controlplane.process import CommandResult, LineSink, as_user, run_command
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
@@ -318,6 +319,14 @@ class LocalOrchestrator:
             await conn.execute("SELECT pg_reload_conf()")
         finally:
             await conn.close()
+
+    async def fence_clients(self, ref: InstanceRef, *, fenced: bool) -> bool:
+        """pg_hba.conf lives in the data directory here (a restore brings back the unfenced
+        one, so a restored node is fenced again before it starts)."""
+        hba = Path(self.data_dir(ref)) / "pg_hba.conf"
+        if not hba.parent.is_dir():
+            return False
+        return self._files.write(hba, client_hba(_HBA, fenced=fenced))
 
     async def exec(
         self,

@@ -4,7 +4,14 @@ Everything here works on asyncpg connections the caller opens (a superuser's, to
 application database) and on libpq DSNs by which the nodes reach each other: no HTTP, no tasks.
 """
 
-from controlplane.replication.attach import create_slot, restored_origins, set_origin
+from controlplane.replication.attach import (
+    create_slot,
+    restored_origins,
+    resume_subscriptions,
+    set_origin,
+    slot_start,
+)
+from controlplane.replication.drain import drain, end_client_sessions
 from controlplane.replication.errors import ReplicationError
 from controlplane.replication.joins import prepare_join, undo_join
 from controlplane.replication.mesh import MeshChanges, converge_mesh
@@ -26,6 +33,7 @@ from controlplane.replication.subscriptions import (
     drop_node_links,
     drop_subscription,
     ensure_subscription,
+    is_pglogical_node,
     subscription_status,
     wait_for_sync,
 )
@@ -41,16 +49,21 @@ __all__ = [
     "converge_mesh",
     "copy_schema",
     "create_slot",
+    "drain",
     "drop_node_links",
     "drop_subscription",
+    "end_client_sessions",
     "ensure_node",
     "ensure_subscription",
+    "is_pglogical_node",
     "local_node_name",
     "pglogical_node_name",
     "prepare_join",
     "reset_restored_node",
     "restored_origins",
+    "resume_subscriptions",
     "set_origin",
+    "slot_start",
     "subscription_name",
     "subscription_status",
     "undo_join",

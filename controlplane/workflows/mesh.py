@@ -62,7 +62,8 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
     (default: the first member) with one data copy, then linked without data. A node restored
     from a member's backup to join was recovered to a prepared point (`restore_join`) and is
     attached there, without a copy; nodes restored together to make a new database hold the
-    same rows and are linked as members.
+    same rows and are linked as members. Nodes restored in place (a `restore` task) are
+    attached at the points their node restores recorded.
     """
     _, spec = await load_spec(ctx)
     rows = await _rows(ctx, spec)
@@ -74,6 +75,10 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
         if r.created_at >= ctx.task.created_at and r.node_name not in restored
     }
     attaching = {name for name, plan in restored.items() if plan.get("join_source")}
+    if ctx.task.type == "restore":
+        # Nodes restored in place kept or made the slots they stream from and to while
+        # fenced (node_restore.prepare_links): they are attached there.
+        attaching = set(ctx.task.input.get("target_nodes") or ())
     async with (
         mesh_lock(ctx.services, ctx.database_id),
         connections(ctx.services, rows, spec.database_name) as conns,

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, cast
 
 import msgspec
 
 from controlplane import replication
 from controlplane.errors import ExternalCommandError
+from controlplane.orchestrator.base import InstanceRef
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
+from controlplane.pgbackrest.info import lsn_value
 from controlplane.spec.models import DatabaseSpec, RestoreConfig
 from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
+from controlplane.store.pool import Connection
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows import backups, children, mesh, restore_source
+from controlplane.workflows import (
+    backups,
+    children,
+    mesh,
+    restore_join,
+    restore_source,
+    restore_targets,
+)
 from controlplane.workflows.common import load_spec, managed_settings, ref_of, unseal
 
 
@@ -52,13 +63,99 @@ async def pre_restore_backup(ctx: StepContext) -> dict[str, Any]:
     return {"pre_restore_backup_task": task}
 
 
-async def drop_subscriptions(ctx: StepContext) -> dict[str, Any]:
-    """Drop subscriptions to and from the node everywhere: replication slots are not in
-    backups, and a restored subscriber that kept its subscription would silently lose rows."""
-    spec, row, _ = await _context(ctx)
+def _targets(ctx: StepContext) -> set[str]:
+    return set(ctx.task.input.get("target_nodes") or [ctx.task.node_name or ""])
+
+
+def _own_latest(ctx: StepContext, row: InstanceRow, config: RestoreConfig) -> bool:
+    """Restored from its own backups to the end of its archive: nothing of it is rewound."""
+    plan = restore_source.RestorePlan.from_state(ctx.task.input["plan"])
+    own = (config.source_database_id, config.source_node_name) == (
+        row.database_id,
+        row.node_name,
+    )
+    return own and plan.target_type in (None, "default")
+
+
+async def drain_node(ctx: StepContext) -> dict[str, Any]:
+    """Take the node out of the mesh without losing a write of its own (`replication.drain`):
+    fence its clients, pause what it applies, wait until every node that keeps running has
+    all its writes, and cut their subscriptions to it; its own are cut after the restore.
+    Restored to the end of its own archive, its last WAL is archived too. Restored from a
+    running member's backup to the present, it rejoins like a node added from a backup: the
+    point it is recovered to is prepared now (`restore_join`)."""
+    spec, row, config = await _context(ctx)
+    ref = ref_of(row)
+    orchestrator = ctx.services.orchestrator
+    targets = _targets(ctx)
+    wanted = {n.name for n in spec.nodes} - {row.node_name}
     rows = await instances.list_instances(ctx.services.pool, ctx.database_id)
-    all_reached = await mesh.drop_links_of(ctx, spec, row.node_name, rows)
-    return {"peers_unlinked": all_reached}
+    others = [r for r in rows if r.node_name in wanted]
+    state: dict[str, Any] = {}
+    # Sibling node restores drain one at a time: each cuts subscriptions on the others.
+    async with mesh.mesh_lock(ctx.services, ctx.database_id):
+        running = [r for r in others if await orchestrator.status(ref_of(r)) == "running"]
+        down = {r.node_name for r in others} - {r.node_name for r in running} - targets
+        for name in sorted(down):
+            await ctx.log.warning(
+                f"node {name} is not running: it will miss node {row.node_name}'s writes it "
+                f"had not received; restore it or remove it and add it again",
+                node=row.node_name,
+            )
+        if await orchestrator.status(ref) == "running":
+            await orchestrator.fence_clients(ref, fenced=True)
+            await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl"))
+            state["drained_at"] = await _drain(ctx, spec, row, config, running, targets)
+    join_source = ctx.task.input.get("join_source")
+    if join_source:
+        await mesh.drop_links_of(ctx, spec, row.node_name, rows)
+        target = await restore_join.join_target(ctx, spec, row, config)
+        state["join"] = {"source": target.source, "lsn": target.lsn}
+    return state
+
+
+async def _drain(
+    ctx: StepContext,
+    spec: DatabaseSpec,
+    row: InstanceRow,
+    config: RestoreConfig,
+    running: list[InstanceRow],
+    targets: set[str],
+) -> str | None:
+    async with mesh.connections(ctx.services, [row, *running], spec.database_name) as conns:
+        own = conns[row.node_name]
+        ended = await replication.end_client_sessions(own)
+        if ended:
+            await ctx.log.info(
+                f"node {row.node_name}: {ended} client session(s) ended; only the control "
+                f"plane logs in until it is restored",
+                node=row.node_name,
+            )
+        if not await replication.is_pglogical_node(own):
+            end = None
+        else:
+            peers = sorted(r.node_name for r in running)
+            end = await replication.drain(
+                conns,
+                row.node_name,
+                providers=peers,
+                confirm=[p for p in peers if p not in targets],
+                cut=peers,
+            )
+            await ctx.log.info(
+                f"node {row.node_name}: every running node has its writes up to {end}",
+                node=row.node_name,
+            )
+        if _own_latest(ctx, row, config) and await own.fetchval(
+            "SELECT current_setting('archive_mode') <> 'off'"
+        ):
+            segment = await own.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
+            if not await restore_targets.wait_archived(own, segment, seconds=120):
+                raise ExternalCommandError(
+                    f"node {row.node_name} did not archive its last WAL ({segment}) in 120s; "
+                    f"restoring it now would lose its last writes (check its archiver)"
+                )
+    return end
 
 
 async def stop_instance(ctx: StepContext) -> dict[str, Any]:
@@ -79,6 +176,9 @@ async def restore_data(ctx: StepContext) -> dict[str, Any]:
     archive-push with [044] and pile up WAL)."""
     spec, row, config = await _context(ctx)
     plan = restore_source.RestorePlan.from_state(ctx.task.input["plan"])
+    join = ctx.state.get("join")
+    if join:  # exactly the point the members' streams were prepared for
+        plan.target_type, plan.target, plan.target_exclusive = "lsn", join["lsn"], True
     bumped = await _move_generation_if_needed(ctx, spec, row, plan)
     row = await instances.get_instance(ctx.services.pool, ctx.database_id, row.node_name) or row
     ref = ref_of(row)
@@ -147,58 +247,97 @@ async def _move_generation_if_needed(
     return True
 
 
-def _needs_fence(ctx: StepContext, row: InstanceRow, config: RestoreConfig) -> bool:
-    """Whether stale subscriptions in the restored catalog could stream from a live slot.
-
-    From another node's backup they are that node's subscriptions, whose slots on the
-    providers are live; from the node's own backup they can only find a slot a peer kept
-    because it could not be reached when the links were dropped.
-    """
-    own = (config.source_database_id, config.source_node_name) == (
-        row.database_id,
-        row.node_name,
-    )
-    return not (own and ctx.state.get("peers_unlinked"))
-
-
 async def start_recovery(ctx: StepContext) -> dict[str, Any]:
-    """Start and wait until recovery has ended and the node is promoted; fenced (no background
-    workers, so no stale subscription streams) when stale subscriptions could do harm."""
-    _, row, config = await _context(ctx)
-    fenced = _needs_fence(ctx, row, config)
+    """Start fenced and wait until recovery has ended and the node is promoted: no background
+    workers (no stale subscription streams) and no client but the control plane (a row
+    written before the node's slots exist would never reach the others)."""
+    _, row, _ = await _context(ctx)
+    ref = ref_of(row)
+    await ctx.services.orchestrator.fence_clients(ref, fenced=True)
     await ctx.services.orchestrator.start(
-        ref_of(row),
-        on_line=ctx.log.sink("pg_ctl"),
-        options=replication.FENCED_START_SETTINGS if fenced else None,
+        ref, on_line=ctx.log.sink("pg_ctl"), options=replication.FENCED_START_SETTINGS
     )
-    await ctx.log.info(
-        f"node {row.node_name}: recovery finished, node promoted"
-        + (" (fenced start)" if fenced else "")
-    )
-    return {"fenced": fenced}
+    await ctx.log.info(f"node {row.node_name}: recovery finished, node promoted (fenced)")
+    return {}
 
 
-async def drop_stale_subscriptions(ctx: StepContext) -> dict[str, Any]:
-    """Drop the subscriptions the backup brought back, give the node its own pglogical
-    identity; restart normally when it was fenced or its environment changes (stop + start:
-    `pg_ctl restart` would keep the fence)."""
+async def prepare_links(ctx: StepContext) -> dict[str, Any]:
+    """While still fenced: read from the restored catalog how far the node had applied each
+    other node, drop the restored subscriptions and give it its own pglogical identity,
+    record where its rows of every running node end (its replication origins), and make its
+    own slots, so its first write is streamed. Then admit clients again (stop + start: `pg_ctl
+    restart` would keep the fence); the parent attaches every link at those points."""
     spec, row, config = await _context(ctx)
     ref = ref_of(row)
     await children.rename_database_if_needed(ctx, ref, config, spec)
     conn = await ctx.services.orchestrator.connect(ref, spec.database_name)
     try:
+        origins = await restore_join.restored_points(ctx, conn, ref)
         await replication.reset_restored_node(
             conn, mesh.mesh_node(ctx.services, ref, spec.database_name)
         )
+        join = ctx.state.get("join")
+        if join:
+            target = restore_join.JoinTarget(source=join["source"], lsn=join["lsn"])
+            await restore_join.record_join_points(ctx, conn, spec, ref, target, origins)
+        else:
+            await _record_points(ctx, conn, spec, row, config, origins)
     finally:
         await conn.close()
     own = await backups.backup_setup(ctx.services, spec, row, ref)
-    changed = await ctx.services.orchestrator.set_environment(ref, own.env)
-    if changed or ctx.state.get("fenced"):
-        sink = ctx.log.sink("pg_ctl")
-        await ctx.services.orchestrator.stop(ref, on_line=sink)
-        await ctx.services.orchestrator.start(ref, on_line=sink)
+    await ctx.services.orchestrator.set_environment(ref, own.env)
+    await ctx.services.orchestrator.fence_clients(ref, fenced=False)
+    sink = ctx.log.sink("pg_ctl")
+    await ctx.services.orchestrator.stop(ref, on_line=sink)
+    await ctx.services.orchestrator.start(ref, on_line=sink)
     return {}
+
+
+async def _record_points(
+    ctx: StepContext,
+    conn: Connection,
+    spec: DatabaseSpec,
+    row: InstanceRow,
+    config: RestoreConfig,
+    origins: dict[str, str],
+) -> None:
+    """Origins for every running node that is not restored too: the restored catalog's
+    progress, or the start of the slot that node kept for this one when that lies later (a
+    node restored to an earlier point then lacks what was applied in between: it diverges,
+    as the parent says); then this node's own slots for every other node."""
+    targets = _targets(ctx)
+    same_database = config.source_database_id == ctx.database_id
+    rows = await instances.list_instances(ctx.services.pool, ctx.database_id)
+    wanted = {n.name for n in spec.nodes} - targets
+    members = [
+        r
+        for r in rows
+        if r.node_name in wanted and await ctx.services.orchestrator.status(ref_of(r)) == "running"
+    ]
+    held_by: dict[str, str] = {}
+    async with mesh.connections(ctx.services, members, spec.database_name) as conns:
+        for member, member_conn in sorted(conns.items()):
+            start = await replication.slot_start(member_conn, member, row.node_name)
+            if start is None:
+                start = await replication.create_slot(member_conn, member, row.node_name)
+                await ctx.log.warning(
+                    f"node {member} kept no stream for node {row.node_name}: it receives "
+                    f"{member}'s writes from {start} on",
+                    node=row.node_name,
+                )
+            held = origins.get(member) if same_database else None
+            point = held if held and lsn_value(held) > lsn_value(start) else start
+            await replication.set_origin(conn, member, row.node_name, point)
+            held_by[member] = point
+    for other in spec.nodes:
+        if other.name != row.node_name:
+            await replication.create_slot(conn, row.node_name, other.name)
+    if held_by:
+        await ctx.log.info(
+            f"node {row.node_name}: streams resume from "
+            + ", ".join(f"{m} at {lsn}" for m, lsn in sorted(held_by.items())),
+            node=row.node_name,
+        )
 
 
 async def reenable_backups(ctx: StepContext) -> dict[str, Any]:
@@ -245,7 +384,14 @@ async def _on_end(ctx: StepContext, message: str) -> None:
     row = await instances.get_instance(pool, ctx.database_id, node)
     if row is None:
         return
-    status = await ctx.services.orchestrator.status(ref_of(row))
+    ref = ref_of(row)
+    orchestrator = ctx.services.orchestrator
+    status = await orchestrator.status(ref)
+    await orchestrator.fence_clients(ref, fenced=False)
+    if status == "running":
+        with contextlib.suppress(Exception):  # best effort: the failure itself matters more
+            await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl"))
+            await _resume(ctx, ref)
     if row.desired == "running" and status == "running":
         await instances.set_instance_state(pool, ctx.database_id, node, "available")
     else:
@@ -254,16 +400,26 @@ async def _on_end(ctx: StepContext, message: str) -> None:
         )
 
 
+async def _resume(ctx: StepContext, ref: InstanceRef) -> None:
+    """A drain cut short before the stop: the node applies the others' writes again."""
+    _, spec = await load_spec(ctx)
+    conn = await ctx.services.orchestrator.connect(ref, spec.database_name)
+    try:
+        await replication.resume_subscriptions(conn)
+    finally:
+        await conn.close()
+
+
 NODE_RESTORE = Workflow(
     type="node_restore",
     steps=(
         Step("validate_target", validate_target),
         Step("pre_restore_backup", pre_restore_backup),
-        Step("drop_subscriptions", drop_subscriptions),
+        Step("drain_node", drain_node),
         Step("stop_instance", stop_instance),
         Step("restore_data", restore_data),
         Step("start_recovery", start_recovery),
-        Step("drop_stale_subscriptions", drop_stale_subscriptions),
+        Step("prepare_links", prepare_links),
         Step("reenable_backups", reenable_backups),
         Step("mark_restored", mark_restored),
     ),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from controlplane import replication
 from controlplane.orchestrator.base import InstanceRef
@@ -82,10 +83,8 @@ async def join_target(
     """The point `row`'s node is restored to: the recorded one, or a new one made now (slots
     and guards on every member, the source catches up, then a marker is archived on it)."""
     ref = ref_of(row)
-    orchestrator = ctx.services.orchestrator
-    recorded = await orchestrator.read_file(ref, JOIN_TARGET_FILE)
-    if recorded is not None:
-        saved = json.loads(recorded)
+    saved = await _saved(ctx, ref)
+    if "lsn" in saved:
         return JoinTarget(source=saved["source"], lsn=saved["lsn"])
     members = await _member_rows(ctx, spec, row.node_name)
     async with (
@@ -107,9 +106,7 @@ async def join_target(
             f"{row.node_name} in time (is it running, and does it archive to this repository?)"
         )
     target = JoinTarget(source=config.source_node_name, lsn=end.lsn)
-    await orchestrator.write_file(
-        ref, JOIN_TARGET_FILE, json.dumps({"source": target.source, "lsn": target.lsn}) + "\n"
-    )
+    await _save(ctx, ref, {"source": target.source, "lsn": target.lsn})
     await ctx.log.info(
         f"node {row.node_name}: joins at {target.lsn} of node {target.source}",
         node=row.node_name,
@@ -117,11 +114,27 @@ async def join_target(
     return target
 
 
+async def _saved(ctx: StepContext, ref: InstanceRef) -> dict[str, Any]:
+    """What this task recorded beside the node (a file another task left is not ours)."""
+    recorded = await ctx.services.orchestrator.read_file(ref, JOIN_TARGET_FILE)
+    saved: dict[str, Any] = json.loads(recorded) if recorded else {}
+    return saved if saved.get("task") == str(ctx.task.task_id) else {}
+
+
+async def _save(ctx: StepContext, ref: InstanceRef, values: dict[str, Any]) -> None:
+    saved = {**await _saved(ctx, ref), **values, "task": str(ctx.task.task_id)}
+    await ctx.services.orchestrator.write_file(ref, JOIN_TARGET_FILE, json.dumps(saved) + "\n")
+
+
 async def _member_rows(ctx: StepContext, spec: DatabaseSpec, joining: str) -> list[InstanceRow]:
-    """The database's nodes that are in the mesh already (the others are being made now)."""
-    plans = ctx.task.input.get("restore_plans", {})
-    wanted = {n.name for n in spec.nodes} - set(plans) - {joining}
+    """The database's nodes that are in the mesh already and stay there: the others are being
+    made now, or restored in place by the same restore."""
     rows = await instances.list_instances(ctx.services.pool, ctx.database_id)
+    wanted = {n.name for n in spec.nodes} - {joining}
+    if ctx.task.type == "node_restore":
+        wanted -= set(ctx.task.input.get("target_nodes") or ())
+        return [r for r in rows if r.node_name in wanted]
+    wanted -= set(ctx.task.input.get("restore_plans", {}))
     return [r for r in rows if r.node_name in wanted and r.created_at < ctx.task.created_at]
 
 
@@ -129,11 +142,10 @@ async def restored_points(ctx: StepContext, conn: Connection, ref: InstanceRef) 
     """How far the backed-up node had applied each of its providers (from the restored
     catalog, before its reset drops those subscriptions and their origins), kept beside the
     join target so that a step resumed after the reset still knows."""
-    orchestrator = ctx.services.orchestrator
-    saved = json.loads(await orchestrator.read_file(ref, JOIN_TARGET_FILE) or "{}")
+    saved = await _saved(ctx, ref)
     if "origins" not in saved:
         saved["origins"] = await replication.restored_origins(conn)
-        await orchestrator.write_file(ref, JOIN_TARGET_FILE, json.dumps(saved) + "\n")
+        await _save(ctx, ref, {"origins": saved["origins"]})
     return dict(saved["origins"])
 
 

@@ -15,11 +15,11 @@ from tests.support.server import ServerProcess
 NODE_STEPS = [
     "validate_target",
     "pre_restore_backup",
-    "drop_subscriptions",
+    "drain_node",
     "stop_instance",
     "restore_data",
     "start_recovery",
-    "drop_stale_subscriptions",
+    "prepare_links",
     "reenable_backups",
 ]
 PARENT_STEPS = ["run_node_restores", "recreate_subscriptions"]

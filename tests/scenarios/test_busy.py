@@ -132,16 +132,6 @@ def _time(target: str) -> dict[str, str]:
     return {"type": "time", "target": target}
 
 
-# Known, not yet fixed: an in-place restore unlinks the node before stopping it and relinks it
-# without data once it is back, so writes any node makes in between never cross (README,
-# "Restores"). These pin the bug until the restored node is reattached at its restore point,
-# as a node added from a backup now is.
-RESTORE_LOSES_WRITES = pytest.mark.xfail(
-    strict=True, reason="an in-place restore misses writes made on any node while it runs"
-)
-
-
-@RESTORE_LOSES_WRITES
 async def test_restore_one_node_to_latest_while_both_write(
     api: httpx.AsyncClient, repo_dir: Path
 ) -> None:
@@ -162,7 +152,7 @@ async def test_restore_one_node_to_latest_while_both_write(
     await assert_holds(database, load.committed())
 
 
-@pytest.mark.parametrize("writes", [pytest.param("continue", marks=RESTORE_LOSES_WRITES), "pause"])
+@pytest.mark.parametrize("writes", ["continue", "pause"])
 async def test_restore_every_node_to_a_time(
     api: httpx.AsyncClient, repo_dir: Path, writes: str
 ) -> None:

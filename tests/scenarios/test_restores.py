@@ -44,11 +44,11 @@ async def test_backup_then_pitr_in_place(api: httpx.AsyncClient, repo_dir: Path)
         e["message"] for e in await full_log(api, "pitr", result["node_tasks"][0]["task_id"])
     ]
     for step in (
-        "drop_subscriptions",
+        "drain_node",
         "stop_instance",
         "restore_data",
         "start_recovery",
-        "drop_stale_subscriptions",
+        "prepare_links",
         "reenable_backups",
     ):
         assert f"step {step} started" in node_log
