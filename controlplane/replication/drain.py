@@ -7,8 +7,9 @@ gone: nothing could send those rows any more. So, while it still runs and admits
 
 1. its own subscriptions pause: nothing more of the others is applied on it, so everything it
    holds is in its WAL up to the point E read next;
-2. every other node that keeps running confirms it has received and applied the node's WAL up
-   to E (the slot it streams from reports E as flushed);
+2. every other node that keeps running has durably applied the node's commits up to E (its
+   replication origin for the node says so; a replicated no-op commit right after E moves an
+   idle stream past it);
 3. those nodes drop their subscription to it: after the restore it streams to them from a slot
    made while it is still fenced, at its new timeline.
 
@@ -23,7 +24,9 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
-from controlplane.replication.attach import pause_subscriptions, slot_name
+import msgspec
+
+from controlplane.replication.attach import origin_lsn, pause_subscriptions
 from controlplane.replication.errors import ReplicationError
 from controlplane.replication.names import subscription_name
 from controlplane.replication.subscriptions import (
@@ -55,6 +58,13 @@ async def end_client_sessions(conn: Connection, *, settle: float = 0.3) -> int:
     return ended
 
 
+class Drained(msgspec.Struct, frozen=True):
+    """Where the node's WAL stood once drained, and the nodes that did not apply it all."""
+
+    end: str
+    behind: tuple[str, ...] = ()
+
+
 async def drain(
     conns: Mapping[str, Connection],
     node: str,
@@ -62,36 +72,59 @@ async def drain(
     providers: Sequence[str],
     confirm: Sequence[str],
     cut: Sequence[str],
+    strict: bool,
     limit: float = 120.0,
-) -> str:
+) -> Drained:
     """Steps 1-3 for `node` (`conns[node]`): pause its subscriptions from `providers`, wait
-    until each node in `confirm` has its WAL up to E, then drop the subscription to it of
-    every node in `cut` (those in `confirm`, and others being restored too, which must not
-    stream from its next slots). Returns E. Safe to repeat: a node whose subscription is gone
-    confirmed earlier."""
+    until each node in `confirm` applied its commits up to E, then drop the subscription to
+    it of every node in `cut` (those in `confirm`, and others being restored too, which must
+    not stream from its next slots). Safe to repeat: a node whose subscription is gone
+    confirmed earlier.
+
+    A node whose subscription is not replicating, or that does not catch up within `limit`,
+    is `behind`: with `strict` (the node keeps every row it has, so that node would miss some
+    for good) that is an error, raised before anything is cut; otherwise the caller says so.
+    """
     own = conns[node]
     await pause_subscriptions(own, node, providers)
     end = str(await own.fetchval("SELECT pg_current_wal_lsn()::text"))
+    # A replicated no-op commit after E: an idle node's stream then moves past E too, and a
+    # subscriber that applied it has applied everything before it.
+    await own.execute("SELECT pglogical.replicate_ddl_command('SELECT 1')")
     deadline = time.monotonic() + limit
+    behind = []
     for subscriber in confirm:
         if not await _subscribes(conns[subscriber], node, subscriber):
             continue
-        slot = await slot_name(own, node, subscriber)
-        while not await own.fetchval(
-            "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots"
-            " WHERE slot_name = $1",
-            slot,
-            end,
-        ):
-            if time.monotonic() > deadline:
-                raise ReplicationError(
-                    f"node {subscriber} did not receive node {node}'s writes up to {end} in "
-                    f"{limit:g}s; nothing was stopped (is its subscription replicating?)"
-                )
+        while not await _applied(conns[subscriber], node, subscriber, end):
+            status = await conns[subscriber].fetchval(
+                "SELECT status FROM pglogical.show_subscription_status($1)",
+                subscription_name(node, subscriber),
+            )
+            if status != "replicating" or time.monotonic() > deadline:
+                if strict:
+                    held = await origin_lsn(conns[subscriber], node, subscriber)
+                    raise ReplicationError(
+                        f"node {subscriber} has not applied node {node}'s writes up to {end} "
+                        f"(it holds them up to {held or 'nowhere'}; its subscription is "
+                        f"{status}), and restoring {node} would lose them for good; nothing "
+                        f"was stopped. Fix that subscription, or restore {subscriber} too "
+                        f"(target_nodes)"
+                    )
+                behind.append(subscriber)
+                break
             await asyncio.sleep(POLL_INTERVAL)
     for subscriber in cut:
         await drop_subscription(conns[subscriber], subscription_name(node, subscriber))
-    return end
+    return Drained(end=end, behind=tuple(behind))
+
+
+async def _applied(conn: Connection, provider: str, subscriber: str, lsn: str) -> bool:
+    """Whether `subscriber` durably applied `provider`'s commits up to `lsn`."""
+    held = await origin_lsn(conn, provider, subscriber)
+    return held is not None and bool(
+        await conn.fetchval("SELECT $1::text::pg_lsn >= $2::text::pg_lsn", held, lsn)
+    )
 
 
 async def _subscribes(conn: Connection, provider: str, subscriber: str) -> bool:

@@ -135,17 +135,26 @@ async def _drain(
             end = None
         else:
             peers = sorted(r.node_name for r in running)
-            end = await replication.drain(
+            drained = await replication.drain(
                 conns,
                 row.node_name,
                 providers=peers,
                 confirm=[p for p in peers if p not in targets],
                 cut=peers,
+                strict=_own_latest(ctx, row, config),
             )
+            end = drained.end
             await ctx.log.info(
-                f"node {row.node_name}: every running node has its writes up to {end}",
+                f"node {row.node_name}: drained at {end}; its clients are fenced",
                 node=row.node_name,
             )
+            for peer in drained.behind:
+                await ctx.log.warning(
+                    f"node {peer} had not applied all of node {row.node_name}'s writes (its "
+                    f"subscription is not replicating): it will lack those of them the "
+                    f"restored node keeps",
+                    node=row.node_name,
+                )
         if _own_latest(ctx, row, config) and await own.fetchval(
             "SELECT current_setting('archive_mode') <> 'off'"
         ):
@@ -248,25 +257,31 @@ async def _move_generation_if_needed(
 
 
 async def start_recovery(ctx: StepContext) -> dict[str, Any]:
-    """Start fenced and wait until recovery has ended and the node is promoted: no background
-    workers (no stale subscription streams) and no client but the control plane (a row
-    written before the node's slots exist would never reach the others)."""
-    _, row, _ = await _context(ctx)
+    """Start and wait until recovery has ended and the node is promoted, admitting no client
+    but the control plane (a row written before the node's slots exist would never reach the
+    others). Background workers are fenced too (no stale subscription may stream) unless
+    the node comes back from its own archive after a drain: its restored subscriptions are
+    then the paused ones, and a restart to lift the fence is saved."""
+    _, row, config = await _context(ctx)
     ref = ref_of(row)
+    workers_fenced = not (ctx.state.get("drained_at") and _own_latest(ctx, row, config))
     await ctx.services.orchestrator.fence_clients(ref, fenced=True)
     await ctx.services.orchestrator.start(
-        ref, on_line=ctx.log.sink("pg_ctl"), options=replication.FENCED_START_SETTINGS
+        ref,
+        on_line=ctx.log.sink("pg_ctl"),
+        options=replication.FENCED_START_SETTINGS if workers_fenced else None,
     )
     await ctx.log.info(f"node {row.node_name}: recovery finished, node promoted (fenced)")
-    return {}
+    return {"workers_fenced": workers_fenced}
 
 
 async def prepare_links(ctx: StepContext) -> dict[str, Any]:
     """While still fenced: read from the restored catalog how far the node had applied each
     other node, drop the restored subscriptions and give it its own pglogical identity,
     record where its rows of every running node end (its replication origins), and make its
-    own slots, so its first write is streamed. Then admit clients again (stop + start: `pg_ctl
-    restart` would keep the fence); the parent attaches every link at those points."""
+    own slots, so its first write is streamed. Then admit clients again (a reload; stop + start
+    when its workers were fenced or its environment changed: `pg_ctl restart` would keep the
+    fence's options); the parent attaches every link at those points."""
     spec, row, config = await _context(ctx)
     ref = ref_of(row)
     await children.rename_database_if_needed(ctx, ref, config, spec)
@@ -285,11 +300,15 @@ async def prepare_links(ctx: StepContext) -> dict[str, Any]:
     finally:
         await conn.close()
     own = await backups.backup_setup(ctx.services, spec, row, ref)
-    await ctx.services.orchestrator.set_environment(ref, own.env)
-    await ctx.services.orchestrator.fence_clients(ref, fenced=False)
+    orchestrator = ctx.services.orchestrator
+    changed = await orchestrator.set_environment(ref, own.env)
+    await orchestrator.fence_clients(ref, fenced=False)
     sink = ctx.log.sink("pg_ctl")
-    await ctx.services.orchestrator.stop(ref, on_line=sink)
-    await ctx.services.orchestrator.start(ref, on_line=sink)
+    if changed or ctx.state.get("workers_fenced", True):
+        await orchestrator.stop(ref, on_line=sink)
+        await orchestrator.start(ref, on_line=sink)
+    else:
+        await orchestrator.reload(ref, on_line=sink)
     return {}
 
 

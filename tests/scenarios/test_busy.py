@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.api import create_and_wait, database_body, wait_task
+from tests.support.api import create_and_wait, database_body, full_log, wait_task
 from tests.support.data import (
     backup,
     posix,
@@ -146,10 +146,40 @@ async def test_restore_one_node_to_latest_while_both_write(
         await backup(api, "bone", "n1")
         await load.progress()
         config = restore_config("bone", "n1", posix_repository(repo_dir))
-        await restore(api, "bone", {"target_nodes": ["n1"], "restore_config": config})
+        result = await restore(api, "bone", {"target_nodes": ["n1"], "restore_config": config})
         await load.progress()
     await settle(database, timeout=30)
     await assert_holds(database, load.committed())
+    # n1's writer was logged in: the drain ended its session, and it stayed out until n1's
+    # slots existed again (its reconnects were refused by the fence, not by a stopped node).
+    node_task = result["node_tasks"][0]["task_id"]
+    log = [e["message"] for e in await full_log(api, "bone", node_task)]
+    assert any("client session(s) ended" in m for m in log), log
+    n1 = load.writers["n1"]
+    assert any("pg_hba.conf" in e for e in n1.kinds), n1.kinds
+
+
+async def test_restore_one_node_from_another_nodes_backup_while_all_write(
+    api: httpx.AsyncClient, repo_dir: Path
+) -> None:
+    """n3 of a writing 3-node mesh restored in place from n1's backup (the latest point, n1
+    running): n3 rejoins at a point prepared when its task runs, so every row committed on
+    any node, before, during and after the restore, ends on all three, which converge."""
+    database = await create_and_wait(
+        api, database_body("bfrom", nodes=3, backup_config=posix(repo_dir))
+    )
+    async with writers(database) as load:
+        await load.progress()
+        await backup(api, "bfrom", "n1")
+        await load.progress()
+        config = restore_config("bfrom", "n1", posix_repository(repo_dir))
+        result = await restore(api, "bfrom", {"target_nodes": ["n3"], "restore_config": config})
+        await load.progress()
+    await settle(database, timeout=30)
+    await assert_holds(database, load.committed())
+    node_task = result["node_tasks"][0]["task_id"]
+    log = [e["message"] for e in await full_log(api, "bfrom", node_task)]
+    assert any("joins at" in m for m in log), log
 
 
 @pytest.mark.parametrize("writes", ["continue", "pause"])

@@ -54,6 +54,7 @@ class Writer:
     unknown: set[int] = field(default_factory=set)  # ids whose statement raised
     sent: dict[int, float] = field(default_factory=dict)  # id -> when its INSERT was sent
     errors: list[str] = field(default_factory=list)  # the latest few, for failure messages
+    kinds: set[str] = field(default_factory=set)  # every distinct error class and message
     _sequence: int = 0
     _resumed: asyncio.Event = field(default_factory=asyncio.Event)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -69,6 +70,8 @@ class Writer:
 
     def _note(self, exc: BaseException) -> None:
         self.errors = [*self.errors[-4:], f"{type(exc).__name__}: {exc}"]
+        if len(self.kinds) < 100:
+            self.kinds.add(self.errors[-1])
 
     async def _nap(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
