@@ -25,6 +25,7 @@ from tests.support.data import (
 )
 from tests.support.eventually import eventually
 from tests.support.load import (
+    Load,
     assert_between,
     assert_holds,
     assert_prefix,
@@ -138,22 +139,9 @@ async def test_restore_one_node_to_latest_while_both_write(
     """n1 of a writing 2-node mesh restored in place to the latest point (no restore_options)
     while both nodes keep writing: the restore completes and, nothing being rewound, every
     row committed on either node ends on both, which converge."""
-    database = await create_and_wait(
-        api, database_body("bone", nodes=2, backup_config=posix(repo_dir))
-    )
-    async with writers(database) as load:
-        await load.progress()
-        await backup(api, "bone", "n1")
-        await load.progress()
-        config = restore_config("bone", "n1", posix_repository(repo_dir))
-        result = await restore(api, "bone", {"target_nodes": ["n1"], "restore_config": config})
-        await load.progress()
-    await settle(database, timeout=30)
-    await assert_holds(database, load.committed())
+    load, log = await _restore_from_n1_while_all_write(api, repo_dir, "bone", 2, "n1")
     # n1's writer was logged in: the drain ended its session, and it stayed out until n1's
     # slots existed again (its reconnects were refused by the fence, not by a stopped node).
-    node_task = result["node_tasks"][0]["task_id"]
-    log = [e["message"] for e in await full_log(api, "bone", node_task)]
     assert any("client session(s) ended" in m for m in log), log
     n1 = load.writers["n1"]
     assert any("pg_hba.conf" in e for e in n1.kinds), n1.kinds
@@ -165,21 +153,31 @@ async def test_restore_one_node_from_another_nodes_backup_while_all_write(
     """n3 of a writing 3-node mesh restored in place from n1's backup (the latest point, n1
     running): n3 rejoins at a point prepared when its task runs, so every row committed on
     any node, before, during and after the restore, ends on all three, which converge."""
+    _, log = await _restore_from_n1_while_all_write(api, repo_dir, "bfrom", 3, "n3")
+    assert any("joins at" in m for m in log), log
+
+
+async def _restore_from_n1_while_all_write(
+    api: httpx.AsyncClient, repo_dir: Path, database_id: str, nodes: int, target: str
+) -> tuple[Load, list[str]]:
+    """A mesh whose nodes all write; `target` restored in place from n1's backup to the
+    latest point; every committed row on every node afterwards. The load and the node
+    restore's log."""
     database = await create_and_wait(
-        api, database_body("bfrom", nodes=3, backup_config=posix(repo_dir))
+        api, database_body(database_id, nodes=nodes, backup_config=posix(repo_dir))
     )
     async with writers(database) as load:
         await load.progress()
-        await backup(api, "bfrom", "n1")
+        await backup(api, database_id, "n1")
         await load.progress()
-        config = restore_config("bfrom", "n1", posix_repository(repo_dir))
-        result = await restore(api, "bfrom", {"target_nodes": ["n3"], "restore_config": config})
+        config = restore_config(database_id, "n1", posix_repository(repo_dir))
+        body = {"target_nodes": [target], "restore_config": config}
+        result = await restore(api, database_id, body)
         await load.progress()
     await settle(database, timeout=30)
     await assert_holds(database, load.committed())
     node_task = result["node_tasks"][0]["task_id"]
-    log = [e["message"] for e in await full_log(api, "bfrom", node_task)]
-    assert any("joins at" in m for m in log), log
+    return load, [e["message"] for e in await full_log(api, database_id, node_task)]
 
 
 @pytest.mark.parametrize("writes", ["continue", "pause"])
@@ -216,6 +214,32 @@ async def test_restore_every_node_to_a_time(
     assert_between(earlier, set(point.at_least), set(point.at_most), "the restored nodes")
     assert_prefix(earlier, load, "the restored nodes")
     await assert_holds(database, load.committed() & load.sent_after(restored))
+
+
+async def test_restore_every_node_to_the_latest_point_while_both_write(
+    api: httpx.AsyncClient, repo_dir: Path
+) -> None:
+    """Every node restored from n1's backup with no target while both write: they recover to
+    one moment (a marker committed on n1 when the restore is requested), come back identical,
+    and every row committed once the restore is done reaches both."""
+    database = await create_and_wait(
+        api, database_body("blatest", nodes=2, backup_config=posix(repo_dir))
+    )
+    async with writers(database) as load:
+        await load.progress()
+        await backup(api, "blatest", "n1")
+        await load.progress()
+        requested = time.time()
+        config = restore_config("blatest", "n1", posix_repository(repo_dir))
+        result = await restore(api, "blatest", {"restore_config": config})
+        restored = time.time()
+        await load.progress()
+    await settle(database, timeout=30)
+    before = load.committed() - load.sent_after(requested)
+    assert before <= await ids_on(database, "n1"), "a row committed before the request is gone"
+    await assert_holds(database, load.committed() & load.sent_after(restored))
+    log = [e["message"] for e in await full_log(api, "blatest", result["task"]["task_id"])]
+    assert not any("diverge" in m for m in log), log
 
 
 async def test_remove_node_while_the_others_write(api: httpx.AsyncClient) -> None:
