@@ -27,16 +27,14 @@ moves); `resume_subscriptions` undoes it, and is safe to call at any time.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Collection
 
 from controlplane.replication.errors import ReplicationError
 from controlplane.replication.names import MeshNode, pglogical_node_name, subscription_name
 from controlplane.replication.subscriptions import (
-    POLL_INTERVAL,
     create_subscription,
     list_subscriptions,
+    stop_workers,
 )
 from controlplane.store.pool import Connection
 
@@ -154,20 +152,10 @@ async def pause_subscriptions(
     how far each was applied: provider -> LSN in the provider's WAL."""
     wanted = {subscription_name(p, node): p for p in providers}
     subs = [s for s in await list_subscriptions(conn) if s.name in wanted]
-    for sub in subs:
-        await conn.execute("SELECT pglogical.alter_subscription_disable($1, true)", sub.name)
-    deadline = time.monotonic() + limit
-    # An apply worker names itself "pglogical apply <database oid>:<subscription id>".
-    while await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity a, pglogical.subscription s"
-        " WHERE s.sub_name = ANY($1::text[]) AND a.application_name ="
-        "   format('pglogical apply %s:%s', (SELECT oid FROM pg_database"
-        "          WHERE datname = current_database()), s.sub_id)",
-        [s.name for s in subs],
-    ):
-        if time.monotonic() > deadline:
-            raise ReplicationError(f"the apply workers of node {node} did not stop in {limit:g}s")
-        await asyncio.sleep(POLL_INTERVAL)
+    try:
+        await stop_workers(conn, [s.name for s in subs], limit=limit)
+    except ReplicationError as exc:
+        raise ReplicationError(f"node {node}: {exc}") from None
     progress = {}
     for sub in subs:
         lsn = await conn.fetchval(

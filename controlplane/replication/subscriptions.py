@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import asyncpg
 import msgspec
@@ -25,6 +25,7 @@ from controlplane.replication.names import (
 from controlplane.store.pool import Connection
 
 POLL_INTERVAL = 0.2
+WORKER_POLL_INTERVAL = 0.05  # workers exit within milliseconds of being told
 NUDGE_INTERVAL = 5.0  # pglogical restarts a crashed apply worker 5 s after the crash at best
 
 # Where a detached subscription points: a unix socket directory that cannot exist, so that
@@ -217,11 +218,38 @@ async def drop_subscription(conn: Connection, name: str, *, drop_remote_slot: bo
     existing = {s.name: s for s in await list_subscriptions(conn)}
     if name not in existing:
         return False
+    # pglogical.drop_subscription stops the subscription's workers itself, but from inside its
+    # transaction, polling once a second, and a worker busy with an initial copy may wait on
+    # a lock that transaction holds. Stopped first, outside it, neither happens.
+    await stop_workers(conn, [name])
     async with conn.transaction():
         if not drop_remote_slot:
             await _detach(conn, existing[name])
         await conn.execute("SELECT pglogical.drop_subscription($1, ifexists := true)", name)
     return True
+
+
+async def stop_workers(conn: Connection, names: Collection[str], *, limit: float = 30.0) -> None:
+    """Disable the subscriptions `names` (immediately) and wait until none of their workers
+    (apply, or a table's sync) runs any more; they stay disabled."""
+    for name in names:
+        await conn.execute("SELECT pglogical.alter_subscription_disable($1, true)", name)
+    deadline = time.monotonic() + limit
+    while running := await conn.fetchval(
+        # pglogical names its workers "pglogical apply <database oid>:<subscription id>" and
+        # "pglogical sync <table> <database oid>:<subscription id>".
+        "SELECT count(*) FROM pg_stat_activity a, pglogical.subscription s"
+        " WHERE s.sub_name = ANY($1::text[]) AND a.application_name LIKE 'pglogical %'"
+        "   AND a.application_name LIKE format('%% %s:%s', (SELECT oid FROM pg_database"
+        "          WHERE datname = current_database()), s.sub_id)",
+        list(names),
+    ):
+        if time.monotonic() > deadline:
+            raise ReplicationError(
+                f"{running} worker(s) of subscription(s) {', '.join(sorted(names))} did not "
+                f"stop in {limit:g}s"
+            )
+        await asyncio.sleep(WORKER_POLL_INTERVAL)
 
 
 async def _detach(conn: Connection, subscription: Subscription) -> None:
