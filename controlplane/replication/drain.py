@@ -40,7 +40,7 @@ from controlplane.store.pool import Connection
 SUPERUSER = "postgres"
 
 
-async def end_client_sessions(conn: Connection, *, settle: float = 0.3) -> int:
+async def end_client_sessions(conn: Connection, *, settle: float = 0.1) -> int:
     """End every client session but the superuser's, until none is left (a login that raced
     the fence's reload may still arrive once); how many were ended."""
     ended = 0
