@@ -335,6 +335,11 @@ async def assert_holds(
 ) -> None:
     """Every node (of `nodes`, default all) holds every id of `expected`."""
     found = {n: await ids_on(database, n) for n in sorted(nodes or nodes_of(database))}
+    # Shown with `pytest -s`: the row counts a scenario ended with.
+    print(
+        f"holds: {', '.join(f'{n} {len(ids)} rows' for n, ids in found.items())}; "
+        f"{len(expected)} committed rows expected on each"
+    )
     problems = missing_report(found, expected)
     assert not problems, "; ".join(problems)
 
