@@ -175,6 +175,13 @@ class BenchServer:
         )
         return result.stdout.strip()
 
+    def psql_superuser(self, instance: dict[str, Any], sql: str) -> str:
+        """Run one statement as the superuser over the instances' private socket directory."""
+        info = instance["connection_info"]
+        argv = [str(PG_BIN / "psql"), "-h", str(Settings(data_dir=self.data_dir).run_dir / "i")]
+        argv += ["-p", str(info["port"]), "-d", info["database"], "-v", "ON_ERROR_STOP=1"]
+        return run_as_postgres([*argv, "-AtXc", sql]).stdout.decode().strip()
+
     def wait_writable(self, instance: dict[str, Any], timeout: float = 300) -> None:
         """Poll until the instance accepts connections and has left recovery."""
         deadline = time.monotonic() + timeout

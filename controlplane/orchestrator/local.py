@@ -270,7 +270,7 @@ class LocalOrchestrator:
                     raise ExternalCommandError(
                         f"instance {ref.instance_id} stopped during start-up: {self._log_tail(ref)}"
                     ) from None
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)  # a cheap query; recovery ends at any moment
         raise ExternalCommandError(
             f"instance {ref.instance_id} did not become writable in {limit:.0f}s: {last_error}"
         )

@@ -36,26 +36,32 @@ from controlplane.replication.subscriptions import (
 )
 from controlplane.store.pool import Connection
 
+# pglogical restarts a failed apply worker after 5 s: a subscription down longer than this is
+# broken, not restarting.
+DOWN_GRACE = 12.0
 # The role the control plane and the nodes' links log in as; a fenced node admits only it.
 SUPERUSER = "postgres"
 
 
-async def end_client_sessions(conn: Connection, *, settle: float = 0.1) -> int:
-    """End every client session but the superuser's, until none is left (a login that raced
-    the fence's reload may still arrive once); how many were ended."""
+async def end_client_sessions(conn: Connection, *, settle: float = 0.05) -> int:
+    """End every client session but the superuser's, until a round finds none; the first
+    round waits `settle` so that a login that raced the fence's reload is seen. How many
+    were ended."""
     ended = 0
-    quiet_rounds = 0
-    while quiet_rounds < 2:
-        count = await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-            "   AND usename IS DISTINCT FROM $1",
-            SUPERUSER,
-        )
-        ended += int(count or 0)
-        quiet_rounds = quiet_rounds + 1 if not count else 0
+    while True:
         await asyncio.sleep(settle)
-    return ended
+        count = int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                "   AND usename IS DISTINCT FROM $1",
+                SUPERUSER,
+            )
+            or 0
+        )
+        if not count:
+            return ended
+        ended += count
 
 
 class Drained(msgspec.Struct, frozen=True):
@@ -81,9 +87,10 @@ async def drain(
     not stream from its next slots). Safe to repeat: a node whose subscription is gone
     confirmed earlier.
 
-    A node whose subscription is not replicating, or that does not catch up within `limit`,
-    is `behind`: with `strict` (the node keeps every row it has, so that node would miss some
-    for good) that is an error, raised before anything is cut; otherwise the caller says so.
+    A node whose subscription is not replicating is `behind` (the caller says so). One that
+    replicates but does not catch up within `limit` is `behind` too, unless `strict` (the node
+    keeps every row it has, so waiting longer is the only way that node gets them all): then
+    it is an error, raised before anything is cut.
     """
     own = conns[node]
     await pause_subscriptions(own, node, providers)
@@ -96,12 +103,22 @@ async def drain(
     for subscriber in confirm:
         if not await _subscribes(conns[subscriber], node, subscriber):
             continue
+        down_since: float | None = None
         while not await _applied(conns[subscriber], node, subscriber, end):
             status = await conns[subscriber].fetchval(
                 "SELECT status FROM pglogical.show_subscription_status($1)",
                 subscription_name(node, subscriber),
             )
-            if status != "replicating" or time.monotonic() > deadline:
+            if status == "replicating":
+                down_since = None
+            elif down_since is None:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since > DOWN_GRACE:
+                # Broken already (its slot gone, or its apply failing), not restarting: waiting
+                # cannot help, and the restore does not make that link worse.
+                behind.append(subscriber)
+                break
+            if time.monotonic() > deadline:
                 if strict:
                     held = await origin_lsn(conns[subscriber], node, subscriber)
                     raise ReplicationError(

@@ -151,18 +151,9 @@ async def _drain(
             for peer in drained.behind:
                 await ctx.log.warning(
                     f"node {peer} had not applied all of node {row.node_name}'s writes (its "
-                    f"subscription is not replicating): it will lack those of them the "
-                    f"restored node keeps",
+                    f"subscription was not replicating): it lacks those it had not received, "
+                    f"and receives the restored node's writes from now on",
                     node=row.node_name,
-                )
-        if _own_latest(ctx, row, config) and await own.fetchval(
-            "SELECT current_setting('archive_mode') <> 'off'"
-        ):
-            segment = await own.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
-            if not await restore_targets.wait_archived(own, segment, seconds=120):
-                raise ExternalCommandError(
-                    f"node {row.node_name} did not archive its last WAL ({segment}) in 120s; "
-                    f"restoring it now would lose its last writes (check its archiver)"
                 )
     return end
 
@@ -287,6 +278,8 @@ async def prepare_links(ctx: StepContext) -> dict[str, Any]:
     await children.rename_database_if_needed(ctx, ref, config, spec)
     conn = await ctx.services.orchestrator.connect(ref, spec.database_name)
     try:
+        if _own_latest(ctx, row, config) and ctx.state.get("drained_at"):
+            await _check_replayed(conn, row.node_name, ctx.state["drained_at"])
         origins = await restore_join.restored_points(ctx, conn, ref)
         await replication.reset_restored_node(
             conn, mesh.mesh_node(ctx.services, ref, spec.database_name)
@@ -310,6 +303,20 @@ async def prepare_links(ctx: StepContext) -> dict[str, Any]:
     else:
         await orchestrator.reload(ref, on_line=sink)
     return {}
+
+
+async def _check_replayed(conn: Connection, node: str, drained_at: str) -> None:
+    """Restored to the end of its own archive, the node must have replayed everything it had
+    when drained (a clean stop archives its last WAL); if its new timeline branched off
+    earlier, writes it had made are gone and the restore must not say `completed`."""
+    timeline = int(await conn.fetchval("SELECT timeline_id FROM pg_control_checkpoint()"))
+    history = await restore_targets.timeline_history(conn, timeline)
+    if history and lsn_value(history[-1][1]) < lsn_value(drained_at):
+        raise ExternalCommandError(
+            f"node {node} was recovered only up to {history[-1][1]}, before its last writes "
+            f"at {drained_at}: its archive lacks its last WAL (check archive-push). Restore it "
+            f"again to an explicit target, or from a backup of another node"
+        )
 
 
 async def _record_points(

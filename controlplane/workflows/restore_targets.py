@@ -77,7 +77,7 @@ async def write_restore_point(conn: Any, name: str, *, seconds: float) -> Writte
     # The segment holding the record's last byte, named on the current timeline.
     segment = str(await conn.fetchval("SELECT pg_walfile_name($1::text::pg_lsn)", lsn))
     timeline = int(segment[:8], 16)
-    history = await _timeline_history(conn, timeline)
+    history = await timeline_history(conn, timeline)
     await conn.execute("SELECT pg_switch_wal()")
     return WrittenRestorePoint(
         lsn=lsn,
@@ -90,7 +90,7 @@ async def write_restore_point(conn: Any, name: str, *, seconds: float) -> Writte
     )
 
 
-async def _timeline_history(conn: Any, timeline: int) -> list[tuple[int, str]]:
+async def timeline_history(conn: Any, timeline: int) -> list[tuple[int, str]]:
     """The timelines `timeline` descends from and where each was left (its history file);
     empty for timeline 1, or when the file cannot be read (then only sets of the same timeline
     count as leading to the restore point)."""
