@@ -273,10 +273,10 @@ def main() -> int:
     except (httpx.HTTPError, subprocess.CalledProcessError, AssertionError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         if isinstance(exc, subprocess.CalledProcessError):
-            stderr = (
-                exc.stderr if isinstance(exc.stderr, str) else exc.stderr.decode(errors="replace")
-            )
-        print(stderr[-2000:], file=sys.stderr)
+            stderr = exc.stderr
+            if isinstance(stderr, bytes):
+                stderr = stderr.decode(errors="replace")
+            print(str(stderr)[-2000:], file=sys.stderr)
         return 1
     finally:
         if load is not None:
