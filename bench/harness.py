@@ -368,17 +368,24 @@ def compare(
     load: PgbenchLoad | None = None,
     before_each: Action | None = None,
     after_each: Action | None = None,
+    alternate: bool = True,
 ) -> Timings:
     """Time each action `runs` times, alternating which of `pairs` goes first (a run right after
     another finds a fresher checkpoint and a warmer cache), print every run and the medians
     (with pgbench's tps during each run under `load`). `before_each` and `after_each` run
-    untimed around every timed action (preparation, checks)."""
+    untimed around every timed action (preparation, checks). Without `alternate`, every run
+    of the first pair comes before any of the second (when the second leaves a state the
+    first cannot start from)."""
     timings = Timings()
     for name, _ in pairs + (extra or []):
         timings.seconds[name] = []
         timings.tps[name] = []
-    for run in range(runs):
-        order = pairs if run % 2 == 0 else list(reversed(pairs))
+    rounds = (
+        [pairs if run % 2 == 0 else list(reversed(pairs)) for run in range(runs)]
+        if alternate
+        else [[pair] for pair in pairs for _ in range(runs)]
+    )
+    for order in rounds:
         for name, action in order + (extra or []):
             if before_each is not None:
                 before_each()

@@ -87,10 +87,10 @@ async def drain(
     not stream from its next slots). Safe to repeat: a node whose subscription is gone
     confirmed earlier.
 
-    A node whose subscription is not replicating is `behind` (the caller says so). One that
-    replicates but does not catch up within `limit` is `behind` too, unless `strict` (the node
-    keeps every row it has, so waiting longer is the only way that node gets them all): then
-    it is an error, raised before anything is cut.
+    A node whose subscription stays down (over `DOWN_GRACE`), or that does not catch up within
+    `limit`, is `behind` (the caller says so) unless `strict` (the node keeps every row it has,
+    so that node would lack some for good): then it is an error, raised before anything is
+    cut.
     """
     own = conns[node]
     await pause_subscriptions(own, node, providers)
@@ -109,16 +109,13 @@ async def drain(
                 "SELECT status FROM pglogical.show_subscription_status($1)",
                 subscription_name(node, subscriber),
             )
+            now = time.monotonic()
             if status == "replicating":
                 down_since = None
             elif down_since is None:
-                down_since = time.monotonic()
-            elif time.monotonic() - down_since > DOWN_GRACE:
-                # Broken already (its slot gone, or its apply failing), not restarting: waiting
-                # cannot help, and the restore does not make that link worse.
-                behind.append(subscriber)
-                break
-            if time.monotonic() > deadline:
+                down_since = now
+            # Broken (its slot gone, its apply failing) and not restarting, or too slow.
+            if (down_since is not None and now - down_since > DOWN_GRACE) or now > deadline:
                 if strict:
                     held = await origin_lsn(conns[subscriber], node, subscriber)
                     raise ReplicationError(
