@@ -151,12 +151,7 @@ class BenchServer:
                 "-q",
                 "-s",
                 str(scale),
-                "-h",
-                info["host"],
-                "-p",
-                str(info["port"]),
-                "-U",
-                "admin",
+                *_owner_login(instance),
                 info["database"],
             ],
             check=True,
@@ -430,16 +425,16 @@ def print_step_medians(title: str, tasks: list[dict[str, Any]]) -> None:
 
 def _psql_argv(instance: dict[str, Any], *options: str) -> list[str]:
     """psql as the database owner over TCP to an instance of the API's database view."""
-    info = instance["connection_info"]
     return [
         str(PG_BIN / "psql"),
-        "-h",
-        info["host"],
-        "-p",
-        str(info["port"]),
-        "-U",
-        "admin",
+        *_owner_login(instance),
         "-d",
-        info["database"],
+        instance["connection_info"]["database"],
         *options,
     ]
+
+
+def _owner_login(instance: dict[str, Any]) -> list[str]:
+    """Host, port and user of the database owner's TCP login to an instance."""
+    info = instance["connection_info"]
+    return ["-h", info["host"], "-p", str(info["port"]), "-U", "admin"]

@@ -39,14 +39,13 @@ from controlplane.store.pool import Connection
 # pglogical restarts a failed apply worker after 5 s: a subscription down longer than this is
 # broken, not restarting.
 DOWN_GRACE = 12.0
-# The role the control plane and the nodes' links log in as; a fenced node admits only it.
-SUPERUSER = "postgres"
 
 
 async def end_client_sessions(conn: Connection, *, settle: float = 0.05) -> int:
-    """End every client session but the superuser's, until a round finds none; the first
-    round waits `settle` so that a login that raced the fence's reload is seen. How many
-    were ended."""
+    """End every client session but those of `conn`'s role (the superuser the control plane
+    and the nodes' links log in as, whom a fenced node still admits), until a round finds
+    none; the first round waits `settle`, so a login that raced the fence's reload is seen.
+    How many were ended."""
     ended = 0
     while True:
         await asyncio.sleep(settle)
@@ -54,8 +53,7 @@ async def end_client_sessions(conn: Connection, *, settle: float = 0.05) -> int:
             await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                "   AND usename IS DISTINCT FROM $1",
-                SUPERUSER,
+                "   AND usename IS DISTINCT FROM current_user"
             )
             or 0
         )
