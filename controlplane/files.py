@@ -12,21 +12,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def write_private_file(path: Path, text: str, *, uid: int | None, gid: int | None) -> bool:
-    """Write `text` to `path` (mode 0600, owned by uid/gid) atomically; False if already there.
+def write_private_file(
+    path: Path, text: str, *, uid: int | None, gid: int | None, mode: int = 0o600
+) -> bool:
+    """Write `text` to `path` (mode 0600, or 0700 for a script, owned by uid/gid) atomically;
+    False if already there.
 
-    "Already there" means same content, mode 0600 and the requested owner, so a file whose
-    owner or mode drifted is rewritten too.
+    "Already there" means same content, mode and the requested owner, so a file whose owner or
+    mode drifted is rewritten too.
     """
     data = text.encode("utf-8")
-    if _already_written(path, data, uid=uid, gid=gid):
+    if _already_written(path, data, uid=uid, gid=gid, mode=mode):
         return False
     # A temp file in the same directory, renamed over the target: readers (pgBackRest started
     # by the archiver at any moment) see the old file or the new one, never a partial one.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp:
-            os.fchmod(tmp.fileno(), 0o600)
+            os.fchmod(tmp.fileno(), mode)
             if uid is not None or gid is not None:
                 os.fchown(tmp.fileno(), -1 if uid is None else uid, -1 if gid is None else gid)
             tmp.write(data)
@@ -41,7 +44,9 @@ def write_private_file(path: Path, text: str, *, uid: int | None, gid: int | Non
     return True
 
 
-def _already_written(path: Path, data: bytes, *, uid: int | None, gid: int | None) -> bool:
+def _already_written(
+    path: Path, data: bytes, *, uid: int | None, gid: int | None, mode: int
+) -> bool:
     try:
         stat = path.stat()
         current = path.read_bytes()
@@ -49,7 +54,7 @@ def _already_written(path: Path, data: bytes, *, uid: int | None, gid: int | Non
         return False
     return (
         current == data
-        and stat.st_mode & 0o777 == 0o600
+        and stat.st_mode & 0o777 == mode
         and (uid is None or stat.st_uid == uid)
         and (gid is None or stat.st_gid == gid)
     )
@@ -108,10 +113,12 @@ class OwnedFiles:
         if owner is not None:
             os.chown(path, *owner)
 
-    def write(self, path: Path, text: str) -> bool:
-        """Atomic write, mode 0600, owned by the OS user; False when already there."""
+    def write(self, path: Path, text: str, *, executable: bool = False) -> bool:
+        """Atomic write, mode 0600 (0700 when executable), owned by the OS user; False when
+        already there."""
         uid, gid = self.owner() or (None, None)
-        return write_private_file(path, text, uid=uid, gid=gid)
+        mode = 0o700 if executable else 0o600
+        return write_private_file(path, text, uid=uid, gid=gid, mode=mode)
 
     def read(self, path: Path) -> str | None:
         return path.read_text() if path.exists() else None

@@ -44,17 +44,22 @@ async def run_command(
     on_line: LineSink | None = None,
     grace_seconds: float = 10.0,
     keep_lines: int = 200,
+    stdin: int | None = None,
+    inherit_env: bool = True,
 ) -> CommandResult:
     """Run argv, merging stderr into stdout, passing each line to `on_line` as it arrives.
+
+    `stdin` is a descriptor the child reads (default: /dev/null). With `inherit_env=False` the
+    child gets `env` alone, none of ours.
 
     If the calling task is cancelled the child gets SIGTERM, then SIGKILL after `grace_seconds`,
     and the cancellation propagates once the child is gone (no orphan keeps running).
     """
-    full_env = dict(os.environ)
+    full_env = dict(os.environ) if inherit_env else {}
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=full_env,

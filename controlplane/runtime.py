@@ -137,7 +137,8 @@ def tidy_run_dir(settings: Settings) -> list[Path]:
     - `<run_dir>/i` holds the local instances' sockets. Instances outlive the server, and a
       stopped one is started again without the directory being made anew, so it stays while
       any instance exists under `<data_dir>/instances`, running or not.
-    - `<run_dir>` itself, once empty.
+    - `<run_dir>` itself, once empty, and the memory directory where a container's secrets
+      are staged for its start (each start removes its own).
 
     Only empty directories go (rmdir: a live socket keeps its directory, whoever it belongs
     to), never through a symlink, and only ones owned by us or the instances' OS user.
@@ -150,7 +151,7 @@ def tidy_run_dir(settings: Settings) -> list[Path]:
     candidates = [run_dir / _STORE_SOCKETS]
     if not (instances.is_dir() and any(instances.iterdir())):
         candidates.append(run_dir / _INSTANCE_SOCKETS)
-    candidates.append(run_dir)
+    candidates += [settings.memory_dir, run_dir]
     removed = []
     for path in candidates:
         try:

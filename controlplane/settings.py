@@ -85,6 +85,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return Path("/tmp") / f"cp-{digest}"
 
     @property
+    def memory_dir(self) -> Path:
+        """Per-data-dir directory in memory (/dev/shm) where secrets are staged for a container's
+        start; the run dir where the machine has no /dev/shm."""
+        shm = Path("/dev/shm")
+        if not shm.is_dir():
+            return self.run_dir / "m"
+        return shm / self.run_dir.name
+
+    @property
     def admin_token_path(self) -> Path:
         return self.data_path / "admin-token"
 

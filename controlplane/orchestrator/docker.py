@@ -16,6 +16,7 @@ and instances listen on 127.0.0.1 of the host network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import shutil
@@ -31,11 +32,13 @@ from controlplane.errors import ExternalCommandError
 from controlplane.files import OwnedFiles
 from controlplane.models import Host
 from controlplane.orchestrator import docker_layout as layout
+from controlplane.orchestrator import instance_secrets as staged
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.orchestrator.docker_engine import ContainerSpec, Engine, mounted, running
 from controlplane.orchestrator.hba import client_hba
 from controlplane.process import CommandResult, LineSink
 from controlplane.settings import Settings
+from controlplane.spec.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class DockerOrchestrator:
         self._secrets = settings.data_path / "secrets"
         self._namespace = layout.namespace_of(settings.data_path)
         self._files = OwnedFiles(settings.os_user)
+        self._memory = settings.memory_dir
+        self._box = SecretBox.for_settings(settings)
 
     # -- placement -------------------------------------------------------------------------
     def hosts(self) -> list[Host]:
@@ -153,8 +158,7 @@ class DockerOrchestrator:
         fenced = (directory / layout.FENCE_FILE).exists()
         self._files.write(directory / layout.HBA_FILE, client_hba(layout.HBA, fenced=fenced))
         self._files.write(directory / layout.IDENT_FILE, layout.IDENT)
-        if not (directory / layout.ENV_FILE).exists():
-            self._files.write(directory / layout.ENV_FILE, layout.render_env_file({}))
+        self._files.write(directory / staged.RUNNER_FILE, staged.RUNNER, executable=True)
         self._ensure_secrets(ref.database_id)
 
     def _ensure_secrets(self, database_id: str) -> None:
@@ -197,8 +201,27 @@ class DockerOrchestrator:
         return self._files.write(hba, client_hba(layout.HBA, fenced=fenced))
 
     async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
-        """Sourced by the container's command when Postgres starts (so: on the next start)."""
-        return await self.write_file(ref, layout.ENV_FILE, layout.render_env_file(env))
+        """Sealed with the control plane's key; staged in memory for each start, which Postgres
+        takes as an open file, never in its environment (see instance_secrets)."""
+        self._ensure_dirs(ref)
+        return staged.store(self._files, self._box, self._dir(ref) / staged.ENV_FILE, env)
+
+    def _stage_secrets(self, ref: InstanceRef) -> layout.MountSpec:
+        """Write the instance's secrets for the container about to start into a memory-backed
+        directory of its own; the container deletes the file once it has it open."""
+        directory = self._memory / ref.instance_id
+        self._files.private_dir(self._memory, 0o755)
+        self._files.private_dir(directory, 0o700)
+        env = staged.unsealed(self._box, self._dir(ref) / staged.ENV_FILE)
+        name = staged.CONTAINER_SECRETS_NAME
+        self._files.write(directory / name, staged.export_lines(env))
+        return layout.MountSpec(target=staged.CONTAINER_SECRETS_DIR, source=str(directory))
+
+    def _unstage_secrets(self, ref: InstanceRef) -> None:
+        directory = self._memory / ref.instance_id
+        (directory / staged.CONTAINER_SECRETS_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
     async def read_file(self, ref: InstanceRef, name: str) -> str | None:
         return self._files.read(self._dir(ref) / name)
@@ -344,18 +367,26 @@ class DockerOrchestrator:
                     f"{self._volume(ref)} is missing"
                 )
             self._ensure_dirs(ref)
+            mounts = await asyncio.to_thread(self._mounts, ref, with_data=True)
+            staged = await asyncio.to_thread(self._stage_secrets, ref)
             spec = ContainerSpec(
                 image=self._image,
                 command=layout.postgres_argv(str(self._dir(ref)), extra),
                 labels=self._labels(ref, layout.ROLE_INSTANCE),
-                mounts=await asyncio.to_thread(self._mounts, ref, with_data=True),
+                mounts=sorted([*mounts, staged]),
             )
-            await engine.run_service(self._name(ref), spec, stop_signal="SIGINT")
-            await on_line(
-                f"container {self._name(ref)} started"
-                + (f" with {' '.join(extra)}" if extra else "")
-            )
-        await self._wait_writable(ref)
+            try:
+                await engine.run_service(self._name(ref), spec, stop_signal="SIGINT")
+                await on_line(
+                    f"container {self._name(ref)} started"
+                    + (f" with {' '.join(extra)}" if extra else "")
+                )
+                await self._wait_writable(ref)
+            finally:
+                # Taken by the container as it starts; never left behind, whatever happened.
+                await asyncio.to_thread(self._unstage_secrets, ref)
+        else:
+            await self._wait_writable(ref)
         await self._ensure_password(ref)
 
     async def _wait_writable(self, ref: InstanceRef, limit: float = 600.0) -> None:

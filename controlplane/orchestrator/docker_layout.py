@@ -5,9 +5,9 @@ One instance is one container plus one named volume. Inside the container:
 - PGDATA is a subdirectory of the named volume (`/var/lib/postgresql/data/pgdata`), so a crash
   mid-initdb leaves a scratch directory next to it, never half a cluster in PGDATA itself;
 - the instance directory (`<data_dir>/instances/<id>`: postgresql.conf, pg_hba.conf,
-  pgbackrest.conf, postmaster.env) is bind-mounted read-only AT THE SAME PATH as on the host, so
-  every path the workflows render (config files, archive_command) means the same on both sides;
-  only its `pgbackrest/` subdirectory (lock, log, spool) is writable;
+  pgbackrest.conf, the sealed postmaster.env) is bind-mounted read-only AT THE SAME PATH as on
+  the host, so every path the workflows render (config files, archive_command) means the same
+  on both sides; only its `pgbackrest/` subdirectory (lock, log, spool) is writable;
 - Postgres runs with `config_file` pointing at the instance directory. The postgresql.conf and
   pg_hba.conf inside PGDATA are never read, so a cluster restored from another instance's backup
   cannot bring that instance's port or archive_command back; only postgresql.auto.conf (ALTER
@@ -18,7 +18,10 @@ One instance is one container plus one named volume. Inside the container:
   (the source of a create-from-backup) is mounted read-only;
 - the superuser password of the database lives in `<data_dir>/secrets/<database>/` (mounted
   read-only): libpq reads it through `passfile=` so no DSN — and so no pglogical catalog row —
-  ever holds it.
+  ever holds it;
+- the repository secrets Postgres needs (archive_command, restore_command) are staged for each
+  start in a memory-backed host directory mounted at `/run/controlplane-secrets`; the container
+  opens the file on descriptor 9 and deletes it (see instance_secrets).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import hmac
 import os
 import posixpath
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -37,6 +39,7 @@ from typing import Literal
 import msgspec
 
 from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.instance_secrets import CONTAINER_SECRETS_FILE, SECRETS_FD
 
 VOLUME_TARGET = "/var/lib/postgresql/data"
 PGDATA = f"{VOLUME_TARGET}/pgdata"
@@ -49,7 +52,6 @@ LABEL = "controlplane"
 ROLE_INSTANCE = "instance"
 ROLE_DATA_ONE_OFF = "data-one-off"  # mounts the data volume: at most one may run
 ROLE_TOOL_ONE_OFF = "tool-one-off"  # pgbackrest info/expire/verify with no data: may overlap
-ENV_FILE = "postmaster.env"
 # The instance's own pgBackRest config (its repositories are mounted writable); any other
 # `pgbackrest*.conf` in the instance directory is a restore source (mounted read-only).
 OWN_PGBACKREST_CONFIG = "pgbackrest.conf"
@@ -66,7 +68,6 @@ PASSWORD_SQL_FILE = "superuser.sql"
 INIT_EXISTS = 10
 
 _START_OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,35}$")
 
 HBA = """\
@@ -100,9 +101,13 @@ if [ -d "$pgdata" ]; then rmdir -- "$pgdata"; fi
 mv -- "$pgdata.init" "$pgdata"
 """
 _EMPTY_SCRIPT = 'rm -rf -- "$1" "$1.init" && mkdir -m 0700 -- "$1"'
-# Sourcing the env file here (not `docker create --env`) lets a changed environment apply on
-# the next start without recreating anything else, and keeps secrets out of `docker inspect`.
-_RUN_SCRIPT = '. "$0" && exec "$@"'
+# The secrets file staged for this start (memory-backed, see instance_secrets) is opened on
+# descriptor 9 for Postgres and its children, then deleted: it is never in the environment,
+# so neither `docker inspect` nor /proc shows it, and it does not outlive the start.
+_RUN_SCRIPT = f"""\
+if [ -f "$0" ]; then exec {SECRETS_FD}<"$0" && rm -f -- "$0"; fi
+exec "$@"
+"""
 # The pid file lets a cancel signal the exec'd process: the engine API cannot kill an exec.
 _EXEC_SCRIPT = 'echo "$$" > "$0" && exec "$@"'
 _KILL_SCRIPT = 'kill -s "$1" "$(cat "$0")" 2>/dev/null || true'
@@ -251,13 +256,13 @@ def check_start_options(options: Mapping[str, str] | None) -> list[str]:
 
 
 def postgres_argv(instance_dir: str, options: Sequence[str]) -> list[str]:
-    """The instance container's command: load the postmaster environment, run Postgres on
-    PGDATA with our config file (one-off options last, so they win)."""
+    """The instance container's command: take the staged secrets, run Postgres on PGDATA with
+    our config file (one-off options last, so they win)."""
     argv = [
         "sh",
         "-c",
         _RUN_SCRIPT,
-        posixpath.join(instance_dir, ENV_FILE),
+        CONTAINER_SECRETS_FILE,
         f"{PG_BIN}/postgres",
         "-D",
         PGDATA,
@@ -308,26 +313,6 @@ def psql_argv(port: int, *args: str) -> list[str]:
         "ON_ERROR_STOP=1",
         *args,
     ]
-
-
-def render_env_file(env: Mapping[str, str]) -> str:
-    """The postmaster environment as `export NAME='value'` lines (sourced by sh)."""
-    lines = ["# Managed by controlplane: the postmaster's environment (repository secrets)."]
-    for name, value in sorted(env.items()):
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"invalid environment variable name {name!r}")
-        lines.append(f"export {name}={shlex.quote(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_env_file(text: str) -> dict[str, str]:
-    """Read back what `render_env_file` wrote (values may span lines)."""
-    env = {}
-    for token in shlex.split(text, comments=True):
-        if token != "export":
-            name, _, value = token.partition("=")
-            env[name] = value
-    return env
 
 
 def render_postgresql_conf(settings: Mapping[str, str], instance_dir: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import socket
@@ -11,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
-import msgspec
 
 from controlplane.errors import ExternalCommandError
 from controlplane.files import OwnedFiles
 from controlplane.models import Host
+from controlplane.orchestrator import instance_secrets as secrets
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.orchestrator.hba import client_hba
 from controlplane.process import CommandResult, LineSink, as_user, run_command
@@ -23,9 +24,9 @@ from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 
 LOCAL_HOST_ID = "local"
-# Postmaster environment (repository secrets for archive-push), sealed with the control
-# plane's key and private to the OS user.
-_ENV_FILE = "postmaster.env"
+# pg_ctl starts with the secrets' memory file on stdin: this moves it to descriptor 9, which
+# the postmaster and every process it forks inherit, and gives pg_ctl /dev/null instead.
+_HAND_OVER = f'exec {secrets.SECRETS_FD}<&0 </dev/null && exec "$@"'
 _OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
 _HBA = """\
 # Managed by controlplane.
@@ -127,6 +128,7 @@ class LocalOrchestrator:
         self._files.private_dir(self._sockets, 0o700)
         self._dir(ref).mkdir(mode=0o700, exist_ok=True)
         self._files.chown(self._dir(ref))
+        self._files.write(self._dir(ref) / secrets.RUNNER_FILE, secrets.RUNNER, executable=True)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def create_instance(self, ref: InstanceRef, *, on_line: LineSink) -> bool:
@@ -177,11 +179,10 @@ class LocalOrchestrator:
         return self._files.write(self._dir(ref) / name, text)
 
     async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
-        # Sealed with the control plane's key: the file tells a process of the instances' OS
-        # user nothing; it is opened only to start Postgres (archive-push needs it there).
-        if (self._dir(ref) / _ENV_FILE).exists() and self._environment(ref) == dict(env):
-            return False
-        return await self.write_file(ref, _ENV_FILE, self._box.encrypt(env))
+        """Sealed with the control plane's key; opened only to start Postgres, which gets the
+        secrets as an open memory file (see instance_secrets), never in its environment."""
+        self._ensure_dirs(ref)
+        return secrets.store(self._files, self._box, self._dir(ref) / secrets.ENV_FILE, env)
 
     async def read_file(self, ref: InstanceRef, name: str) -> str | None:
         return self._files.read(self._dir(ref) / name)
@@ -198,15 +199,6 @@ class LocalOrchestrator:
         shutil.rmtree(pgdata, ignore_errors=True)
         pgdata.mkdir(mode=0o700)
         self._files.chown(pgdata)
-
-    def _environment(self, ref: InstanceRef) -> dict[str, str]:
-        path = self._dir(ref) / _ENV_FILE
-        if not path.exists():
-            return {}
-        text = path.read_text().strip()
-        if text.startswith("{"):  # written in the clear by an earlier version
-            return msgspec.json.decode(text, type=dict[str, str])
-        return self._box.decrypt(text)
 
     async def make_dirs(self, ref: InstanceRef, paths: Sequence[str]) -> None:
         await asyncio.to_thread(self._files.make_dirs, paths)
@@ -241,9 +233,18 @@ class LocalOrchestrator:
             if extra:
                 # pg_ctl passes -o through a shell; the pattern above keeps it inert.
                 argv += ["-o", " ".join(f"-c {item}" for item in extra)]
-            result = await run_command(
-                self._as_user(argv), env=self._environment(ref), on_line=on_line
-            )
+            env = secrets.unsealed(self._box, self._dir(ref) / secrets.ENV_FILE)
+            handed = secrets.memory_file(env, self._files.owner())
+            try:
+                result = await run_command(
+                    self._as_user(["sh", "-c", _HAND_OVER, "sh", *argv]),
+                    env=secrets.postmaster_environment(),
+                    inherit_env=False,
+                    stdin=handed,
+                    on_line=on_line,
+                )
+            finally:
+                os.close(handed)
             if result.exit_code != 0:
                 raise ExternalCommandError(
                     f"start of instance {ref.instance_id} failed: pg_ctl exited "

@@ -91,8 +91,11 @@ def restore_argv(
     repo: int | None = None,
     pg_path: str | None = None,
     process_max: int | None = None,
+    command: str | None = None,
 ) -> list[str]:
     """`restore` with our choices made explicit (set, target, action, archive mode, repo).
+
+    `command` is the pgbackrest the written restore_command runs (pgBackRest's `cmd`).
 
     `target_type=None` replays to the end of the archive. `archive_mode="off"` keeps a clone
     from pushing WAL into its source's repository.
@@ -113,6 +116,7 @@ def restore_argv(
         ("repo", repo),
         ("pg1-path", pg_path),
         ("process-max", process_max),
+        ("cmd", command),
     ]
     options = {name: value for name, value in candidates if value is not None}
     return pgbackrest_argv("restore", config_path=config_path, options=options)

@@ -178,16 +178,19 @@ def secret_env(repos: Iterable[RepositoryPlan]) -> dict[str, str]:
     return env
 
 
-def archive_command(config_path: str) -> str:
-    """The `archive_command` (a shell string) that pushes WAL with this instance's config.
+def archive_command(config_path: str, runner: str = "pgbackrest") -> str:
+    """The `archive_command` (a shell string) that pushes WAL with this instance's config,
+    through `runner` (a pgbackrest that finds the instance's secrets; see instance_secrets).
 
     The caller still quotes it as a postgresql.conf string value.
     """
     check_option_value("config", config_path)
+    check_option_value("cmd", runner)
     # shlex.quote covers spaces and shell metacharacters; `%` must be doubled because
     # Postgres expands `%p`/`%f`/`%r` in archive_command before the shell sees it.
     config = shlex.quote(f"--config={config_path}").replace("%", "%%")
-    return f"pgbackrest {config} --stanza={STANZA} archive-push %p"
+    command = shlex.quote(runner).replace("%", "%%")
+    return f"{command} {config} --stanza={STANZA} archive-push %p"
 
 
 def write_config_atomic(path: Path, text: str, *, uid: int | None, gid: int | None) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from controlplane.errors import ExternalCommandError, InvalidInputError
 from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.instance_secrets import RUNNER_FILE
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.pgbackrest.config import (
@@ -54,6 +55,8 @@ class BackupSetup:
 
     ref: InstanceRef
     config_path: str
+    # The pgbackrest Postgres runs (archive_command, restore_command): it finds the secrets.
+    runner: str = "pgbackrest"
     plans: list[RepositoryPlan] = field(default_factory=list)
     config_text: str = ""
     env: dict[str, str] = field(default_factory=dict)
@@ -69,7 +72,9 @@ class BackupSetup:
     def archive_command(self) -> str:
         # Archiving is always on; without a repository WAL is discarded so that enabling backups
         # later takes a reload, not a restart.
-        return archive_command(self.config_path) if self.plans else NOOP_ARCHIVE_COMMAND
+        if not self.plans:
+            return NOOP_ARCHIVE_COMMAND
+        return archive_command(self.config_path, self.runner)
 
     def repo_index(self, repo_id: str | None) -> int | None:
         """pgBackRest's repo number for a repository id (None: the first)."""
@@ -106,7 +111,11 @@ async def backup_setup(
 ) -> BackupSetup:
     """Plan the node's repositories (generation, passphrase) and render its config text."""
     orchestrator = services.orchestrator
-    setup = BackupSetup(ref=ref, config_path=orchestrator.file_path(ref, CONFIG_FILE))
+    setup = BackupSetup(
+        ref=ref,
+        config_path=orchestrator.file_path(ref, CONFIG_FILE),
+        runner=orchestrator.file_path(ref, RUNNER_FILE),
+    )
     config = effective_backup_config(spec, ref.node_name)
     if config is None:
         return setup

@@ -195,6 +195,7 @@ async def restore_data(ctx: StepContext) -> dict[str, Any]:
         target_exclusive=plan.target_exclusive,
         target_timeline=plan.target_timeline,
         target_action="promote",
+        command=source.runner,
     )
     await backups.run_pgbackrest(
         ctx.services,

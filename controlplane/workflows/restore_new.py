@@ -141,6 +141,7 @@ async def restore_new_instance(
             target_timeline=plan.target_timeline,
             target_action="promote",
             archive_mode="off",
+            command=source.runner,
         )
         await backups.run_pgbackrest(
             ctx.services,

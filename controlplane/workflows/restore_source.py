@@ -13,6 +13,7 @@ import asyncpg
 
 from controlplane.errors import ExternalCommandError, InvalidInputError
 from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.instance_secrets import RUNNER_FILE
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.pgbackrest.config import (
     plan_repositories,
@@ -90,7 +91,9 @@ async def source_setup(
     )
     orchestrator = services.orchestrator
     setup = backups.BackupSetup(
-        ref=target, config_path=orchestrator.file_path(target, RESTORE_CONFIG_FILE)
+        ref=target,
+        config_path=orchestrator.file_path(target, RESTORE_CONFIG_FILE),
+        runner=orchestrator.file_path(target, RUNNER_FILE),
     )
     setup.plans = plans
     setup.config_text = render_config(backups.layout(services, target), plans, process_max=4)

@@ -15,6 +15,9 @@ import httpx
 import pytest
 
 from tests.integration import conftest as integration
+
+# Tests that take `deployment` run once per orchestrator, as tests/scenarios do.
+from tests.scenarios.conftest import deployment, pytest_generate_tests  # noqa: F401
 from tests.support.api import create_and_wait, database_body
 from tests.support.os_user import give_to_os_user
 from tests.support.pgcluster import ScratchCluster

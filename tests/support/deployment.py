@@ -23,7 +23,6 @@ from tests.support.server import ServerProcess
 ORCHESTRATORS = ("local", "docker")
 E2E_ROOT = Path(os.environ.get("CONTROLPLANE_E2E_ROOT", "/var/tmp/controlplane-e2e"))
 KEEP = bool(os.environ.get("CONTROLPLANE_E2E_KEEP"))
-ENV_FILE = "postmaster.env"  # the instance's secrets: environment only, mode 0600
 
 
 class Deployment(ABC):
@@ -52,12 +51,10 @@ class Deployment(ABC):
 
     def rendered_files(self, instance_id: str) -> str:
         """Every file the control plane rendered for one instance (pgbackrest.conf,
-        postgresql.conf, …) but the environment file, which is where secrets belong."""
+        postgresql.conf, the sealed postmaster.env, …)."""
         root = self.instances_dir / instance_id
         return "\n".join(
-            p.read_text(errors="replace")
-            for p in sorted(root.glob("*"))
-            if p.is_file() and p.name != ENV_FILE
+            p.read_text(errors="replace") for p in sorted(root.glob("*")) if p.is_file()
         )
 
     @abstractmethod
