@@ -27,7 +27,7 @@ from controlplane.process import CommandResult, LineSink
 from controlplane.spec.models import BackupConfig, DatabaseSpec, repository_id, type_of
 from controlplane.store import repository_keys
 from controlplane.store.instances import InstanceRow
-from controlplane.tasks.context import Services
+from controlplane.tasks.context import Services, StepContext
 
 CONFIG_FILE = "pgbackrest.conf"
 # How long the catalog waits for one repository's `info`, and pgBackRest's I/O timeout then:
@@ -211,6 +211,39 @@ async def run_pgbackrest(
     if result.exit_code != 0:
         raise pgb.error_for(result.exit_code, result.tail(20), command=command, subject=subject)
     return result
+
+
+async def set_up_repositories(ctx: StepContext, setup: BackupSetup) -> None:
+    """Create the stanza, then `check` archiving, in each repository of the node on its own
+    (pgBackRest 2.45's `stanza-create` and `check` act on every configured repository), so a
+    repository that is down is named and does not keep the others from being set up; raise
+    naming every one that failed."""
+    failures: dict[str, str] = {}
+    node = setup.ref.node_name
+    # Every stanza first: a check's WAL switch starts an async archive-push, whose lock a
+    # stanza-create running at the same time would collide with.
+    for what, make_argv in (
+        ("stanza creation", pgb.stanza_create_argv),
+        ("archive check", pgb.check_argv),
+    ):
+        for index, rid in sorted(setup.repository_ids.items()):
+            if rid in failures:
+                continue
+            config_path, env = setup.scoped(index)
+            try:
+                await run_pgbackrest(
+                    ctx.services,
+                    setup,
+                    make_argv(config_path),
+                    on_line=ctx.log.sink("pgbackrest", node=node),
+                    subject=subject_of(setup.ref, f"{what} in repository {rid}"),
+                    env=env,
+                )
+            except ExternalCommandError as exc:
+                await ctx.log.warning(exc.message, node=node, repository=rid)
+                failures[rid] = exc.message
+    if failures:
+        raise ExternalCommandError("; ".join(failures.values()))
 
 
 async def read_info(

@@ -8,7 +8,6 @@ from typing import Any
 
 from controlplane.errors import ControlPlaneError, ExternalCommandError, InvalidInputError
 from controlplane.orchestrator.base import InstanceRef
-from controlplane.pgbackrest.command import check_argv, stanza_create_argv
 from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
@@ -26,8 +25,6 @@ from controlplane.workflows.common import (
 )
 
 # pgBackRest [050]: another command holds the stanza's lock; retried this often.
-_LOCK_HELD = 50
-_LOCK_ATTEMPTS = 5
 
 
 async def for_each(
@@ -152,50 +149,11 @@ async def configure_backups(ctx: StepContext) -> dict[str, Any]:
         setup = await backups.backup_setup(ctx.services, spec, row, ref)
         if not setup.enabled:
             return
-        failures: dict[str, str] = {}
-        # Every stanza first: a check's WAL switch starts an async archive-push, whose lock a
-        # stanza-create running at the same time would collide with.
-        for what in ("stanza creation", "archive check"):
-            for index, rid in sorted(setup.repository_ids.items()):
-                if rid not in failures:
-                    message = await _in_repository(ctx, setup, index, rid, what)
-                    if message is not None:
-                        failures[rid] = message
-        if failures:
-            raise ExternalCommandError("; ".join(failures.values()))
+        await backups.set_up_repositories(ctx, setup)
         await ctx.log.info(f"node {ref.node_name}: backups configured", node=ref.node_name)
 
     await for_each_row(await _spec_rows(ctx, spec), configure)
     return {}
-
-
-async def _in_repository(
-    ctx: StepContext, setup: backups.BackupSetup, index: int, rid: str, what: str
-) -> str | None:
-    """Stanza creation or archive check in one repository; the failure in words, or None."""
-    ref = setup.ref
-    config_path, env = setup.scoped(index)
-    argv = stanza_create_argv(config_path) if what == "stanza creation" else check_argv(config_path)
-    subject = backups.subject_of(ref, f"{what} in repository {rid}")
-    for attempt in range(1, _LOCK_ATTEMPTS + 1):
-        try:
-            await backups.run_pgbackrest(
-                ctx.services,
-                setup,
-                argv,
-                on_line=ctx.log.sink("pgbackrest", node=ref.node_name),
-                subject=subject,
-                env=env,
-            )
-            return None
-        except ExternalCommandError as exc:
-            if exc.exit_code == _LOCK_HELD and attempt < _LOCK_ATTEMPTS:
-                # Another pgBackRest command (an archive-push) holds the lock: it ends soon.
-                await asyncio.sleep(ctx.services.settings.retry_backoff_seconds * attempt)
-                continue
-            await ctx.log.warning(exc.message, node=ref.node_name, repository=rid)
-            return exc.message
-    return None
 
 
 async def for_each_row(

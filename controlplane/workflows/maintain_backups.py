@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from controlplane.errors import ConflictError
+from controlplane.errors import ConflictError, ExternalCommandError
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.tasks.context import StepContext
@@ -19,37 +19,54 @@ _STATUS_LINE = re.compile(r"^\s*status:\s*(?P<status>.+)$")
 
 
 async def run_verify(ctx: StepContext) -> dict[str, Any]:
-    """`pgbackrest verify`: checksums of every set and WAL segment; per-set results returned."""
+    """`pgbackrest verify` in each repository of the node on its own: checksums of every set
+    and WAL segment; per-set results returned. A repository that cannot be read does not keep
+    the others from being verified; the task then fails naming it."""
     setup = await _setup(ctx)
-    argv = pgb.pgbackrest_argv(
-        "verify", config_path=setup.config_path, options={"output": "text", "verbose": True}
-    )
-    result = await backups.run_pgbackrest(
-        ctx.services,
-        setup,
-        argv,
-        subject=backups.subject_of(setup.ref, "verify"),
-        on_line=ctx.log.sink("pgbackrest"),
-    )
-    # The report reaches us twice (pgBackRest's output and its console log echo it): one
-    # entry per set, in the order the report names them.
-    found = {m["label"]: m["status"] for line in result.lines if (m := _SET_LINE.search(line))}
-    sets = [{"label": label, "status": status} for label, status in found.items()]
-    overall = next(
-        (m.group("status").strip() for line in result.lines if (m := _STATUS_LINE.match(line))),
-        "unknown",
-    )
+    sets: list[dict[str, str]] = []
+    statuses: dict[str, str] = {}
+    for index, rid in sorted(setup.repository_ids.items()):
+        config_path, env = setup.scoped(index)
+        argv = pgb.pgbackrest_argv(
+            "verify",
+            config_path=config_path,
+            options={"output": "text", "verbose": True, "repo": index},
+        )
+        try:
+            result = await backups.run_pgbackrest(
+                ctx.services,
+                setup,
+                argv,
+                subject=backups.subject_of(setup.ref, f"verify of repository {rid}"),
+                on_line=ctx.log.sink("pgbackrest", repository=rid),
+                env=env,
+            )
+        except ExternalCommandError as exc:
+            await ctx.log.warning(exc.message, repository=rid)
+            statuses[rid] = f"error: {exc.message}"
+            continue
+        # The report reaches us twice (pgBackRest's output and its console log echo it): one
+        # entry per set, in the order the report names them.
+        found = {m["label"]: m["status"] for line in result.lines if (m := _SET_LINE.search(line))}
+        sets += [{"label": k, "status": v, "repository_id": rid} for k, v in found.items()]
+        statuses[rid] = next(
+            (m.group("status").strip() for line in result.lines if (m := _STATUS_LINE.match(line))),
+            "unknown",
+        )
     invalid = [s["label"] for s in sets if s["status"].strip() != "valid"]
+    overall = "ok" if set(statuses.values()) == {"ok"} else "failed"
     await ctx.log.info(
         f"verify: {len(sets)} set(s) checked, status {overall}"
+        + "".join(f", {rid}: {status}" for rid, status in statuses.items() if len(statuses) > 1)
         + (f", invalid: {', '.join(invalid)}" if invalid else "")
     )
     if overall != "ok" or invalid:
+        bad = {rid: status for rid, status in statuses.items() if status != "ok"}
         raise ConflictError(
             f"verify of node {setup.ref.node_name} found problems: "
-            f"status {overall}, invalid sets {invalid or 'none'}"
+            f"repositories {bad or 'ok'}, invalid sets {invalid or 'none'}"
         )
-    return {"result": {"status": overall, "sets": sets}}
+    return {"result": {"status": overall, "sets": sets, "repositories": statuses}}
 
 
 def dependents(entries: list[pgb_info.CatalogEntry], label: str) -> set[str]:

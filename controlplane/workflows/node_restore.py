@@ -378,14 +378,7 @@ async def reenable_backups(ctx: StepContext) -> dict[str, Any]:
     if not ctx.state.get("generation_moved"):
         await ctx.log.info(f"node {row.node_name}: backups continue in the same repository")
         return {}
-    sink = ctx.log.sink("pgbackrest")
-    for argv, what in (
-        (pgb.stanza_create_argv(own.config_path), "stanza creation"),
-        (pgb.check_argv(own.config_path), "archive check"),
-    ):
-        await backups.run_pgbackrest(
-            ctx.services, own, argv, on_line=sink, subject=backups.subject_of(own.ref, what)
-        )
+    await backups.set_up_repositories(ctx, own)
     task = await children.run_child_backup(ctx, trigger="system")
     return {"protecting_backup_task": task}
 

@@ -16,7 +16,7 @@ import httpx
 
 from controlplane.settings import Settings
 from controlplane.spec.pg_settings import load_setting_rules, run_config_probe, value_problem
-from tests.support.api import create_and_wait, database_body, wait_task
+from tests.support.api import create_and_wait, database_body, full_log, wait_task
 from tests.support.data import CHECKSUM, backup, checksum, posix_repository, query, write_rows
 from tests.support.processes import postmasters_under
 from tests.support.restore_check import restore_and_query
@@ -265,6 +265,13 @@ async def test_backup_to_a_healthy_repository_while_another_is_down(
         task = await wait_task(api, "tworepo", response.json()["task"]["task_id"], timeout=300)
         assert task["status"] == "failed"
         assert "Permission denied" in task["error"], task["error"]
+
+        # verify checks near's sets and fails naming far.
+        verify = await _verify(api)
+        assert verify["status"] == "failed"
+        assert "far" in verify["error"] and "near" not in verify["error"], verify["error"]
+        log = [e["message"] for e in await full_log(api, "tworepo", verify["task_id"])]
+        assert any("verify: 1 set(s) checked" in line for line in log), log
     finally:
         far.chmod(0o755)
     assert incr["repository_id"] == "near" and incr["type"] == "incr"
@@ -280,6 +287,17 @@ async def test_backup_to_a_healthy_repository_while_another_is_down(
         restore_and_query, config_path, full["label"], CHECKSUM, scratch_dir
     )
     assert restored == full_rows != incr_rows
+    verify = await _verify(api)
+    assert verify["status"] == "completed", verify["error"]
+    assert verify["result"]["repositories"] == {"near": "ok", "far": "ok"}
+    checked = {(s["repository_id"], s["label"]) for s in verify["result"]["sets"]}
+    assert checked == {("far", far_set), ("near", full["label"])}
+
+
+async def _verify(api: httpx.AsyncClient) -> dict[str, Any]:
+    response = await api.post("/v1/databases/tworepo/nodes/n1/backups/verify")
+    assert response.status_code == 202, response.text
+    return await wait_task(api, "tworepo", response.json()["task"]["task_id"], timeout=300)
 
 
 async def test_catalog_of_two_healthy_repositories(
