@@ -16,7 +16,7 @@ from controlplane.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from controlplane.models import RestorePoint, Task
+from controlplane.models import BackupCatalog, RepositoryStatus, RestorePoint, Task
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.spec import parse_backup_request, parse_request
 from controlplane.spec.models import repository_id
@@ -116,9 +116,7 @@ async def start_expire(
     entries, statuses = await _entries(services, setup)
     refusal = expire_refusal(entries, label, force)
     if refusal is not None:
-        unread = [
-            f"{s['repository_id']} ({s['message']})" for s in statuses if s["status"] == "degraded"
-        ]
+        unread = [f"{s.repository_id} ({s.message})" for s in statuses if s.status == "degraded"]
         if "not found" in refusal and unread:
             raise DependencyError(
                 f"{refusal} in the repositories that can be read; not read: {', '.join(unread)}"
@@ -133,7 +131,7 @@ async def start_expire(
 
 async def _entries(
     services: Services, setup: backups.BackupSetup
-) -> tuple[list[pgb_info.CatalogEntry], list[dict[str, Any]]]:
+) -> tuple[list[pgb_info.CatalogEntry], list[RepositoryStatus]]:
     """The sets of every readable repository (oldest first) and each repository's status.
 
     Each repository is read on its own, within a deadline: one that cannot be read is reported
@@ -152,17 +150,17 @@ async def _entries(
     ]
     entries.sort(key=lambda entry: (entry.stopped_at, entry.label))
     statuses = [
-        {
-            "repository_id": state.repository_id,
-            "status": state.health.status,
-            "message": state.health.message,
-        }
+        RepositoryStatus(
+            repository_id=state.repository_id,
+            status=state.health.status,
+            message=state.health.message,
+        )
         for state in states
     ]
     return entries, statuses
 
 
-async def backup_catalog(services: Services, database_id: str, node: str) -> dict[str, Any]:
+async def backup_catalog(services: Services, database_id: str, node: str) -> BackupCatalog:
     """Every backup set of the node, oldest first, and the window a PITR can reach, with the
     status of each repository (a degraded one is named rather than failing the catalog)."""
     _, instance, setup = await _node(services, database_id, node)
@@ -171,13 +169,13 @@ async def backup_catalog(services: Services, database_id: str, node: str) -> dic
         entries, last_archived_at=await _last_archived(services, instance)
     )
     points = await restore_points.list_restore_points(services.pool, database_id, node)
-    return {
-        "backups": [msgspec.to_builtins(e) for e in entries],
-        "recovery_window": msgspec.to_builtins(window) if window else None,
-        "repositories": [repository_id(p.repository) for p in setup.plans],
-        "repository_status": statuses,
-        "restore_points": [_point_view(p) for p in points],
-    }
+    return BackupCatalog(
+        backups=entries,
+        recovery_window=window,
+        repositories=[repository_id(p.repository) for p in setup.plans],
+        repository_status=statuses,
+        restore_points=[_point_view(p) for p in points],
+    )
 
 
 async def _last_archived(services: Services, instance: InstanceRow) -> datetime | None:

@@ -11,8 +11,15 @@ from typing import Any, TextIO
 
 import msgspec
 
-from controlplane.client_core import BackupCatalog, Schedule
-from controlplane.models import Database, Host, LogEntry, RestorePoint, Task
+from controlplane.models import (
+    BackupCatalog,
+    Database,
+    Host,
+    LogEntry,
+    RestorePoint,
+    Schedule,
+    Task,
+)
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 _PGBACKREST_STAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:.]{8,12} (?=P[0-9]{2} )")

@@ -30,17 +30,9 @@ from controlplane.client_core import (
     ApiServerError,
     ApiUnauthorized,
     ApiUnreachable,
-    BackupCatalog,
-    BackupSet,
     Body,
     ClientBase,
-    DatabaseOperation,
-    LogEnd,
     LogFollower,
-    RecoveryWindow,
-    RestoreOperation,
-    Schedule,
-    ScheduleLastTask,
     SseEvent,
     SseParser,
     error_from_response,
@@ -48,7 +40,23 @@ from controlplane.client_core import (
     resolve_url,
     unreachable,
 )
-from controlplane.models import Database, Host, LogEntry, RestorePoint, Task, TaskLog, Version
+from controlplane.models import (
+    BackupCatalog,
+    BackupSet,
+    Database,
+    DatabaseOperation,
+    Host,
+    LogEnd,
+    LogEntry,
+    RecoveryWindow,
+    RestoreOperation,
+    RestorePoint,
+    Schedule,
+    ScheduleLastTask,
+    Task,
+    TaskLog,
+    Version,
+)
 
 __all__ = [
     "DEFAULT_URL",

@@ -13,18 +13,26 @@ import httpx
 from controlplane import client_calls as calls
 from controlplane.client_core import (
     STREAM_TIMEOUT,
-    BackupCatalog,
     Body,
     ClientBase,
-    DatabaseOperation,
-    LogEnd,
     LogFollower,
-    RestoreOperation,
-    Schedule,
     error_from_response,
     unreachable,
 )
-from controlplane.models import Database, Host, LogEntry, RestorePoint, Task, TaskLog, Version
+from controlplane.models import (
+    BackupCatalog,
+    Database,
+    DatabaseOperation,
+    Host,
+    LogEnd,
+    LogEntry,
+    RestoreOperation,
+    RestorePoint,
+    Schedule,
+    Task,
+    TaskLog,
+    Version,
+)
 
 R = TypeVar("R")
 

@@ -14,20 +14,27 @@ from urllib.parse import quote
 import msgspec
 
 from controlplane.client_core import (
-    BackupCatalog,
     Body,
+    decode,
+)
+from controlplane.models import (
+    BackupCatalog,
+    Database,
     DatabaseOperation,
     DatabasesAnswer,
+    Host,
     HostsAnswer,
     RestoreOperation,
+    RestorePoint,
     RestorePointsAnswer,
     Schedule,
     SchedulesAnswer,
+    Task,
     TaskAnswer,
+    TaskLog,
     TasksAnswer,
-    decode,
+    Version,
 )
-from controlplane.models import Database, Host, RestorePoint, Task, TaskLog, Version
 
 R = TypeVar("R")
 T = TypeVar("T")

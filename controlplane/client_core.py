@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +15,11 @@ import httpx
 import msgspec
 
 from controlplane import __version__
-from controlplane.models import Database, Host, LogEntry, RestorePoint, Task, TaskStatus
+from controlplane.models import (
+    ErrorBody,
+    LogEnd,
+    LogEntry,
+)
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 T = TypeVar("T")
@@ -94,121 +97,16 @@ _ERRORS: dict[int, type[ApiError]] = {
 }
 
 
-class _ErrorBody(msgspec.Struct):
-    name: str
-    message: str
-    details: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
 def error_from_response(status: int, body: bytes) -> ApiError:
     """The typed error for an HTTP error answer (a body not in the API's shape is kept as text)."""
     try:
-        parsed = msgspec.json.decode(body, type=_ErrorBody)
+        parsed = msgspec.json.decode(body, type=ErrorBody)
         name, message, details = parsed.name, parsed.message, parsed.details
     except msgspec.DecodeError:
         text = body.decode(errors="replace").strip()
         name, message, details = f"http_{status}", text[:300] or f"http status {status}", {}
     cls = _ERRORS.get(status, ApiServerError if status >= 500 else ApiError)
     return cls(message, name=name, status=status, details=details)
-
-
-class DatabaseOperation(msgspec.Struct, kw_only=True):
-    """Answer to create and update: the task carrying it out and the database as stored."""
-
-    task: Task
-    database: Database
-
-
-class RestoreOperation(msgspec.Struct, kw_only=True):
-    """Answer to a restore: the parent task, one node_restore task per node, the database."""
-
-    task: Task
-    node_tasks: list[Task]
-    database: Database
-
-
-class BackupSet(msgspec.Struct, kw_only=True):
-    """One backup set of a node's catalog."""
-
-    label: str
-    type: str
-    repository_id: str
-    started_at: datetime
-    stopped_at: datetime
-    lsn_start: str | None = None
-    lsn_stop: str | None = None
-    wal_start: str | None = None
-    wal_stop: str | None = None
-    size: int = 0
-    repository_size: int | None = None
-    annotations: dict[str, str] = msgspec.field(default_factory=dict)
-    task_id: str | None = None
-    prior: str | None = None
-
-
-class RecoveryWindow(msgspec.Struct, kw_only=True):
-    earliest: datetime
-    latest: datetime
-
-
-class BackupCatalog(msgspec.Struct, kw_only=True):
-    """A node's backup sets, oldest first, the span a point-in-time restore can reach, and
-    the node's named restore points (oldest first)."""
-
-    backups: list[BackupSet]
-    recovery_window: RecoveryWindow | None = None
-    repositories: list[str] = msgspec.field(default_factory=list)
-    restore_points: list[RestorePoint] = msgspec.field(default_factory=list)
-
-
-class ScheduleLastTask(msgspec.Struct, kw_only=True):
-    """The task a schedule's newest tick started."""
-
-    task_id: str
-    status: str
-    completed_at: datetime | None = None
-
-
-class Schedule(msgspec.Struct, kw_only=True):
-    """One schedule of a node's effective backup_config, its next run and its last task."""
-
-    schedule_id: str
-    node_name: str
-    type: str
-    cron_expression: str
-    next_run_at: datetime | None = None
-    last_task: ScheduleLastTask | None = None
-
-
-class LogEnd(msgspec.Struct, kw_only=True):
-    """The last event of a followed log: the task's terminal status and its last entry."""
-
-    task_status: TaskStatus
-    last_entry_id: int
-
-
-class DatabasesAnswer(msgspec.Struct):
-    databases: list[Database]
-
-
-class TasksAnswer(msgspec.Struct):
-    tasks: list[Task]
-
-
-class TaskAnswer(msgspec.Struct):
-    task: Task
-
-
-class HostsAnswer(msgspec.Struct):
-    hosts: list[Host]
-
-
-class SchedulesAnswer(msgspec.Struct):
-    schedules: list[Schedule]
-
-
-class RestorePointsAnswer(msgspec.Struct):
-    restore_points: list[RestorePoint]
 
 
 class SseEvent(msgspec.Struct, kw_only=True):

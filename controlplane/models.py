@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 DatabaseState = Literal[
     "creating",
@@ -24,6 +24,7 @@ TaskType = Literal[
 TaskStatus = Literal[
     "pending", "running", "canceling", "completed", "failed", "canceled", "skipped"
 ]
+BackupType = Literal["full", "diff", "incr"]
 TaskTrigger = Literal["manual", "scheduled", "pre_restore", "system"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "canceled", "skipped"})
 ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "running", "canceling"})
@@ -58,7 +59,8 @@ class Database(Struct, kw_only=True):
     state: DatabaseState
     created_at: datetime
     updated_at: datetime
-    spec: dict[str, Any]
+    # The spec as stored (secrets left out): a request's DatabaseSpec, read back.
+    spec: Annotated[dict[str, Any], Meta(title="StoredSpec")]
     error: str | None = None
     instances: list[Instance] = field(default_factory=list)
 
@@ -122,3 +124,132 @@ class Host(Struct, kw_only=True):
 class Version(Struct, kw_only=True):
     version: str
     api_version: str = "v1"
+
+
+# -- response shapes: each route's JSON body (api/contract.py says which route answers which);
+# the clients decode these same types.
+
+
+class ErrorBody(Struct, kw_only=True):
+    """Every error: a stable `name`, a sentence for people, and details (for 422: `errors`,
+    each with the JSON `path` of the bad field and its `message`)."""
+
+    name: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class DatabaseOperation(Struct, kw_only=True):
+    """Answer to create and update: the task carrying it out and the database as stored."""
+
+    task: Task
+    database: Database
+
+
+class RestoreOperation(Struct, kw_only=True):
+    """Answer to a restore: the parent task, one node_restore task per node, the database."""
+
+    task: Task
+    node_tasks: list[Task]
+    database: Database
+
+
+class TaskAnswer(Struct, kw_only=True):
+    task: Task
+
+
+class DatabasesAnswer(Struct, kw_only=True):
+    databases: list[Database]
+
+
+class TasksAnswer(Struct, kw_only=True):
+    tasks: list[Task]
+
+
+class HostsAnswer(Struct, kw_only=True):
+    hosts: list[Host]
+
+
+class RestorePointsAnswer(Struct, kw_only=True):
+    restore_points: list[RestorePoint]
+
+
+class Health(Struct, kw_only=True):
+    status: Literal["ok"]
+
+
+class BackupSet(Struct, kw_only=True):
+    """One backup set of a node's catalog."""
+
+    label: str
+    type: BackupType
+    repository_id: str
+    started_at: datetime
+    stopped_at: datetime
+    lsn_start: str | None = None
+    lsn_stop: str | None = None
+    wal_start: str | None = None
+    wal_stop: str | None = None
+    size: int = 0
+    repository_size: int | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    task_id: str | None = None
+    prior: str | None = None
+    system_id: int | None = None
+
+
+class RecoveryWindow(Struct, kw_only=True):
+    """The span of time a point-in-time restore can reach."""
+
+    earliest: datetime
+    latest: datetime
+
+
+class RepositoryStatus(Struct, kw_only=True):
+    """How one repository answered: `ok` (readable), `missing_stanza` (readable, holding no
+    stanza for this node) or `degraded` (unreadable: `message` says why)."""
+
+    repository_id: str
+    status: str
+    message: str | None = None
+
+
+class BackupCatalog(Struct, kw_only=True):
+    """A node's backup sets, oldest first, the span a point-in-time restore can reach, its
+    repositories and how each answered, and its named restore points (oldest first)."""
+
+    backups: list[BackupSet]
+    recovery_window: RecoveryWindow | None = None
+    repositories: list[str] = field(default_factory=list)
+    repository_status: list[RepositoryStatus] = field(default_factory=list)
+    restore_points: list[RestorePoint] = field(default_factory=list)
+
+
+class ScheduleLastTask(Struct, kw_only=True):
+    """The task a schedule's newest tick started."""
+
+    task_id: str
+    status: str
+    completed_at: datetime | None = None
+
+
+class Schedule(Struct, kw_only=True):
+    """One schedule of a node's effective backup_config, its next run and its last task."""
+
+    schedule_id: str
+    node_name: str
+    type: str
+    cron_expression: str
+    next_run_at: datetime | None = None
+    last_task: ScheduleLastTask | None = None
+
+
+class SchedulesAnswer(Struct, kw_only=True):
+    schedules: list[Schedule]
+
+
+class LogEnd(Struct, kw_only=True):
+    """The last event of a followed log: the task's terminal status and its last entry."""
+
+    task_status: TaskStatus
+    last_entry_id: int

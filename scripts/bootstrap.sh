@@ -11,6 +11,10 @@ packages=(postgresql-15 pgbackrest postgresql-15-pglogical python3-venv)
 if [ "${1:-}" = "--test" ] && ! command -v npm >/dev/null 2>&1; then
   packages+=(nodejs npm)
 fi
+if [ "${1:-}" = "--test" ]; then
+  # A real headless browser for the API docs page (tests/integration/test_docs_browser.py).
+  packages+=(chromium)
+fi
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -11,11 +11,10 @@ from typing import Any
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
 
-from controlplane import __version__
 from controlplane.api.auth import require_token
 from controlplane.api.bodies import BODY_CHECKS_AT_ONCE
+from controlplane.api.docs import docs_routes
 from controlplane.api.errors import domain_error, http_error, internal_error
 from controlplane.api.metrics import METRICS_ROUTES
 from controlplane.api.params import check_path_params
@@ -48,13 +47,15 @@ def create_app(settings: Settings) -> Litestar:
         HTTPException: http_error,
         Exception: internal_error,
     }
+    api_routes = [*ROUTES, *METRICS_ROUTES, *SCHEDULE_ROUTES, *RESTORE_POINT_ROUTES]
     return Litestar(
-        route_handlers=[*ROUTES, *METRICS_ROUTES, *SCHEDULE_ROUTES, *RESTORE_POINT_ROUTES],
+        route_handlers=[*api_routes, *docs_routes(api_routes)],
         # The token first: a client without one learns nothing, not even which ids are valid.
         guards=[require_token, check_path_params],
         exception_handlers=handlers,
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="controlplane", version=__version__, path="/schema"),
+        # /schema is ours (api/docs.py): the document is built from the routes' contracts.
+        openapi_config=None,
         request_max_body_size=settings.max_body_bytes,
         state=State({"body_checks": asyncio.Semaphore(BODY_CHECKS_AT_ONCE)}),
         # Records go to the root logger, which `serve` formats (api/log_lines.py).

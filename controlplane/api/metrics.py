@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 
+from controlplane.api.contract import Contract
 from controlplane.metrics import collect_metrics, render_metrics
 from controlplane.monitor import Monitor
 from controlplane.tasks.context import Services
@@ -19,7 +20,16 @@ from controlplane.tasks.context import Services
 _MEDIA_TYPE = "text/plain; version=0.0.4"
 
 
-@get("/metrics", opt={"scope": "read"})
+@get(
+    "/metrics",
+    opt={
+        "contract": Contract(
+            summary="Prometheus metrics",
+            returns=None,
+            media_type=_MEDIA_TYPE,
+        )
+    },
+)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The control plane's metrics in Prometheus text format 0.0.4: the store's, and each
     instance's as the monitor last observed it (never asked of the instance here)."""

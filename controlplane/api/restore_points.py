@@ -6,14 +6,25 @@ from litestar import Response, get, post
 
 from controlplane import backup_operations
 from controlplane.api.bodies import read_body
+from controlplane.api.contract import Contract
 from controlplane.api.routes import AnyRequest, _actor, _json, _services
+from controlplane.models import RestorePoint, RestorePointsAnswer
 from controlplane.spec import parse_request
 from controlplane.spec.restore_options import RestorePointRequest
+
+CREATE_POINT = Contract(
+    summary="Write a named restore point on a node and wait until it is archived",
+    body=RestorePointRequest,
+    returns=RestorePoint,
+    conflicts=True,
+    runs_commands=True,
+    example={"name": "before-migration-42"},
+)
 
 
 @post(
     "/v1/databases/{database_id:str}/nodes/{node:str}/restore-points",
-    opt={"scope": "write"},
+    opt={"scope": "write", "contract": CREATE_POINT},
     status_code=201,
 )
 async def create_restore_point(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
@@ -26,11 +37,14 @@ async def create_restore_point(request: AnyRequest, database_id: str, node: str)
     return _json(point, 201)
 
 
-@get("/v1/databases/{database_id:str}/nodes/{node:str}/restore-points", opt={"scope": "read"})
+@get(
+    "/v1/databases/{database_id:str}/nodes/{node:str}/restore-points",
+    opt={"contract": Contract(summary="A node's restore points", returns=RestorePointsAnswer)},
+)
 async def list_restore_points(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
     """The node's recorded restore points, oldest first."""
     points = await backup_operations.list_node_restore_points(_services(request), database_id, node)
-    return _json({"restore_points": points})
+    return _json(RestorePointsAnswer(restore_points=points))
 
 
 RESTORE_POINT_ROUTES = [create_restore_point, list_restore_points]

@@ -13,9 +13,26 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from controlplane import __version__, backup_operations, operations, restore_operations
 from controlplane.api.bodies import read_body
+from controlplane.api.contract import CREATE_EXAMPLE, Contract, Query
 from controlplane.errors import InvalidInputError
-from controlplane.models import TERMINAL_STATUSES, TaskLog, Version
+from controlplane.models import (
+    TERMINAL_STATUSES,
+    BackupCatalog,
+    Database,
+    DatabaseOperation,
+    DatabasesAnswer,
+    Health,
+    HostsAnswer,
+    LogEnd,
+    RestoreOperation,
+    Task,
+    TaskAnswer,
+    TaskLog,
+    TasksAnswer,
+    Version,
+)
 from controlplane.spec import parse_backup_request, parse_database_request, parse_restore_request
+from controlplane.spec.models import BackupRequest, DatabaseRequest, RestoreRequest
 from controlplane.store import logs, tasks
 from controlplane.tasks.context import Services
 
@@ -31,6 +48,92 @@ _TASK_TYPES = {
     "expire",
 }
 _TASK_STATUSES = {"pending", "running", "canceling", "completed", "failed", "canceled", "skipped"}
+
+
+# -- what each route takes and returns (api/contract.py turns these into the OpenAPI document)
+_ID = {"type": "string", "format": "uuid"}
+CREATE = Contract(
+    summary="Create a database",
+    body=DatabaseRequest,
+    returns=DatabaseOperation,
+    conflicts=True,
+    example=CREATE_EXAMPLE,
+    description="Validates the whole spec (every problem at once, 422) and starts a create task.",
+)
+LIST_DATABASES = Contract(summary="List databases", returns=DatabasesAnswer)
+GET_DATABASE = Contract(summary="Get a database, its instances and their state", returns=Database)
+UPDATE = Contract(
+    summary="Update a database to a new desired spec",
+    body=DatabaseRequest,
+    returns=DatabaseOperation,
+    conflicts=True,
+    example=CREATE_EXAMPLE,
+)
+DELETE = Contract(summary="Delete a database", returns=TaskAnswer, conflicts=True)
+LIST_TASKS = Contract(
+    summary="List tasks (newest first unless sort_order=asc)",
+    returns=TasksAnswer,
+    query=(
+        Query("status", {"enum": sorted(_TASK_STATUSES)}, "only tasks in this status"),
+        Query("type", {"enum": sorted(_TASK_TYPES)}, "only tasks of this type"),
+        Query("after_task_id", _ID, "the page after this task"),
+        Query("parent_id", _ID, "only the children of this task"),
+        Query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most (100)"),
+        Query("sort_order", {"enum": ["asc", "desc"]}, "by creation time (desc)"),
+    ),
+)
+GET_TASK = Contract(summary="Get a task and its steps", returns=Task)
+CANCEL = Contract(summary="Ask a task to stop", returns=Task, conflicts=True)
+TASK_LOG = Contract(
+    summary="Read a task's log (JSON page, or text/event-stream to follow it)",
+    returns=TaskLog,
+    streams=True,
+    query=(
+        Query(
+            "after_entry_id",
+            {"type": "integer", "minimum": 0},
+            "entries after this one (0: from the start)",
+        ),
+        Query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most (100)"),
+    ),
+)
+BACKUP = Contract(
+    summary="Back up a node",
+    body=BackupRequest,
+    returns=TaskAnswer,
+    conflicts=True,
+    example={"type": "full", "annotations": {"reason": "before upgrade"}},
+)
+CATALOG = Contract(
+    summary="A node's backup sets, recovery window and restore points",
+    returns=BackupCatalog,
+    runs_commands=True,
+)
+VERIFY = Contract(summary="Verify a node's backups", returns=TaskAnswer, conflicts=True)
+EXPIRE = Contract(
+    summary="Expire a backup set and the sets that depend on it",
+    returns=TaskAnswer,
+    conflicts=True,
+    runs_commands=True,
+    query=(Query("force", {"enum": ["true", "false"]}, "expire even the last restorable set"),),
+)
+RESTORE = Contract(
+    summary="Restore nodes in place from a backup",
+    body=RestoreRequest,
+    returns=RestoreOperation,
+    conflicts=True,
+    example={
+        "restore_config": {
+            "source_database_id": "example",
+            "source_node_name": "n1",
+            "repository": {"type": "posix", "base_path": "/var/lib/controlplane-backups"},
+            "restore_options": {"type": "time", "target": "2026-11-30 12:00:00+00"},
+        }
+    },
+)
+HOSTS = Contract(summary="The hosts instances run on", returns=HostsAnswer)
+VERSION = Contract(summary="The control plane's version", returns=Version)
+HEALTH = Contract(summary="Liveness: the state store answers", returns=Health)
 
 
 def _services(request: AnyRequest) -> Services:
@@ -88,36 +191,40 @@ def _json(value: Any, status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
 
-@post("/v1/databases", opt={"scope": "write"}, status_code=202)
+@post("/v1/databases", opt={"scope": "write", "contract": CREATE}, status_code=202)
 async def create_database(request: AnyRequest) -> Response[bytes]:
     body = await read_body(request, parse_database_request)
     task, database = await operations.create_database(_services(request), body, _actor(request))
-    return _json({"task": task, "database": database}, 202)
+    return _json(DatabaseOperation(task=task, database=database), 202)
 
 
-@get("/v1/databases")
+@get("/v1/databases", opt={"contract": LIST_DATABASES})
 async def list_databases(request: AnyRequest) -> Response[bytes]:
-    return _json({"databases": await operations.list_databases(_services(request))})
+    return _json(DatabasesAnswer(databases=await operations.list_databases(_services(request))))
 
 
-@get("/v1/databases/{database_id:str}")
+@get("/v1/databases/{database_id:str}", opt={"contract": GET_DATABASE})
 async def get_database(request: AnyRequest, database_id: str) -> Response[bytes]:
     return _json(await operations.get_database(_services(request), database_id))
 
 
-@post("/v1/databases/{database_id:str}", opt={"scope": "write"}, status_code=202)
+@post(
+    "/v1/databases/{database_id:str}", opt={"scope": "write", "contract": UPDATE}, status_code=202
+)
 async def update_database(request: AnyRequest, database_id: str) -> Response[bytes]:
     body = await read_body(request, parse_database_request)
     task, database = await operations.update_database(
         _services(request), database_id, body, _actor(request)
     )
-    return _json({"task": task, "database": database}, 202)
+    return _json(DatabaseOperation(task=task, database=database), 202)
 
 
-@delete("/v1/databases/{database_id:str}", opt={"scope": "admin"}, status_code=202)
+@delete(
+    "/v1/databases/{database_id:str}", opt={"scope": "admin", "contract": DELETE}, status_code=202
+)
 async def delete_database(request: AnyRequest, database_id: str) -> Response[bytes]:
     task = await operations.delete_database(_services(request), database_id, _actor(request))
-    return _json({"task": task}, 202)
+    return _json(TaskAnswer(task=task), 202)
 
 
 async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[bytes]:
@@ -134,27 +241,27 @@ async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[
         limit=_int_param(request, "limit", 100, 1, 1000),
         descending=order == "desc",
     )
-    return _json({"tasks": found})
+    return _json(TasksAnswer(tasks=found))
 
 
-@get("/v1/databases/{database_id:str}/tasks")
+@get("/v1/databases/{database_id:str}/tasks", opt={"contract": LIST_TASKS})
 async def list_database_tasks(request: AnyRequest, database_id: str) -> Response[bytes]:
     return await _list_tasks(request, database_id)
 
 
-@get("/v1/tasks")
+@get("/v1/tasks", opt={"contract": LIST_TASKS})
 async def list_all_tasks(request: AnyRequest) -> Response[bytes]:
     return await _list_tasks(request, None)
 
 
-@get("/v1/databases/{database_id:str}/tasks/{task_id:str}")
+@get("/v1/databases/{database_id:str}/tasks/{task_id:str}", opt={"contract": GET_TASK})
 async def get_task(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
     return _json(await tasks.get_task(_services(request).pool, task_id, database_id=database_id))
 
 
 @post(
     "/v1/databases/{database_id:str}/tasks/{task_id:str}/cancel",
-    opt={"scope": "write"},
+    opt={"scope": "write", "contract": CANCEL},
     status_code=202,
 )
 async def cancel_task(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
@@ -162,7 +269,7 @@ async def cancel_task(request: AnyRequest, database_id: str, task_id: str) -> Re
     return _json(task, 202)
 
 
-@get("/v1/databases/{database_id:str}/tasks/{task_id:str}/log")
+@get("/v1/databases/{database_id:str}/tasks/{task_id:str}/log", opt={"contract": TASK_LOG})
 async def task_log(request: AnyRequest, database_id: str, task_id: str) -> Any:
     pool = _services(request).pool
     task = await tasks.get_task(pool, task_id, database_id=database_id)
@@ -202,7 +309,7 @@ async def _follow(
             )
         if status in TERMINAL_STATUSES and not entries:
             yield ServerSentEventMessage(
-                data=msgspec.json.encode({"task_status": status, "last_entry_id": after}).decode(),
+                data=msgspec.json.encode(LogEnd(task_status=status, last_entry_id=after)).decode(),
                 event="end",
             )
             return
@@ -212,7 +319,7 @@ async def _follow(
 
 @post(
     "/v1/databases/{database_id:str}/nodes/{node:str}/backups",
-    opt={"scope": "write"},
+    opt={"scope": "write", "contract": BACKUP},
     status_code=202,
 )
 async def start_backup(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
@@ -220,29 +327,29 @@ async def start_backup(request: AnyRequest, database_id: str, node: str) -> Resp
     task = await backup_operations.start_backup(
         _services(request), database_id, node, body, _actor(request)
     )
-    return _json({"task": task}, 202)
+    return _json(TaskAnswer(task=task), 202)
 
 
-@get("/v1/databases/{database_id:str}/nodes/{node:str}/backups")
+@get("/v1/databases/{database_id:str}/nodes/{node:str}/backups", opt={"contract": CATALOG})
 async def list_backups(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
     return _json(await backup_operations.backup_catalog(_services(request), database_id, node))
 
 
 @post(
     "/v1/databases/{database_id:str}/nodes/{node:str}/backups/verify",
-    opt={"scope": "write"},
+    opt={"scope": "write", "contract": VERIFY},
     status_code=202,
 )
 async def verify_backups(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
     task = await backup_operations.start_verify(
         _services(request), database_id, node, _actor(request)
     )
-    return _json({"task": task}, 202)
+    return _json(TaskAnswer(task=task), 202)
 
 
 @delete(
     "/v1/databases/{database_id:str}/nodes/{node:str}/backups/{label:str}",
-    opt={"scope": "admin"},
+    opt={"scope": "admin", "contract": EXPIRE},
     status_code=202,
 )
 async def expire_backup(
@@ -252,10 +359,14 @@ async def expire_backup(
     task = await backup_operations.start_expire(
         _services(request), database_id, node, label, force=force, actor=_actor(request)
     )
-    return _json({"task": task}, 202)
+    return _json(TaskAnswer(task=task), 202)
 
 
-@post("/v1/databases/{database_id:str}/restore", opt={"scope": "admin"}, status_code=202)
+@post(
+    "/v1/databases/{database_id:str}/restore",
+    opt={"scope": "admin", "contract": RESTORE},
+    status_code=202,
+)
 async def restore_database(request: AnyRequest, database_id: str) -> Response[bytes]:
     services = _services(request)
     # With restores disabled, start_restore refuses before it reads the body.
@@ -265,23 +376,23 @@ async def restore_database(request: AnyRequest, database_id: str) -> Response[by
     task, node_tasks, database = await restore_operations.start_restore(
         services, database_id, body, _actor(request)
     )
-    return _json({"task": task, "node_tasks": node_tasks, "database": database}, 202)
+    return _json(RestoreOperation(task=task, node_tasks=node_tasks, database=database), 202)
 
 
-@get("/v1/hosts")
+@get("/v1/hosts", opt={"contract": HOSTS})
 async def list_hosts(request: AnyRequest) -> Response[bytes]:
-    return _json({"hosts": await operations.list_hosts(_services(request))})
+    return _json(HostsAnswer(hosts=await operations.list_hosts(_services(request))))
 
 
-@get("/v1/version", opt={"public": True})
+@get("/v1/version", opt={"public": True, "contract": VERSION})
 async def version() -> Response[bytes]:
     return _json(Version(version=__version__))
 
 
-@get("/health", opt={"public": True})
+@get("/health", opt={"public": True, "contract": HEALTH})
 async def health(request: AnyRequest) -> Response[bytes]:
     await _services(request).pool.fetchval("SELECT 1")
-    return _json({"status": "ok"})
+    return _json(Health(status="ok"))
 
 
 ROUTES = [

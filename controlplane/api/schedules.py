@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from litestar import Response, get
-from msgspec import Struct
 
+from controlplane.api.contract import Contract
 from controlplane.api.routes import AnyRequest, _json, _services
 from controlplane.clock import SystemClock
+from controlplane.models import Schedule, SchedulesAnswer
 from controlplane.scheduler import next_run_at
 from controlplane.store import databases, schedules
-from controlplane.store.schedules import LastTask
 from controlplane.workflows.backups import effective_backup_config
 from controlplane.workflows.common import spec_of
 
 
-class ScheduleView(Struct, kw_only=True):
-    """One schedule of one node's effective backup_config."""
-
-    schedule_id: str
-    node_name: str
-    type: str
-    cron_expression: str
-    next_run_at: datetime
-    last_task: LastTask | None
-
-
-@get("/v1/databases/{database_id:str}/schedules", opt={"scope": "read"})
+@get(
+    "/v1/databases/{database_id:str}/schedules",
+    opt={"contract": Contract(summary="Backup schedules per node", returns=SchedulesAnswer)},
+)
 async def list_schedules(request: AnyRequest, database_id: str) -> Response[bytes]:
     """Every node's schedules (a node-level backup_config replaces the database's)."""
     services = _services(request)
@@ -40,7 +30,7 @@ async def list_schedules(request: AnyRequest, database_id: str) -> Response[byte
         config = effective_backup_config(spec, node.name)
         for schedule in config.schedules if config is not None else []:
             views.append(
-                ScheduleView(
+                Schedule(
                     schedule_id=schedule.id,
                     node_name=node.name,
                     type=schedule.type,
@@ -49,7 +39,7 @@ async def list_schedules(request: AnyRequest, database_id: str) -> Response[byte
                     last_task=last.get((node.name, schedule.id)),
                 )
             )
-    return _json({"schedules": views})
+    return _json(SchedulesAnswer(schedules=views))
 
 
 SCHEDULE_ROUTES = [list_schedules]

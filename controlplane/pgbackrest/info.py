@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from controlplane import models
 from controlplane.spec.models import BackupType
 
 TASK_ANNOTATION = "controlplane_task_id"
@@ -126,31 +127,9 @@ class StanzaInfo(_Info, kw_only=True):
     backup: list[BackupInfo] = msgspec.field(default_factory=list)
 
 
-class CatalogEntry(msgspec.Struct, kw_only=True):
-    """One backup set as the API reports it."""
-
-    label: str
-    type: BackupType
-    repository_id: str
-    started_at: datetime
-    stopped_at: datetime
-    lsn_start: str | None
-    lsn_stop: str | None
-    wal_start: str | None
-    wal_stop: str | None
-    size: int
-    repository_size: int | None
-    annotations: dict[str, str]
-    task_id: str | None
-    prior: str | None
-    system_id: int | None
-
-
-class RecoveryWindow(msgspec.Struct, kw_only=True):
-    """The span of time a point-in-time restore can reach."""
-
-    earliest: datetime
-    latest: datetime
+# The API's shapes (controlplane.models), under the names this module has always used.
+CatalogEntry = models.BackupSet
+RecoveryWindow = models.RecoveryWindow
 
 
 def parse_info(raw: bytes) -> list[StanzaInfo]:

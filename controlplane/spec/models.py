@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
+from controlplane.models import BackupType as BackupType  # re-exported: spec users name it here
+
 # Patterns end in `$(?!\n)`: msgspec matches with Python's `re`, whose `$` also matches before a
 # final newline, so `^n[0-9]+$` alone would accept "n1\n" (a name that then lands in paths and
 # config files). The lookahead is a no-op for JSON-schema (ECMA) readers of the OpenAPI spec.
@@ -24,7 +26,6 @@ PgName = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[a-z_][a-z0
 Port = Annotated[int, Meta(ge=0, le=65535)]
 ShortText = Annotated[str, Meta(max_length=1024)]
 Secret = Annotated[str, Meta(min_length=1, max_length=4096)]
-BackupType = Literal["full", "diff", "incr"]
 
 
 class _Request(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import asyncpg
 from msgspec import Struct
 
+from controlplane.models import ScheduleLastTask
 from controlplane.store.pool import Connection, Executor
 
 _STATE_COLUMNS = "database_id, node_name, schedule_id, cron_expression, since, last_tick_at"
@@ -44,14 +45,6 @@ class Planned(NamedTuple):
     key: ScheduleKey
     type: str
     cron_expression: str
-
-
-class LastTask(Struct, kw_only=True):
-    """The task of a schedule's newest recorded tick (as the schedules API shows it)."""
-
-    task_id: str
-    status: str
-    completed_at: datetime | None
 
 
 def _state(record: asyncpg.Record) -> ScheduleState:
@@ -240,7 +233,7 @@ async def _drop_ticks(
     )
 
 
-async def last_tasks(db: Executor, database_id: str) -> dict[tuple[str, str], LastTask]:
+async def last_tasks(db: Executor, database_id: str) -> dict[tuple[str, str], ScheduleLastTask]:
     """(node name, schedule id) -> the task of its newest tick still on record."""
     records = await db.fetch(
         "SELECT DISTINCT ON (k.node_name, k.schedule_id) k.node_name, k.schedule_id,"
@@ -249,9 +242,9 @@ async def last_tasks(db: Executor, database_id: str) -> dict[tuple[str, str], La
         " WHERE k.database_id = $1 ORDER BY k.node_name, k.schedule_id, k.tick_at DESC",
         database_id,
     )
-    found: dict[tuple[str, str], LastTask] = {}
+    found: dict[tuple[str, str], ScheduleLastTask] = {}
     for r in records:
-        found[(r["node_name"], r["schedule_id"])] = LastTask(
+        found[(r["node_name"], r["schedule_id"])] = ScheduleLastTask(
             task_id=str(r["task_id"]), status=r["status"], completed_at=r["completed_at"]
         )
     return found
