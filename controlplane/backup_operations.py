@@ -117,13 +117,12 @@ async def start_expire(
     refusal = expire_refusal(entries, label, force)
     if refusal is not None:
         unread = [f"{s.repository_id} ({s.message})" for s in statuses if s.status == "degraded"]
-        if "not found" in refusal and unread:
+        if isinstance(refusal, NotFoundError) and unread:
             raise DependencyError(
-                f"{refusal} in the repositories that can be read; not read: {', '.join(unread)}"
+                f"{refusal.message} in the repositories that can be read; "
+                f"not read: {', '.join(unread)}"
             )
-        if "not found" in refusal:
-            raise NotFoundError(refusal, details={"label": label})
-        raise ConflictError(refusal, details={"label": label})
+        raise refusal
     return await _enqueue(
         services, database_id, node, "expire", {"label": label, "force": force}, actor
     )

@@ -81,6 +81,34 @@ class TaskNotCancelableError(ConflictError):
     name = "task_not_cancelable"
 
 
+class PreconditionError(ConflictError):
+    """What a step needs is missing or not in the state it needs (a node without an instance or
+    a backup_config, a backup set gone from the repository, a port taken, an instance running
+    that must be stopped). Nothing was run; the message says what is wrong."""
+
+    name = "precondition_failed"
+
+
+class ChildTaskFailedError(ControlPlaneError):
+    """A task this task started and waits for did not complete; the message names it."""
+
+    name = "child_task_failed"
+
+
+class SettingsRejectedError(ControlPlaneError):
+    """Postgres did not take new settings; the node was put back on its previous ones (the
+    message says whether it runs on them)."""
+
+    name = "settings_rejected"
+
+
+class UnsafeRestoreError(ControlPlaneError):
+    """A restore could not be shown to have kept every committed write, so it does not say
+    `completed`; the message says what to do instead."""
+
+    name = "restore_would_lose_data"
+
+
 class ExternalCommandError(ControlPlaneError):
     """A subprocess (pg_ctl, pgbackrest, …) failed; message already in words."""
 

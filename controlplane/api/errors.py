@@ -10,6 +10,7 @@ from litestar.exceptions import HTTPException, NotFoundException
 
 from controlplane.api.log_lines import printable
 from controlplane.errors import (
+    ChildTaskFailedError,
     ConflictError,
     ControlPlaneError,
     DependencyError,
@@ -19,7 +20,9 @@ from controlplane.errors import (
     MalformedRequestError,
     NotFoundError,
     RestoreNotAllowedError,
+    SettingsRejectedError,
     UnauthorizedError,
+    UnsafeRestoreError,
 )
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,9 @@ _STATUS: tuple[tuple[type[ControlPlaneError], int], ...] = (
     (RestoreNotAllowedError, 403),
     (ConflictError, 409),
     (ExternalCommandError, 502),
+    (ChildTaskFailedError, 502),
+    (SettingsRejectedError, 422),
+    (UnsafeRestoreError, 409),
     (DependencyError, 502),
 )
 

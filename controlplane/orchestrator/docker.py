@@ -28,7 +28,7 @@ from pathlib import Path
 
 import asyncpg
 
-from controlplane.errors import ExternalCommandError
+from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.files import OwnedFiles
 from controlplane.models import Host
 from controlplane.orchestrator import docker_layout as layout
@@ -111,7 +111,7 @@ class DockerOrchestrator:
                 port = int(probe.getsockname()[1])
             if port not in exclude:
                 return port
-        raise ExternalCommandError(f"no free port found on host {host_id}")
+        raise PreconditionError(f"no free port found on host {host_id}")
 
     # -- paths -----------------------------------------------------------------------------
     def _dir(self, ref: InstanceRef) -> Path:
@@ -277,7 +277,7 @@ class DockerOrchestrator:
     def _engine(self, ref: InstanceRef) -> Engine:
         engine = self._engines.get(ref.host_id)
         if engine is None:
-            raise ExternalCommandError(f"host {ref.host_id} is not a configured docker engine")
+            raise PreconditionError(f"host {ref.host_id} is not a configured docker engine")
         return engine
 
     def _name(self, ref: InstanceRef) -> str:
@@ -291,7 +291,7 @@ class DockerOrchestrator:
 
     async def _refuse_running(self, ref: InstanceRef, what: str) -> None:
         if await self._running(ref):
-            raise ExternalCommandError(
+            raise PreconditionError(
                 f"{what} of instance {ref.instance_id} needs it stopped, but it is running"
             )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from controlplane.errors import ExternalCommandError
+from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.files import OwnedFiles
 from controlplane.models import Host
 from controlplane.orchestrator import instance_secrets as secrets
@@ -77,7 +77,7 @@ class LocalOrchestrator:
                 port = int(probe.getsockname()[1])
             if port not in exclude:
                 return port
-        raise ExternalCommandError("no free port found on host local")
+        raise PreconditionError("no free port found on host local")
 
     # -- paths -----------------------------------------------------------------------------
     def _dir(self, ref: InstanceRef) -> Path:

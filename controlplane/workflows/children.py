@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from controlplane.errors import ExternalCommandError, OperationInProgressError
+from controlplane.errors import ChildTaskFailedError, OperationInProgressError
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.spec.models import DatabaseSpec, RestoreConfig
 from controlplane.store import tasks
@@ -32,7 +32,7 @@ async def run_child_backup(ctx: StepContext, *, trigger: str) -> str:
     await ctx.log.info(f"waiting for {trigger.replace('_', '-')} backup task {child_id}")
     child = await wait_for(ctx, child_id)
     if child.status != "completed":
-        raise ExternalCommandError(
+        raise ChildTaskFailedError(
             f"{trigger.replace('_', '-')} backup task {child_id} {child.status}: {child.error}"
         )
     return str(child_id)
@@ -66,7 +66,7 @@ async def wait_for(ctx: StepContext, task_id: uuid.UUID) -> TaskRow:
     while True:
         row = await tasks.get_task_row(ctx.services.pool, task_id)
         if row is None:
-            raise ExternalCommandError(f"task {task_id} disappeared")
+            raise ChildTaskFailedError(f"task {task_id} disappeared")
         if row.status in ("completed", "failed", "canceled", "skipped"):
             return row
         await asyncio.sleep(_POLL)

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from controlplane.errors import ExternalCommandError
+from controlplane.errors import ExternalCommandError, SettingsRejectedError
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.spec.models import SECRET_FIELDS, DatabaseSpec, NodeSpec
 from controlplane.spec.postgresql_conf import MESH_MINIMUMS, quote_conf
@@ -209,7 +209,7 @@ async def put_back_previous_settings(
     subject = f"node {ref.node_name} of {ctx.database_id}"
     previous = await previous_settings(ctx, ref)
     if previous is None:
-        raise ExternalCommandError(
+        raise SettingsRejectedError(
             f"{subject} {what}; no earlier configuration of this task to put back"
         )
     await ctx.log.warning(f"{subject} {what}: putting its previous configuration back")
@@ -221,11 +221,11 @@ async def put_back_previous_settings(
         else:
             await orchestrator.reload(ref, on_line=sink)
     except ExternalCommandError as exc:
-        raise ExternalCommandError(
+        raise SettingsRejectedError(
             f"{subject} {what}; its previous configuration was put back but the node did not "
             f"start on it either: {exc.message}"
         ) from None
-    raise ExternalCommandError(
+    raise SettingsRejectedError(
         f"{subject} {what}; its previous configuration was put back and the node runs on it"
     )
 

@@ -6,7 +6,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controlplane.errors import ControlPlaneError, ExternalCommandError, InvalidInputError
+from controlplane.errors import (
+    ControlPlaneError,
+    ExternalCommandError,
+    InvalidInputError,
+    PreconditionError,
+)
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
 from controlplane.store import databases, instances
@@ -70,17 +75,15 @@ async def _place(ctx: StepContext, node: NodeSpec, spec: DatabaseSpec, host_id: 
     for _ in range(20):
         port = wanted or orchestrator.pick_port(host_id, await instances.used_ports(pool, host_id))
         if wanted and not orchestrator.port_is_free(host_id, port):
-            raise ExternalCommandError(f"port {port} on host {host_id} is already in use")
+            raise PreconditionError(f"port {port} on host {host_id} is already in use")
         row = await instances.insert_instance(
             pool, database_id=ctx.database_id, node_name=node.name, host_id=host_id, port=port
         )
         if row is not None:
             return row
         if wanted:
-            raise ExternalCommandError(
-                f"port {port} on host {host_id} is taken by another instance"
-            )
-    raise ExternalCommandError(f"no free port could be reserved on host {host_id}")
+            raise PreconditionError(f"port {port} on host {host_id} is taken by another instance")
+    raise PreconditionError(f"no free port could be reserved on host {host_id}")
 
 
 async def _spec_refs(ctx: StepContext) -> tuple[DatabaseSpec, list[InstanceRef]]:

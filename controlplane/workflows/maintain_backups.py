@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from controlplane.errors import ConflictError, ExternalCommandError
+from controlplane.errors import ConflictError, ExternalCommandError, NotFoundError
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.tasks.context import StepContext
@@ -82,29 +82,33 @@ def dependents(entries: list[pgb_info.CatalogEntry], label: str) -> set[str]:
     return gone
 
 
-def expire_refusal(entries: list[pgb_info.CatalogEntry], label: str, force: bool) -> str | None:
-    """Why expiring `label` is refused, or None.
+def expire_refusal(
+    entries: list[pgb_info.CatalogEntry], label: str, force: bool
+) -> NotFoundError | ConflictError | None:
+    """Why expiring `label` is refused (no such set, or a conflict), or None.
 
     pgBackRest never expires the last full backup of a repository, forced or not. Expiring the
     oldest chain moves the start of the recovery window later, so that needs `force`.
     """
     target = next((e for e in entries if e.label == label), None)
     if target is None:
-        return f"backup set {label} not found"
+        return NotFoundError(f"backup set {label} not found", details={"label": label})
     fulls = [e for e in entries if e.type == "full" and e.repository_id == target.repository_id]
     if target.type == "full" and len(fulls) == 1:
-        return (
+        return ConflictError(
             f"full backup {label} is the last full backup of repository "
             f"{target.repository_id}: pgBackRest cannot expire it until another full backup "
-            "exists"
+            "exists",
+            details={"label": label},
         )
     gone = dependents(entries, label)
     remaining = [e for e in entries if e.label not in gone]
     if not force and entries[0].label in gone and remaining:
-        return (
+        return ConflictError(
             f"expiring {label} moves the start of the recovery window from "
             f"{entries[0].stopped_at.isoformat()} to {remaining[0].stopped_at.isoformat()}; "
-            "repeat with force=true to do it"
+            "repeat with force=true to do it",
+            details={"label": label},
         )
     return None
 
@@ -121,8 +125,8 @@ async def expire_set(ctx: StepContext) -> dict[str, Any]:
         await ctx.log.info(f"set {label} is no longer in the repository")
         return {"result": {"label": label, "expired": sorted(ctx.state.get("expired", []))}}
     refusal = expire_refusal(entries, label, bool(ctx.task.input.get("force")))
-    if refusal:
-        raise ConflictError(refusal)
+    if refusal is not None:
+        raise ConflictError(refusal.message)
     gone = sorted(dependents(entries, label))
     repo = next(e.repository_id for e in entries if e.label == label)
     argv = pgb.expire_argv(setup.config_path, set_label=label, repo=setup.repo_index(repo))

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from controlplane.errors import ExternalCommandError
+from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.store import databases, instances
@@ -29,10 +29,10 @@ async def _setup(ctx: StepContext) -> backups.BackupSetup:
     node = ctx.task.node_name or ""
     row = await instances.get_instance(ctx.services.pool, ctx.database_id, node)
     if row is None:
-        raise ExternalCommandError(f"node {node} of {ctx.database_id} has no instance")
+        raise PreconditionError(f"node {node} of {ctx.database_id} has no instance")
     setup = await backups.backup_setup(ctx.services, spec, row, ref_of(row))
     if not setup.enabled:
-        raise ExternalCommandError(f"node {node} of {ctx.database_id} has no backup_config")
+        raise PreconditionError(f"node {node} of {ctx.database_id} has no backup_config")
     return setup
 
 
@@ -41,7 +41,7 @@ async def resolve_node(ctx: StepContext) -> dict[str, Any]:
     setup = await _setup(ctx)
     status = await ctx.services.orchestrator.status(setup.ref)
     if status != "running":
-        raise ExternalCommandError(f"node {setup.ref.node_name} of {ctx.database_id} is {status}")
+        raise PreconditionError(f"node {setup.ref.node_name} of {ctx.database_id} is {status}")
     pool = ctx.services.pool
     await instances.set_instance_state(pool, ctx.database_id, setup.ref.node_name, "backing_up")
     await databases.mark_backing_up(pool, ctx.database_id)

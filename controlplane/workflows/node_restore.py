@@ -8,7 +8,7 @@ from typing import Any, cast
 import msgspec
 
 from controlplane import replication
-from controlplane.errors import ExternalCommandError
+from controlplane.errors import ExternalCommandError, PreconditionError, UnsafeRestoreError
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
@@ -35,7 +35,7 @@ async def _context(ctx: StepContext) -> tuple[DatabaseSpec, InstanceRow, Restore
     node = ctx.task.node_name or ""
     row = await instances.get_instance(ctx.services.pool, ctx.database_id, node)
     if row is None:
-        raise ExternalCommandError(f"node {node} of {ctx.database_id} has no instance")
+        raise PreconditionError(f"node {node} of {ctx.database_id} has no instance")
     config = msgspec.convert(unseal(ctx.services, ctx.task)["restore_config"], RestoreConfig)
     return spec, row, config
 
@@ -47,7 +47,7 @@ async def validate_target(ctx: StepContext) -> dict[str, Any]:
     entries = await restore_source.source_catalog(ctx.services, source, config)
     plan = restore_source.RestorePlan.from_state(ctx.task.input["plan"])
     if plan.set_label not in {e.label for e in entries}:
-        raise ExternalCommandError(f"backup set {plan.set_label} is no longer in the repository")
+        raise PreconditionError(f"backup set {plan.set_label} is no longer in the repository")
     await ctx.log.info(
         f"node {row.node_name}: restoring set {plan.set_label}"
         + (f" to {plan.target_type} {plan.target}" if plan.target else "")
@@ -313,7 +313,7 @@ async def _check_replayed(conn: Connection, node: str, drained_at: str) -> None:
     timeline = int(await conn.fetchval("SELECT timeline_id FROM pg_control_checkpoint()"))
     history = await restore_targets.timeline_history(conn, timeline)
     if history and lsn_value(history[-1][1]) < lsn_value(drained_at):
-        raise ExternalCommandError(
+        raise UnsafeRestoreError(
             f"node {node} was recovered only up to {history[-1][1]}, before its last writes "
             f"at {drained_at}: its archive lacks its last WAL (check archive-push). Restore it "
             f"again to an explicit target, or from a backup of another node"

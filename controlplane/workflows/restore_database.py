@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from controlplane.errors import ExternalCommandError
+from controlplane.errors import ChildTaskFailedError
 from controlplane.store import databases, instances, tasks
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.workflow import Step, Workflow
@@ -29,7 +29,7 @@ async def run_node_restores(ctx: StepContext) -> dict[str, Any]:
         if child.status != "completed":
             failures.append(f"node {child.node_name}: {child.status} ({child.error})")
     if failures:
-        raise ExternalCommandError("restore failed on " + "; ".join(failures))
+        raise ChildTaskFailedError("restore failed on " + "; ".join(failures))
     return {}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.errors import ExternalCommandError
+from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.orchestrator import docker_layout as layout
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.orchestrator.docker import DockerOrchestrator, load_docker_hosts
@@ -250,5 +250,5 @@ async def test_unreachable_engine_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ExternalCommandError, match="docker engine of host edge is unreachable"):
         await orchestrator.status(ref)
     assert [(h.id, h.state) for h in orchestrator.hosts()] == [("edge", "unreachable")]
-    with pytest.raises(ExternalCommandError, match="not a configured docker engine"):
+    with pytest.raises(PreconditionError, match="not a configured docker engine"):
         await orchestrator.status(REF)
