@@ -55,7 +55,8 @@ class BenchServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
         env.update(
             {
@@ -66,6 +67,7 @@ class BenchServer:
                 "CONTROLPLANE_MONITOR_INTERVAL": "3600",
                 # Repositories live in the scratch dir, outside the default backup roots.
                 "CONTROLPLANE_BACKUP_ROOTS": str(self.root),
+                **extra,
             }
         )
         log = (self.root / "serve.log").open("ab")

@@ -52,6 +52,8 @@ class Instance(Struct, kw_only=True):
     connection_info: ConnectionInfo
     error: str | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
+    # When the monitor last observed the instance: the age of `subscriptions` (None: not yet).
+    observed_at: datetime | None = None
 
 
 class Database(Struct, kw_only=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -25,7 +26,7 @@ from controlplane.store import databases, instances, tasks, tokens
 from controlplane.store.databases import DatabaseRow
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
-from controlplane.workflows import all_workflows, mesh, restore_new
+from controlplane.workflows import all_workflows, restore_new
 from controlplane.workflows.common import ref_of, spec_of
 
 
@@ -155,7 +156,7 @@ async def create_database(services: Services, body: bytes, actor: str) -> tuple[
             actor=actor,
             input={"restore_plans": plans} if plans else None,
         )
-    return await tasks.get_task(services.pool, str(task.task_id)), await database_view(
+    return await tasks.get_task(services.pool, str(task.task_id)), await database_view_of(
         services, row
     )
 
@@ -208,7 +209,7 @@ async def update_database(
         await databases.update_spec(conn, database_id, spec=public, secrets=secrets)
         await databases.set_state(conn, database_id, "modifying", error=row.error)
     row = await databases.get_database(services.pool, database_id)
-    return await tasks.get_task(services.pool, str(task.task_id)), await database_view(
+    return await tasks.get_task(services.pool, str(task.task_id)), await database_view_of(
         services, row
     )
 
@@ -224,39 +225,15 @@ async def delete_database(services: Services, database_id: str, actor: str) -> T
     return await tasks.get_task(services.pool, str(task.task_id))
 
 
-# A node that does not answer its subscription query within this long is shown without
-# subscriptions rather than holding up the whole response; at most this many are asked at once.
-_SUBSCRIPTIONS_TIMEOUT = 3.0
-_SUBSCRIPTIONS_CONCURRENCY = 32
-
-
-async def _subscriptions(
-    services: Services, inst: InstanceRow, database: str, limit: asyncio.Semaphore
-) -> list[Subscription]:
-    async with limit:
-        try:
-            found = await asyncio.wait_for(
-                mesh.subscriptions_of(services, inst, database), _SUBSCRIPTIONS_TIMEOUT
-            )
-        except TimeoutError:
-            return []
-    return [Subscription(**s) for s in found]
-
-
-async def database_view(
-    services: Services, row: DatabaseRow, limit: asyncio.Semaphore | None = None
-) -> Database:
-    """The API shape: spec with every secret removed, instances with connection info and
-    their subscriptions (asked of the instances concurrently)."""
+def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow]) -> Database:
+    """The API shape: spec with every secret removed, instances with connection info, and
+    what the monitor last saw of each (its subscriptions, and when it looked): a read asks the
+    store and this server's memory, never an instance."""
     spec = redact(spec_of(services, row))
-    rows = await instances.list_instances(services.pool, row.id)
-    limit = limit or asyncio.Semaphore(_SUBSCRIPTIONS_CONCURRENCY)
-    subscriptions = await asyncio.gather(
-        *(_subscriptions(services, inst, spec.database_name, limit) for inst in rows)
-    )
     views = []
-    for inst, subs in zip(rows, subscriptions, strict=True):
+    for inst in rows:
         host, port = services.orchestrator.connection_info(ref_of(inst))
+        facts = services.facts.get(inst.id)
         views.append(
             Instance(
                 id=inst.id,
@@ -267,7 +244,13 @@ async def database_view(
                 port=inst.port,
                 error=inst.error,
                 connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
-                subscriptions=subs,
+                subscriptions=[
+                    Subscription(provider_node=s.provider, name=s.name, status=s.status)
+                    for s in (facts.subscriptions or [] if facts else [])
+                ],
+                observed_at=(
+                    datetime.fromtimestamp(facts.observed_at, UTC) if facts is not None else None
+                ),
             )
         )
     return Database(
@@ -281,14 +264,23 @@ async def database_view(
     )
 
 
+async def database_view_of(services: Services, row: DatabaseRow) -> Database:
+    return database_view(services, row, await instances.list_instances(services.pool, row.id))
+
+
 async def get_database(services: Services, database_id: str) -> Database:
-    return await database_view(services, await databases.get_database(services.pool, database_id))
+    return await database_view_of(
+        services, await databases.get_database(services.pool, database_id)
+    )
 
 
 async def list_databases(services: Services) -> list[Database]:
+    """Every database: two queries, whatever their number."""
     rows = await databases.list_databases(services.pool)
-    limit = asyncio.Semaphore(_SUBSCRIPTIONS_CONCURRENCY)
-    return list(await asyncio.gather(*(database_view(services, row, limit) for row in rows)))
+    by_database: dict[str, list[InstanceRow]] = {}
+    for inst in await instances.list_instances(services.pool):
+        by_database.setdefault(inst.database_id, []).append(inst)
+    return [database_view(services, row, by_database.get(row.id, [])) for row in rows]
 
 
 async def list_hosts(services: Services) -> list[Host]:

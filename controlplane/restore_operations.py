@@ -13,7 +13,7 @@ from controlplane.errors import (
     RestoreNotAllowedError,
 )
 from controlplane.models import Database, Task
-from controlplane.operations import check_storage, database_view
+from controlplane.operations import check_storage, database_view_of
 from controlplane.spec import normalise_restore_options, parse_restore_request
 from controlplane.spec.backup_roots import restore_repository
 from controlplane.spec.models import (
@@ -200,5 +200,5 @@ async def _enqueue(
     return (
         await tasks.get_task(pool, str(parent.task_id)),
         [await tasks.get_task(pool, str(c.task_id)) for c in children],
-        await database_view(services, row),
+        await database_view_of(services, row),
     )

@@ -79,7 +79,7 @@ class Runtime:
         self._listener = await asyncpg.connect(dsn)
         await self._listener.add_listener("controlplane_tasks", self._on_notify)
         self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
-        self.monitor = Monitor(self.services)
+        self.monitor = Monitor(self.services, self.services.facts)
         self._background.append(asyncio.create_task(self.monitor.run(), name="monitor"))
         scheduler = Scheduler.from_services(
             self.services, backup_steps=NODE_BACKUP.step_names, config_of=effective_backup_config

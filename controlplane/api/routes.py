@@ -33,7 +33,7 @@ from controlplane.models import (
 )
 from controlplane.spec import parse_backup_request, parse_database_request, parse_restore_request
 from controlplane.spec.models import BackupRequest, DatabaseRequest, RestoreRequest
-from controlplane.store import logs, tasks
+from controlplane.store import databases, logs, tasks
 from controlplane.tasks.context import Services
 
 AnyRequest = Request[Any, Any, Any]
@@ -228,8 +228,8 @@ async def delete_database(request: AnyRequest, database_id: str) -> Response[byt
 
 
 async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[bytes]:
-    if database_id is not None:
-        await operations.get_database(_services(request), database_id)
+    if database_id is not None:  # 404 for an unknown database: one indexed read
+        await databases.get_database(_services(request).pool, database_id)
     order = _choice_param(request, "sort_order", {"asc", "desc"}) or "desc"
     found = await tasks.list_tasks(
         _services(request).pool,

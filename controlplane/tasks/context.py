@@ -14,6 +14,7 @@ from controlplane.store.tasks import TaskRow
 from controlplane.tasks.logger import TaskLogger
 
 if TYPE_CHECKING:
+    from controlplane.instance_facts import InstanceFactsBook
     from controlplane.orchestrator.base import Orchestrator
     from controlplane.spec.pg_settings import SettingRules
     from controlplane.spec.secrets import SecretBox
@@ -30,6 +31,14 @@ class Services:
     # The installed server's setting rules (`load_setting_rules`): postgresql_conf values are
     # checked against them at request time; None when the server binary could not be read.
     setting_rules: SettingRules | None = None
+    # What the monitor last observed of each instance (read routes answer from it).
+    facts: InstanceFactsBook = field(default_factory=lambda: _new_facts_book())
+
+
+def _new_facts_book() -> InstanceFactsBook:
+    from controlplane.instance_facts import InstanceFactsBook  # it imports this module
+
+    return InstanceFactsBook()
 
 
 @dataclass

@@ -6,8 +6,6 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import asyncpg
-
 from controlplane import replication
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.replication import MeshNode, PgTools
@@ -159,22 +157,3 @@ async def mesh_lock(services: Services, database_id: str) -> AsyncIterator[None]
             yield
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext('mesh:' || $1))", database_id)
-
-
-async def subscriptions_of(
-    services: Services, row: InstanceRow, database: str
-) -> list[dict[str, str]]:
-    """The instance's subscriptions and their status (empty when it cannot be reached)."""
-    try:
-        conn = await services.orchestrator.connect(ref_of(row), database)
-    except (OSError, asyncpg.PostgresError):
-        return []
-    try:
-        statuses = await replication.subscription_status(conn)
-    except asyncpg.PostgresError:
-        return []
-    finally:
-        await conn.close()
-    return [
-        {"provider_node": s.provider_node, "name": s.name, "status": s.status} for s in statuses
-    ]

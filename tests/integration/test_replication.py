@@ -9,7 +9,14 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.support.api import connect, create_and_wait, database_body, full_log, wait_task
+from tests.support.api import (
+    connect,
+    create_and_wait,
+    database_body,
+    fresh_view,
+    full_log,
+    wait_task,
+)
 from tests.support.eventually import eventually
 from tests.support.server import ServerProcess
 
@@ -120,7 +127,7 @@ async def test_three_nodes_replicate_every_way(api: httpx.AsyncClient) -> None:
     )
     digest = await converged(database, 1800)
     assert digest.startswith("1800:")
-    view = (await api.get("/v1/databases/mesh")).json()
+    view = await fresh_view(api, "mesh")
     for instance in view["instances"]:
         subs = instance["subscriptions"]
         providers = sorted(s["provider_node"] for s in subs)
@@ -157,7 +164,7 @@ async def test_add_node_from_source_and_remove_node(
     assert sorted(i["node_name"] for i in database["instances"]) == ["n1", "n3", "n4"]
     await write(database, "n3", range(7001, 7101))
     await converged(database, 900)
-    for instance in database["instances"]:
+    for instance in (await fresh_view(api, "grow"))["instances"]:
         assert not [s for s in await slots_on(server, instance) if "n2" in s]
         assert not [s for s in instance["subscriptions"] if "n2" in s["name"]]
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.support.api import connect, create_and_wait, database_body, wait_task
+from tests.support.api import connect, create_and_wait, database_body, fresh_view, wait_task
 from tests.support.data import TABLE, converged, on_every, update_and_wait, write
 from tests.support.deployment import Deployment
 
@@ -40,7 +40,7 @@ async def test_settings_nodes_and_delete(api: httpx.AsyncClient, deployment: Dep
     database = await update_and_wait(api, body)
     assert await asyncio.to_thread(deployment.running_nodes, "life") == ["n1", "n3"]
     assert sorted(i["node_name"] for i in database["instances"]) == ["n1", "n3"]
-    for instance in database["instances"]:
+    for instance in (await fresh_view(api, "life"))["instances"]:
         assert [s["status"] for s in instance["subscriptions"]] == ["replicating"]
         assert not [s for s in instance["subscriptions"] if "n2" in s["name"]]
     slots = await on_every(database, "SELECT string_agg(slot_name, ',') FROM pg_replication_slots")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.api import create_and_wait, database_body, full_log
+from tests.support.api import create_and_wait, database_body, fresh_view, full_log
 from tests.support.data import (
     TABLE,
     backup,
@@ -103,7 +103,7 @@ async def test_restored_subscriber_loses_no_rows_written_after_it(
         return bool(n1 == 350 and n2 == 350)
 
     await eventually(arrived, timeout=60, what="post-restore rows on both nodes")
-    view = (await api.get("/v1/databases/subs")).json()
+    view = await fresh_view(api, "subs")
     for instance in view["instances"]:
         assert [s["status"] for s in instance["subscriptions"]] == ["replicating"]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -91,3 +94,17 @@ async def full_log(api: httpx.AsyncClient, database_id: str, task_id: str) -> li
         if not page["entries"]:
             return entries
         after = page["last_entry_id"]
+
+
+async def fresh_view(api: httpx.AsyncClient, database_id: str, timeout: float = 60.0) -> Any:
+    """The database as the API shows it once the monitor has observed every instance since
+    this call (subscriptions are what the monitor last saw, `observed_at` says when)."""
+    since = datetime.now(UTC)
+    deadline = time.monotonic() + timeout
+    while True:
+        view = (await api.get(f"/v1/databases/{database_id}")).json()
+        seen = [i["observed_at"] for i in view["instances"]]
+        if all(s and datetime.fromisoformat(s) > since for s in seen):
+            return view
+        assert time.monotonic() < deadline, f"instances not observed since {since}: {seen}"
+        await asyncio.sleep(0.2)

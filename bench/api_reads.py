@@ -1,0 +1,140 @@
+"""Read throughput of the API under monitoring load, as a ratio to `/health`.
+
+Usage: .venv/bin/python -m bench.api_reads [--databases 100] [--nodes 3] [--tasks 20]
+                                           [--clients 50] [--seconds 5]
+
+Starts `controlplane serve` (embedded store, no worker, monitor idle) and inserts database,
+instance and task rows straight into its store: no instance runs, so what is measured is the
+API and the store, as a dashboard polling a fleet sees them. Then, route by route, `--clients`
+concurrent clients send GETs for `--seconds`; prints requests/s per route and its ratio to
+`/health` (target: >= 0.5 for every read route).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import msgspec
+
+from bench.harness import BenchServer
+from bench.scheduler import spec_of
+from controlplane.settings import Settings
+from controlplane.store import tasks
+
+
+async def populate(server: BenchServer, databases: int, nodes: int, task_count: int) -> None:
+    settings = Settings(data_dir=server.data_dir)
+    password = (server.data_dir / "store.password").read_text().strip()
+    conn = await asyncpg.connect(
+        host=str(settings.run_dir / "store"),
+        port=5432,
+        user="controlplane",
+        database="postgres",
+        password=password,
+    )
+    try:
+        await conn.executemany(
+            "INSERT INTO databases (id, state, spec) VALUES ($1, 'available', $2::jsonb)",
+            [(f"db-{d}", _json(spec_of(d, nodes, 1))) for d in range(databases)],
+        )
+        await conn.executemany(
+            "INSERT INTO instances (id, database_id, node_name, host_id, port, state)"
+            " VALUES ($1, $2, $3, 'local', $4, 'available')",
+            [
+                (f"db-{d}-n{n + 1}", f"db-{d}", f"n{n + 1}", 20000 + d * nodes + n)
+                for d in range(databases)
+                for n in range(nodes)
+            ],
+        )
+        ids = [tasks.uuid7() for _ in range(task_count)]
+        await conn.executemany(
+            "INSERT INTO tasks (task_id, database_id, node_name, type, status, actor, result,"
+            " started_at, completed_at) VALUES ($1, 'db-0', 'n1', 'node_backup', 'completed',"
+            " 'bench', '{\"label\": \"20261130-000000F\"}', now(), now())",
+            [(task_id,) for task_id in ids],
+        )
+        await conn.executemany(
+            "INSERT INTO task_steps (task_id, position, name, status, started_at, completed_at)"
+            " VALUES ($1, $2, $3, 'completed', now(), now())",
+            [
+                (task_id, position, name)
+                for task_id in ids
+                for position, name in enumerate(("write_config", "run_backup", "record_result"))
+            ],
+        )
+    finally:
+        await conn.close()
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def throughput(url: str, token: str, path: str, clients: int, seconds: float) -> float:
+    """Requests per second `clients` concurrent clients get from GET `path`."""
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as client:
+        done = 0
+        deadline = time.monotonic() + seconds
+
+        async def one_client() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                response = await client.get(path)
+                assert response.status_code == 200, (path, response.status_code, response.text)
+                done += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        return done / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--databases", type=int, default=100)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cp-bench-reads-", dir="/tmp"))
+    server = BenchServer(root)
+    try:
+        server.start(env={"CONTROLPLANE_WORKER_CONCURRENCY": "0"})
+        asyncio.run(populate(server, args.databases, args.nodes, args.tasks))
+        token = str(server.client.headers["Authorization"]).removeprefix("Bearer ")
+        task_id = server.client.get("/v1/databases/db-0/tasks").json()["tasks"][0]["task_id"]
+        routes = [
+            "/health",
+            "/v1/databases/db-0",
+            "/v1/databases/db-0/tasks",
+            f"/v1/databases/db-0/tasks/{task_id}",
+            "/v1/tasks?limit=20",
+            "/v1/hosts",
+            "/v1/databases",
+        ]
+        print(
+            f"{args.databases} databases x {args.nodes} nodes, {args.tasks} tasks on db-0, "
+            f"{args.clients} clients, {args.seconds:.0f} s per route"
+        )
+        print(f"{'route':45} {'req/s':>8} {'/health':>8}")
+        baseline = None
+        for path in routes:
+            rate = asyncio.run(throughput(server.url, token, path, args.clients, args.seconds))
+            baseline = baseline or rate
+            print(f"{path:45} {rate:8.0f} {rate / baseline:8.2f}")
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
