@@ -132,7 +132,7 @@ async def _plan(services: Services, config: RestoreConfig, target: Any, *, pin: 
     that may still be writing (`pin`) are all restored to one moment, read now by archiving a
     marker on it, so they come back identical."""
     setup = await restore_source.source_setup(services, config, ref_of(target))
-    entries = await restore_source.source_catalog(services, setup, config)
+    entries = await restore_source.source_catalog(services, setup, config, in_request=True)
     options = dict(config.restore_options)
     latest = None
     kind = normalise_restore_options(options).get("type")

@@ -73,7 +73,7 @@ async def plan_new_nodes(
         )
         try:
             setup = await restore_source.source_setup(services, config, probe)
-            entries = await restore_source.source_catalog(services, setup, config)
+            entries = await restore_source.source_catalog(services, setup, config, in_request=True)
         except InvalidInputError as exc:
             raise InvalidInputError(
                 [{**e, "path": e["path"].replace("restore_config", path, 1)} for e in exc.errors]

@@ -3,6 +3,7 @@ the set and target it will use — checked before anything is touched."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -101,14 +102,38 @@ async def source_setup(
     return setup
 
 
+# A request that names a repository is answered within this long, whatever that repository
+# does (an unreachable endpoint fails pgBackRest's I/O in seconds, DNS may take longer).
+REQUEST_DEADLINE_SECONDS = 20.0
+
+
 async def source_catalog(
-    services: Services, setup: backups.BackupSetup, config: RestoreConfig
+    services: Services,
+    setup: backups.BackupSetup,
+    config: RestoreConfig,
+    *,
+    in_request: bool = False,
 ) -> list[pgb_info.CatalogEntry]:
-    """The source's backup sets; an unreadable or empty repository is refused in words."""
+    """The source's backup sets; an unreadable or empty repository is refused in words.
+    `in_request`: read while a client waits, so bounded (short I/O timeout and a deadline)."""
     await services.orchestrator.write_file(setup.ref, RESTORE_CONFIG_FILE, setup.config_text)
     subject = f"reading backups of node {config.source_node_name} of {config.source_database_id}"
+    io_timeout = backups.CATALOG_IO_TIMEOUT_SECONDS if in_request else None
     try:
-        stanza = await backups.read_info(services, setup, subject=subject)
+        async with asyncio.timeout(REQUEST_DEADLINE_SECONDS if in_request else None):
+            stanza = await backups.read_info(
+                services, setup, subject=subject, io_timeout=io_timeout
+            )
+    except TimeoutError:
+        raise InvalidInputError(
+            [
+                {
+                    "path": "restore_config.repository",
+                    "message": "repository is not readable: it did not answer within "
+                    f"{REQUEST_DEADLINE_SECONDS:.0f}s",
+                }
+            ]
+        ) from None
     except ExternalCommandError as exc:
         raise InvalidInputError(
             [
