@@ -30,14 +30,14 @@ from pathlib import Path
 
 import msgspec
 
-from controlplane.clock import SystemClock
-from controlplane.scheduler import Fired, Scheduler, next_run_at
+from controlplane.nodes.backups import effective_backup_config
+from controlplane.scheduler.loop import Fired, Scheduler, next_run_at
 from controlplane.spec.models import DatabaseSpec
 from controlplane.spec.secrets import split_secrets
 from controlplane.store.migrate import migrate
 from controlplane.store.pool import Pool, create_pool
-from controlplane.workflows.backups import effective_backup_config
-from controlplane.workflows.node_backup import NODE_BACKUP
+from controlplane.system.clock import SystemClock
+from controlplane.workflows.backup_node import NODE_BACKUP
 from tests.support.os_user import give_to_os_user
 from tests.support.pgcluster import ScratchCluster
 

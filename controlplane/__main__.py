@@ -1,5 +1,5 @@
 """`python -m controlplane` is the `controlplane` command."""
 
-from controlplane.cli import main
+from controlplane.cli.commands import main
 
 main(prog_name="controlplane")

@@ -22,7 +22,7 @@ from controlplane.api.restore_points import RESTORE_POINT_ROUTES
 from controlplane.api.routes import ROUTES
 from controlplane.api.schedules import SCHEDULE_ROUTES
 from controlplane.errors import ControlPlaneError
-from controlplane.runtime import Runtime
+from controlplane.server.runtime import Runtime
 from controlplane.settings import Settings
 
 log = logging.getLogger(__name__)

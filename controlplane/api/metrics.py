@@ -12,8 +12,8 @@ from typing import Any
 from litestar import Request, Response, get
 
 from controlplane.api.contract import Contract
-from controlplane.metrics import collect_metrics, render_metrics
-from controlplane.monitor import Monitor
+from controlplane.server.metrics import collect_metrics, render_metrics
+from controlplane.server.monitor import Monitor
 from controlplane.tasks.context import Services
 
 # Litestar appends `; charset=utf-8` to text media types.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from litestar import Response, get, post
 
-from controlplane import backup_operations
 from controlplane.api.bodies import read_body
 from controlplane.api.contract import Contract
 from controlplane.api.routes import AnyRequest, _actor, _json, _services
 from controlplane.models import RestorePoint, RestorePointsAnswer
+from controlplane.operations import backups as backup_operations
 from controlplane.spec import parse_request
 from controlplane.spec.restore_options import RestorePointRequest
 

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from controlplane import __version__, backup_operations, operations, restore_operations
+from controlplane import __version__
 from controlplane.api.bodies import read_body
 from controlplane.api.contract import CREATE_EXAMPLE, Contract, Query
 from controlplane.errors import InvalidInputError
@@ -31,6 +31,9 @@ from controlplane.models import (
     TasksAnswer,
     Version,
 )
+from controlplane.operations import backups as backup_operations
+from controlplane.operations import databases as operations
+from controlplane.operations import restores as restore_operations
 from controlplane.spec import parse_backup_request, parse_database_request, parse_restore_request
 from controlplane.spec.models import BackupRequest, DatabaseRequest, RestoreRequest
 from controlplane.store import databases, logs, tasks

@@ -6,12 +6,12 @@ from litestar import Response, get
 
 from controlplane.api.contract import Contract
 from controlplane.api.routes import AnyRequest, _json, _services
-from controlplane.clock import SystemClock
 from controlplane.models import Schedule, SchedulesAnswer
-from controlplane.scheduler import next_run_at
+from controlplane.nodes.backups import effective_backup_config
+from controlplane.nodes.common import spec_of
+from controlplane.scheduler.loop import next_run_at
 from controlplane.store import databases, schedules
-from controlplane.workflows.backups import effective_backup_config
-from controlplane.workflows.common import spec_of
+from controlplane.system.clock import SystemClock
 
 
 @get(

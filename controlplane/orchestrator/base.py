@@ -9,7 +9,7 @@ import asyncpg
 from msgspec import Struct
 
 from controlplane.models import Host
-from controlplane.process import CommandResult, LineSink
+from controlplane.system.process import CommandResult, LineSink
 
 InstanceStatus = Literal["running", "stopped", "missing"]
 

@@ -1,8 +1,8 @@
 """One Docker engine: blocking SDK calls in worker threads, failures in words, streamed output.
 
-The docker SDK is blocking; this module and `docker.py` are the only ones that call it, always
-through `asyncio.to_thread`. Output of exec'd commands and one-off containers is read in a
-worker thread and handed line by line to the caller's sink on the event loop.
+The docker SDK is blocking; this module and `docker_orchestrator.py` are the only ones that call
+it, always through `asyncio.to_thread`. Output of exec'd commands and one-off containers is read
+in a worker thread and handed line by line to the caller's sink on the event loop.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from docker.types import LogConfig, Mount
 
 from controlplane.errors import ExternalCommandError
 from controlplane.orchestrator import docker_layout as layout
-from controlplane.process import CommandResult, LineSink
+from controlplane.system.process import CommandResult, LineSink
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import msgspec
 
-from controlplane.files import OwnedFiles
 from controlplane.spec.secrets import SecretBox
+from controlplane.system.files import OwnedFiles
 
 ENV_FILE = "postmaster.env"
 RUNNER_FILE = "pgbackrest-run"

@@ -14,14 +14,14 @@ from pathlib import Path
 import asyncpg
 
 from controlplane.errors import ExternalCommandError, PreconditionError
-from controlplane.files import OwnedFiles
 from controlplane.models import Host
 from controlplane.orchestrator import instance_secrets as secrets
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.orchestrator.hba import client_hba
-from controlplane.process import CommandResult, LineSink, as_user, run_command
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
+from controlplane.system.files import OwnedFiles
+from controlplane.system.process import CommandResult, LineSink, as_user, run_command
 
 LOCAL_HOST_ID = "local"
 # pg_ctl starts with the secrets' memory file on stdin: this moves it to descriptor 9, which

@@ -12,7 +12,6 @@ from pathlib import Path
 import jinja2
 import msgspec
 
-from controlplane.files import write_private_file
 from controlplane.pgbackrest.options import (
     REPO_PREFIX,
     check_custom_option,
@@ -31,6 +30,7 @@ from controlplane.spec.models import (
     repository_id,
     type_of,
 )
+from controlplane.system.files import write_private_file
 
 STANZA = "db"
 TEMPLATE_NAME = "pgbackrest.conf.j2"

@@ -23,9 +23,9 @@ from pathlib import Path
 import msgspec
 
 from controlplane.errors import ExternalCommandError
-from controlplane.process import as_user, run_command
 from controlplane.replication.names import MeshNode
 from controlplane.replication.tables import TRIGGER_NAME
+from controlplane.system.process import as_user, run_command
 
 # `pg_restore -l` lines look like "3301; 3466 16548 EVENT TRIGGER - cp_autorep postgres".
 SKIPPED_TOC_ENTRY = re.compile(

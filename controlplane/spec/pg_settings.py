@@ -25,8 +25,6 @@ from typing import Literal
 
 import msgspec
 
-from controlplane.files import OwnedFiles
-from controlplane.process import as_user, run_command
 from controlplane.settings import Settings
 from controlplane.spec.pg_values import (
     INTEGER_RANGE_HINT,
@@ -34,6 +32,8 @@ from controlplane.spec.pg_values import (
     parse_bool,
     parse_number,
 )
+from controlplane.system.files import OwnedFiles
+from controlplane.system.process import as_user, run_command
 
 log = logging.getLogger(__name__)
 

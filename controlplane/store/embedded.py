@@ -18,9 +18,9 @@ from urllib.parse import quote
 import asyncpg
 
 from controlplane.errors import DependencyError
-from controlplane.files import OwnedFiles
-from controlplane.process import as_user, run_command
 from controlplane.settings import Settings
+from controlplane.system.files import OwnedFiles
+from controlplane.system.process import as_user, run_command
 
 log = logging.getLogger(__name__)
 

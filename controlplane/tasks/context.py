@@ -14,8 +14,8 @@ from controlplane.store.tasks import TaskRow
 from controlplane.tasks.logger import TaskLogger
 
 if TYPE_CHECKING:
-    from controlplane.instance_facts import InstanceFactsBook
     from controlplane.orchestrator.base import Orchestrator
+    from controlplane.server.instance_facts import InstanceFactsBook
     from controlplane.spec.pg_settings import SettingRules
     from controlplane.spec.secrets import SecretBox
 
@@ -36,7 +36,7 @@ class Services:
 
 
 def _new_facts_book() -> InstanceFactsBook:
-    from controlplane.instance_facts import InstanceFactsBook  # it imports this module
+    from controlplane.server.instance_facts import InstanceFactsBook  # it imports this module
 
     return InstanceFactsBook()
 

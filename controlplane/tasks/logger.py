@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from controlplane.process import LineSink
 from controlplane.store import logs
 from controlplane.store.pool import Executor, Pool
+from controlplane.system.process import LineSink
 
 log = logging.getLogger(__name__)
 REDACTED = "********"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from controlplane.tasks.workflow import Workflow
+from controlplane.workflows.backup_node import NODE_BACKUP
 from controlplane.workflows.create_database import CREATE
 from controlplane.workflows.delete_database import DELETE
-from controlplane.workflows.maintain_backups import EXPIRE, VERIFY
-from controlplane.workflows.node_backup import NODE_BACKUP
-from controlplane.workflows.node_restore import NODE_RESTORE
+from controlplane.workflows.expire_backup import EXPIRE
 from controlplane.workflows.restore_database import RESTORE
+from controlplane.workflows.restore_node import NODE_RESTORE
 from controlplane.workflows.update_database import UPDATE
+from controlplane.workflows.verify_backups import VERIFY
 
 
 def all_workflows() -> dict[str, Workflow]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from controlplane.nodes.common import ref_of
 from controlplane.store import databases, instances
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows import converge
-from controlplane.workflows.common import ref_of
+from controlplane.workflows.steps import converge
 
 
 async def remove_instances(ctx: StepContext) -> dict[str, Any]:

@@ -7,11 +7,12 @@ import uuid
 from typing import Any
 
 from controlplane.errors import ChildTaskFailedError
+from controlplane.nodes import mesh
+from controlplane.nodes.common import load_spec
 from controlplane.store import databases, instances, tasks
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows import children, mesh
-from controlplane.workflows.common import load_spec
+from controlplane.workflows.steps import children
 
 
 async def _children(ctx: StepContext) -> list[uuid.UUID]:

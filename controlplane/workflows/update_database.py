@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from controlplane.nodes import mesh, restore_join
+from controlplane.nodes.common import load_spec
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows import converge, mesh, restore_join
-from controlplane.workflows.common import load_spec
+from controlplane.workflows.steps import converge
 
 
 async def _on_failure(ctx: StepContext, message: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from controlplane.cli_output import entry_text
+from controlplane.cli.output import entry_text
 from controlplane.models import LogEntry
 from tests.support.api import connect, create_and_wait, database_body, full_log, wait_task
 from tests.support.data import checksum, posix, posix_repository, query, restore_config, write_rows

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from controlplane.client import AsyncClient
-from controlplane.metrics import METRICS
+from controlplane.server.metrics import METRICS
 from tests.support.api import create_and_wait, database_body, wait_task
 from tests.support.data import backup, posix, write_rows
 from tests.support.eventually import eventually

@@ -22,16 +22,16 @@ import msgspec
 import pytest
 from cryptography.fernet import Fernet
 
-from controlplane.clock import ManualClock
-from controlplane.scheduler import CatchUp, Fired, Scheduler, next_run_at, tick_at_or_before
+from controlplane.nodes.backups import effective_backup_config
+from controlplane.scheduler.loop import CatchUp, Fired, Scheduler, next_run_at, tick_at_or_before
 from controlplane.spec.models import DatabaseSpec
 from controlplane.spec.secrets import split_secrets
 from controlplane.store import databases, instances, schedules
 from controlplane.store.migrate import migrate
 from controlplane.store.pool import Pool, create_pool
 from controlplane.store.tasks import uuid7
-from controlplane.workflows.backups import effective_backup_config
-from controlplane.workflows.node_backup import NODE_BACKUP
+from controlplane.system.clock import ManualClock
+from controlplane.workflows.backup_node import NODE_BACKUP
 from tests.support.api import create_and_wait, database_body, wait_task
 from tests.support.data import posix, write_rows
 from tests.support.eventually import eventually

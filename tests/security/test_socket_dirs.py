@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from controlplane.runtime import tidy_run_dir
+from controlplane.server.runtime import tidy_run_dir
 from controlplane.settings import Settings
 from tests.security.conftest import Target
 from tests.support.os_user import give_to_os_user

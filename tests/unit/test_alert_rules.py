@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane.metrics import METRICS
+from controlplane.server.metrics import METRICS
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "alerts.yml"

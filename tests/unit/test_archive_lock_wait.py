@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from controlplane.errors import ControlPlaneError
+from controlplane.nodes import backups
 from controlplane.orchestrator.base import InstanceRef
-from controlplane.process import CommandResult
-from controlplane.workflows import backups
+from controlplane.system.process import CommandResult
 
 REF = InstanceRef(instance_id="db-n1", database_id="db", node_name="n1", host_id="local", port=1)
 LOCKED = "ERROR: [050]: unable to acquire lock on file 'db-archive.lock'"

@@ -14,9 +14,9 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from controlplane.cli import main
-from controlplane.cli_operations import build_restore_request
-from controlplane.cli_output import (
+from controlplane.cli.changes import build_restore_request
+from controlplane.cli.commands import main
+from controlplane.cli.output import (
     TaskProgress,
     entry_text,
     format_clock,

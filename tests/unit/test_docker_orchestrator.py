@@ -10,7 +10,7 @@ import pytest
 from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.orchestrator import docker_layout as layout
 from controlplane.orchestrator.base import InstanceRef
-from controlplane.orchestrator.docker import DockerOrchestrator, load_docker_hosts
+from controlplane.orchestrator.docker_orchestrator import DockerOrchestrator, load_docker_hosts
 from controlplane.settings import Settings
 
 REF = InstanceRef(

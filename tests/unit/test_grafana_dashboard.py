@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane.metrics import METRICS
+from controlplane.server.metrics import METRICS
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
 METRIC_NAME = re.compile(r"\bcontrolplane_[a-z0-9_]+")

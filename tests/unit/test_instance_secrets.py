@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from controlplane.files import OwnedFiles
 from controlplane.orchestrator import instance_secrets as secrets
 from controlplane.spec.secrets import SecretBox
+from controlplane.system.files import OwnedFiles
 
 SECRET = "a'b c\n$HOME`x`"
 

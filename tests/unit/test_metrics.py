@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.instance_facts import (
+from controlplane.orchestrator.base import InstanceRef
+from controlplane.server.instance_facts import (
     ArchiverFacts,
     InstanceFacts,
     InstanceFactsBook,
@@ -23,14 +24,13 @@ from controlplane.instance_facts import (
     SlotFacts,
     SubscriptionFacts,
 )
-from controlplane.metrics import (
+from controlplane.server.metrics import (
     METRICS,
     RecordedSet,
     instance_families,
     recovery_window_start,
     render_metrics,
 )
-from controlplane.orchestrator.base import InstanceRef
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
 from tests.support.metrics import parse

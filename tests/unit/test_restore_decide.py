@@ -7,17 +7,17 @@ from datetime import datetime, timedelta
 import pytest
 
 from controlplane.errors import InvalidInputError
-from controlplane.pgbackrest.info import lsn_value
-from controlplane.spec.restore_options import target_problem
-from controlplane.store.restore_points import RestorePointRow
-from controlplane.workflows.restore_source import ArchiveEnd, decide
-from controlplane.workflows.restore_targets import (
+from controlplane.nodes.restore_source import ArchiveEnd, decide
+from controlplane.nodes.restore_targets import (
     TargetFacts,
     XidFacts,
     XidStatus,
     full_xid,
     parse_timeline_history,
 )
+from controlplane.pgbackrest.info import lsn_value
+from controlplane.spec.restore_options import target_problem
+from controlplane.store.restore_points import RestorePointRow
 from tests.unit.test_pgbackrest_info import entries
 
 PATH = "restore_config.restore_options"

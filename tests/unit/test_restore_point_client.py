@@ -10,8 +10,8 @@ import httpx
 import msgspec
 import pytest
 
-from controlplane.cli_operations import build_restore_request
-from controlplane.cli_output import backups_table, restore_points_table
+from controlplane.cli.changes import build_restore_request
+from controlplane.cli.output import backups_table, restore_points_table
 from controlplane.client import AsyncClient, BackupCatalog, Client
 
 POINT = {

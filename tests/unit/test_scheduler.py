@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from controlplane.clock import ManualClock
-from controlplane.scheduler import (
+from controlplane.nodes.backups import effective_backup_config
+from controlplane.scheduler.loop import (
     MISFIRE_GRACE,
     Fired,
     Scheduler,
@@ -20,7 +20,7 @@ from controlplane.scheduler import (
 )
 from controlplane.spec.models import DatabaseSpec
 from controlplane.store.schedules import ScheduleKey, ScheduleState, state_changes
-from controlplane.workflows.backups import effective_backup_config
+from controlplane.system.clock import ManualClock
 
 T0 = datetime(2030, 5, 6, 10, 0, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)

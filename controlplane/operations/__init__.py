@@ -1,0 +1,1 @@
+"""What the API asks for, without HTTP: validate, record, enqueue, and the read views."""

@@ -1,0 +1,293 @@
+"""Operations the API offers: validate, record, enqueue a task, return (never run anything)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+import msgspec
+
+from controlplane.errors import (
+    DatabaseAlreadyExistsError,
+    DatabaseNotModifiableError,
+    ForbiddenError,
+    InvalidInputError,
+)
+from controlplane.models import ConnectionInfo, Database, Host, Instance, Subscription, Task
+from controlplane.nodes import restore_new
+from controlplane.nodes.common import ref_of, spec_of
+from controlplane.spec import parse_database_request
+from controlplane.spec.backup_roots import check_base_paths, repositories_of
+from controlplane.spec.models import DatabaseSpec, Repository
+from controlplane.spec.secrets import merge_secrets, redact, secrets_to_resend, split_secrets
+from controlplane.store import databases, instances, tasks, tokens
+from controlplane.store.databases import DatabaseRow
+from controlplane.store.instances import InstanceRow
+from controlplane.tasks.context import Services
+from controlplane.workflows import all_workflows
+
+
+def _steps(task_type: str) -> list[str]:
+    return all_workflows()[task_type].step_names
+
+
+async def _check_placement(services: Services, spec: DatabaseSpec, database_id: str) -> None:
+    """Hosts must exist and fixed ports must be free of other instances."""
+    errors: list[dict[str, str]] = []
+    orchestrator = services.orchestrator
+    known = {h.id for h in orchestrator.hosts()}
+    mine = {r.node_name: r for r in await instances.list_instances(services.pool, database_id)}
+    for i, node in enumerate(spec.nodes):
+        host = node.host_ids[0] if node.host_ids else orchestrator.default_host()
+        if host not in known:
+            errors.append(
+                {"path": f"spec.nodes[{i}].host_ids[0]", "message": f"unknown host {host}"}
+            )
+            continue
+        port = node.port or spec.port
+        existing = mine.get(node.name)
+        if existing is not None:
+            if port and port != existing.port:
+                errors.append(
+                    {
+                        "path": f"spec.nodes[{i}].port",
+                        "message": "the port of an existing node cannot be changed",
+                    }
+                )
+            continue
+        if port and (
+            port in await instances.used_ports(services.pool, host)
+            or not orchestrator.port_is_free(host, port)
+        ):
+            errors.append(
+                {
+                    "path": f"spec.nodes[{i}].port",
+                    "message": f"port {port} is already in use on host {host}",
+                }
+            )
+    if errors:
+        raise InvalidInputError(errors)
+
+
+# Role attributes that reach beyond the database: only an admin token may grant them.
+PRIVILEGED_ATTRIBUTES = ("SUPERUSER", "CREATEROLE", "REPLICATION", "BYPASSRLS")
+# Attributes that give a role the instance's OS user (COPY … PROGRAM, pg_read_file; CREATEROLE
+# can grant itself pg_execute_server_program on PostgreSQL 15).
+_OS_ATTRIBUTES = ("SUPERUSER", "CREATEROLE")
+
+
+async def _check_privileges(
+    services: Services, spec: DatabaseSpec, old: DatabaseSpec | None, actor: str
+) -> None:
+    """Privileged role attributes need an admin token (only those the request adds: an update
+    that keeps an admin's grant is fine at write scope), and none that reaches the OS user on
+    the local orchestrator, where every database shares it (unless declared single-tenant)."""
+    granted = {(u.username, a) for u in (old.database_users if old else []) for a in u.attributes}
+    local = services.settings.orchestrator == "local" and not services.settings.local_superuser
+    refused, needs_admin = [], []
+    for i, user in enumerate(spec.database_users):
+        for j, attribute in enumerate(user.attributes):
+            path = f"spec.database_users[{i}].attributes[{j}]"
+            if local and attribute in _OS_ATTRIBUTES:
+                refused.append(
+                    {
+                        "path": path,
+                        "message": f"{attribute} is refused on the local orchestrator: every "
+                        f"database's instances run as one OS user, so it would reach the "
+                        f"others' files (use the docker orchestrator, or set "
+                        f"CONTROLPLANE_LOCAL_SUPERUSER=true on a single-tenant control plane)",
+                    }
+                )
+            elif attribute in PRIVILEGED_ATTRIBUTES and (user.username, attribute) not in granted:
+                needs_admin.append(path)
+    if refused:
+        raise InvalidInputError(refused)
+    if needs_admin and await tokens.scope_of(services.pool, actor) != "admin":
+        raise ForbiddenError(
+            f"granting {', '.join(PRIVILEGED_ATTRIBUTES)} needs an admin token",
+            details={"required_scope": "admin", "paths": needs_admin},
+        )
+
+
+def check_storage(services: Services, repositories: Iterator[tuple[str, Repository]]) -> None:
+    """Posix repositories only inside the operator's backup roots (`repositories`: each with
+    its JSON path)."""
+    settings = services.settings
+    errors = check_base_paths(
+        repositories, settings.backup_root_paths, PurePosixPath(settings.data_path)
+    )
+    if errors:
+        raise InvalidInputError(errors)
+
+
+def _encrypt(services: Services, spec: DatabaseSpec) -> tuple[dict[str, Any], str | None]:
+    public, secrets = split_secrets(spec)
+    return public, services.secret_box.encrypt(secrets) if secrets else None
+
+
+async def create_database(services: Services, body: bytes, actor: str) -> tuple[Task, Database]:
+    """Record a new database and enqueue its create task."""
+    # Off the event loop: a large spec takes a while to check, and lease renewals share it.
+    request = await asyncio.to_thread(parse_database_request, body, rules=services.setting_rules)
+    database_id = request.id or str(uuid.uuid4())
+    check_storage(services, repositories_of(request.spec))
+    await _check_privileges(services, request.spec, None, actor)
+    await _check_placement(services, request.spec, database_id)
+    if await databases.find_database(services.pool, database_id) is not None:
+        raise DatabaseAlreadyExistsError(
+            f"database {database_id} already exists", details={"database_id": database_id}
+        )
+    plans = await restore_new.plan_new_nodes(
+        services, database_id, request.spec, list(request.spec.nodes)
+    )
+    public, secrets = _encrypt(services, request.spec)
+    async with services.pool.acquire() as conn, conn.transaction():
+        row = await databases.insert_database(
+            conn, database_id=database_id, spec=public, secrets=secrets
+        )
+        task = await tasks.insert_task(
+            conn,
+            database_id=database_id,
+            type="create",
+            steps=_steps("create"),
+            actor=actor,
+            input={"restore_plans": plans} if plans else None,
+        )
+    return await tasks.get_task(services.pool, str(task.task_id)), await database_view_of(
+        services, row
+    )
+
+
+def _immutable_changes(old: DatabaseSpec, new: DatabaseSpec) -> list[dict[str, str]]:
+    errors = []
+    for name in ("database_name", "postgres_version"):
+        if getattr(old, name) != getattr(new, name):
+            errors.append({"path": f"spec.{name}", "message": "cannot be changed after create"})
+    return errors
+
+
+async def update_database(
+    services: Services, database_id: str, body: bytes, actor: str
+) -> tuple[Task, Database]:
+    """Store the new desired spec (secrets omitted are kept) and enqueue an update task."""
+    # Off the event loop: a large spec takes a while to check, and lease renewals share it.
+    request = await asyncio.to_thread(parse_database_request, body, rules=services.setting_rules)
+    if request.id is not None and request.id != database_id:
+        raise InvalidInputError(
+            [{"path": "id", "message": "does not match the database in the URL"}]
+        )
+    row = await databases.get_database(services.pool, database_id)
+    if row.state == "deleting":
+        raise DatabaseNotModifiableError(f"database {database_id} is being deleted")
+    old = spec_of(services, row)
+    new = merge_secrets(request.spec, old)
+    errors = _immutable_changes(old, new)
+    errors += [{"path": p, "message": m} for p, m in secrets_to_resend(request.spec, old)]
+    if errors:
+        raise InvalidInputError(errors)
+    check_storage(services, repositories_of(new))
+    await _check_privileges(services, new, old, actor)
+    await _check_placement(services, new, database_id)
+    existing = {r.node_name for r in await instances.list_instances(services.pool, database_id)}
+    plans = await restore_new.plan_new_nodes(
+        services, database_id, new, [n for n in new.nodes if n.name not in existing]
+    )
+    public, secrets = _encrypt(services, new)
+    async with services.pool.acquire() as conn, conn.transaction():
+        await databases.get_database(conn, database_id, for_update=True)
+        task = await tasks.insert_task(
+            conn,
+            database_id=database_id,
+            type="update",
+            steps=_steps("update"),
+            actor=actor,
+            input={"restore_plans": plans} if plans else None,
+        )
+        await databases.update_spec(conn, database_id, spec=public, secrets=secrets)
+        await databases.set_state(conn, database_id, "modifying", error=row.error)
+    row = await databases.get_database(services.pool, database_id)
+    return await tasks.get_task(services.pool, str(task.task_id)), await database_view_of(
+        services, row
+    )
+
+
+async def delete_database(services: Services, database_id: str, actor: str) -> Task:
+    """Enqueue the delete task; the record goes when its instances are gone."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        await databases.get_database(conn, database_id, for_update=True)
+        task = await tasks.insert_task(
+            conn, database_id=database_id, type="delete", steps=_steps("delete"), actor=actor
+        )
+        await databases.set_state(conn, database_id, "deleting")
+    return await tasks.get_task(services.pool, str(task.task_id))
+
+
+def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow]) -> Database:
+    """The API shape: spec with every secret removed, instances with connection info, and
+    what the monitor last saw of each (its subscriptions, and when it looked): a read asks the
+    store and this server's memory, never an instance."""
+    spec = redact(spec_of(services, row))
+    views = []
+    for inst in rows:
+        host, port = services.orchestrator.connection_info(ref_of(inst))
+        facts = services.facts.get(inst.id)
+        views.append(
+            Instance(
+                id=inst.id,
+                node_name=inst.node_name,
+                host_id=inst.host_id,
+                state=inst.state,
+                role=inst.role,
+                port=inst.port,
+                error=inst.error,
+                connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
+                subscriptions=[
+                    Subscription(provider_node=s.provider, name=s.name, status=s.status)
+                    for s in (facts.subscriptions or [] if facts else [])
+                ],
+                observed_at=(
+                    datetime.fromtimestamp(facts.observed_at, UTC) if facts is not None else None
+                ),
+            )
+        )
+    return Database(
+        id=row.id,
+        state=row.state,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        spec=msgspec.to_builtins(spec),
+        error=row.error,
+        instances=views,
+    )
+
+
+async def database_view_of(services: Services, row: DatabaseRow) -> Database:
+    return database_view(services, row, await instances.list_instances(services.pool, row.id))
+
+
+async def get_database(services: Services, database_id: str) -> Database:
+    return await database_view_of(
+        services, await databases.get_database(services.pool, database_id)
+    )
+
+
+async def list_databases(services: Services) -> list[Database]:
+    """Every database: two queries, whatever their number."""
+    rows = await databases.list_databases(services.pool)
+    by_database: dict[str, list[InstanceRow]] = {}
+    for inst in await instances.list_instances(services.pool):
+        by_database.setdefault(inst.database_id, []).append(inst)
+    return [database_view(services, row, by_database.get(row.id, [])) for row in rows]
+
+
+async def list_hosts(services: Services) -> list[Host]:
+    """The orchestrator's hosts, each with the number of instances placed on it."""
+    counts = await instances.count_by_host(services.pool)
+    return [
+        msgspec.structs.replace(host, instances=counts.get(host.id, 0))
+        for host in services.orchestrator.hosts()
+    ]

@@ -1,0 +1,1 @@
+"""Backup schedules: the loop that inserts a task for every due tick."""

@@ -1,0 +1,1 @@
+"""The `serve` process: its composition root (runtime), the monitor, metrics."""

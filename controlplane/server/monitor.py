@@ -1,0 +1,145 @@
+"""Instance monitor: reconcile instances with their desired state, derive database health, and
+observe every running instance's health facts (kept in memory for `/metrics`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from controlplane.errors import ControlPlaneError
+from controlplane.nodes.common import ref_of
+from controlplane.server.instance_facts import InstanceFactsBook, InstanceObserver
+from controlplane.store import databases, instances, task_runs
+from controlplane.store.instances import InstanceRow
+from controlplane.tasks.context import Services
+
+log = logging.getLogger(__name__)
+
+# Only one server reconciles at a time (several may share a store).
+_LOCK_KEY = 0x6D6F6E69746F72
+_SETTLED = ("available", "degraded", "failed")
+_PRUNE_EVERY = 3600.0
+_ALL_DOWN = "no instance is running"
+
+
+async def _quiet(line: str) -> None:
+    log.debug("monitor: %s", line)
+
+
+class Monitor:
+    """Periodically starts instances that should run and are down, marks what cannot start, and
+    records each running instance's facts in `facts` (read by `/metrics`)."""
+
+    def __init__(self, services: Services, facts: InstanceFactsBook | None = None) -> None:
+        self._services = services
+        self._last_prune = 0.0
+        self.facts = facts if facts is not None else InstanceFactsBook()
+        self.observer = InstanceObserver(services, self.facts)
+
+    async def run(self) -> None:
+        """Reconcile and observe, each on its own loop: starting an instance (slow) never
+        holds up the facts of the others, nor the other way round."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._reconcile_loop(), name="monitor reconcile")
+                group.create_task(self._observe_loop(), name="monitor facts")
+        finally:
+            await self.observer.close()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+                await self._prune()
+            except Exception:
+                log.exception("monitor sweep failed")
+            await asyncio.sleep(self._services.settings.monitor_interval)
+
+    async def _observe_loop(self) -> None:
+        while True:
+            try:
+                await self.observer.observe_round()
+            except Exception:
+                log.exception("monitor could not observe the instances")
+            await asyncio.sleep(self._services.settings.monitor_interval)
+
+    async def _prune(self) -> None:
+        if time.monotonic() - self._last_prune < _PRUNE_EVERY and self._last_prune:
+            return
+        self._last_prune = time.monotonic()
+        pruned = await task_runs.prune_finished_tasks(
+            self._services.pool, older_than_days=self._services.settings.task_retention_days
+        )
+        if pruned:
+            log.info(
+                "pruned %d finished task(s) older than %d days",
+                pruned,
+                self._services.settings.task_retention_days,
+            )
+
+    async def sweep(self) -> None:
+        """One reconciliation pass over every database that no operation is working on."""
+        pool = self._services.pool
+        async with pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
+                return
+            busy = {
+                r["database_id"]
+                for r in await conn.fetch(
+                    "SELECT DISTINCT database_id FROM tasks"
+                    " WHERE status IN ('pending', 'running', 'canceling')"
+                    " AND type IN ('create', 'update', 'delete', 'restore', 'node_restore')"
+                )
+            }
+            for database in await databases.list_databases(conn):
+                if database.id in busy or database.state not in _SETTLED:
+                    continue
+                rows = await instances.list_instances(conn, database.id)
+                healthy = [await self._reconcile(row) for row in rows]
+                await self._set_health(database.id, database.state, database.error, healthy)
+
+    async def _reconcile(self, row: InstanceRow) -> bool:
+        """True when the instance runs as desired (starting it if it should run and does not)."""
+        pool, orchestrator = self._services.pool, self._services.orchestrator
+        if row.desired != "running":
+            return False
+        ref = ref_of(row)
+        try:
+            status = await orchestrator.status(ref)
+            if status == "missing":
+                raise ControlPlaneError(f"the data directory of instance {row.id} is missing")
+            if status != "running":
+                log.warning("instance %s is down; starting it", row.id)
+                await orchestrator.start(ref, on_line=_quiet)
+                log.info("instance %s started by the monitor", row.id)
+        except (ControlPlaneError, OSError) as exc:
+            message = exc.message if isinstance(exc, ControlPlaneError) else str(exc)
+            if row.state != "failed" or row.error != message:
+                log.error("instance %s cannot run: %s", row.id, message)
+                await instances.set_instance_state(
+                    pool, row.database_id, row.node_name, "failed", error=message
+                )
+            return False
+        if row.state != "available" or row.error:
+            await instances.set_instance_state(pool, row.database_id, row.node_name, "available")
+        return True
+
+    async def _set_health(
+        self, database_id: str, state: str, error: str | None, healthy: list[bool]
+    ) -> None:
+        if not healthy:
+            return
+        if all(healthy):
+            wanted, message = "available", None
+        elif any(healthy):
+            down = healthy.count(False)
+            wanted, message = "degraded", f"{down} of {len(healthy)} instance(s) are down"
+        else:
+            wanted, message = "failed", _ALL_DOWN
+        if state == "failed" and error != _ALL_DOWN:
+            # A failed operation keeps its error until an update converges: running nodes alone
+            # do not make it whole again. Only the monitor's own verdict is undone here.
+            return
+        if (wanted, message) != (state, error):
+            await databases.set_state(self._services.pool, database_id, wanted, error=message)

@@ -1,0 +1,1 @@
+"""Seams to the operating system: subprocesses, private files, the clock."""

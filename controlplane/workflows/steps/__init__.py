@@ -1,0 +1,1 @@
+"""Step helpers shared by several task types (converging a spec, child tasks)."""
