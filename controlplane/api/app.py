@@ -12,7 +12,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from controlplane.api.auth import require_token
+from controlplane.api.auth import TokenCache, require_token
 from controlplane.api.bodies import BODY_CHECKS_AT_ONCE
 from controlplane.api.docs import docs_routes
 from controlplane.api.errors import domain_error, http_error, internal_error
@@ -57,7 +57,9 @@ def create_app(settings: Settings) -> Litestar:
         # /schema is ours (api/docs.py): the document is built from the routes' contracts.
         openapi_config=None,
         request_max_body_size=settings.max_body_bytes,
-        state=State({"body_checks": asyncio.Semaphore(BODY_CHECKS_AT_ONCE)}),
+        state=State(
+            {"body_checks": asyncio.Semaphore(BODY_CHECKS_AT_ONCE), "token_cache": TokenCache()}
+        ),
         # Records go to the root logger, which `serve` formats (api/log_lines.py).
         logging_config=None,
         debug=False,

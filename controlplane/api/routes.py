@@ -231,8 +231,6 @@ async def delete_database(request: AnyRequest, database_id: str) -> Response[byt
 
 
 async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[bytes]:
-    if database_id is not None:  # 404 for an unknown database: one indexed read
-        await databases.get_database(_services(request).pool, database_id)
     order = _choice_param(request, "sort_order", {"asc", "desc"}) or "desc"
     found = await tasks.list_tasks(
         _services(request).pool,
@@ -244,6 +242,8 @@ async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[
         limit=_int_param(request, "limit", 100, 1, 1000),
         descending=order == "desc",
     )
+    if not found and database_id is not None:  # none: is there such a database at all?
+        await databases.get_database(_services(request).pool, database_id)
     return _json(TasksAnswer(tasks=found))
 
 

@@ -23,7 +23,7 @@ from controlplane.nodes.common import ref_of, spec_of
 from controlplane.spec import parse_database_request
 from controlplane.spec.backup_roots import check_base_paths, repositories_of
 from controlplane.spec.models import DatabaseSpec, Repository
-from controlplane.spec.secrets import merge_secrets, redact, secrets_to_resend, split_secrets
+from controlplane.spec.secrets import merge_secrets, secrets_to_resend, split_secrets
 from controlplane.store import databases, instances, tasks, tokens
 from controlplane.store.databases import DatabaseRow
 from controlplane.store.instances import InstanceRow
@@ -230,7 +230,8 @@ def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow])
     """The API shape: spec with every secret removed, instances with connection info, and
     what the monitor last saw of each (its subscriptions, and when it looked): a read asks the
     store and this server's memory, never an instance."""
-    spec = redact(spec_of(services, row))
+    # The stored spec is the public one (secrets live apart, encrypted): nothing to decrypt.
+    spec = msgspec.convert(row.spec, DatabaseSpec)
     views = []
     for inst in rows:
         host, port = services.orchestrator.connection_info(ref_of(inst))

@@ -332,10 +332,11 @@ async def list_tasks(
     limit: int = 100,
     descending: bool = True,
 ) -> list[Task]:
-    """Tasks filtered and paged by id (uuid7 ids sort by creation time)."""
+    """Tasks filtered and paged by id (uuid7 ids sort by creation time): two queries, and only
+    the columns the API shows (no input, no lease, no step state)."""
     compare = "<" if descending else ">"
     records = await db.fetch(
-        f"SELECT {_COLUMNS} FROM tasks WHERE ($1::text IS NULL OR database_id = $1)"
+        f"SELECT {_VIEW_COLUMNS} FROM tasks WHERE ($1::text IS NULL OR database_id = $1)"
         " AND ($2::uuid IS NULL OR parent_id = $2) AND ($3::text IS NULL OR status = $3)"
         f" AND ($4::text IS NULL OR type = $4) AND ($5::uuid IS NULL OR task_id {compare} $5)"
         f" ORDER BY task_id {'DESC' if descending else 'ASC'} LIMIT $6",
@@ -346,23 +347,54 @@ async def list_tasks(
         after_task_id,
         limit,
     )
-    rows = [_row(r) for r in records]
-    steps = await _steps_for(db, [r.task_id for r in rows])
-    return [to_task(r, steps.get(r.task_id, [])) for r in rows]
+    steps = await _step_views(db, [r["task_id"] for r in records])
+    return [_task_view(r, steps.get(r["task_id"], [])) for r in records]
 
 
-async def _steps_for(db: Executor, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[StepRow]]:
+# What the API shows of a task (to_task), read straight from the row.
+_VIEW_COLUMNS = (
+    "task_id, parent_id, database_id, node_name, type, status, trigger, actor, result, error,"
+    " created_at, started_at, completed_at"
+)
+
+
+def _task_view(record: asyncpg.Record, steps: list[TaskStep]) -> Task:
+    return Task(
+        task_id=str(record["task_id"]),
+        parent_id=str(record["parent_id"]) if record["parent_id"] else None,
+        database_id=record["database_id"],
+        node_name=record["node_name"],
+        type=record["type"],
+        status=record["status"],
+        trigger=record["trigger"],
+        actor=record["actor"],
+        created_at=record["created_at"],
+        started_at=record["started_at"],
+        completed_at=record["completed_at"],
+        error=record["error"],
+        result=record["result"],
+        steps=steps,
+    )
+
+
+async def _step_views(db: Executor, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[TaskStep]]:
     if not task_ids:
         return {}
     records = await db.fetch(
-        "SELECT task_id, position, name, status, started_at, completed_at, state FROM task_steps"
+        "SELECT task_id, name, status, started_at, completed_at FROM task_steps"
         " WHERE task_id = ANY($1) ORDER BY task_id, position",
         task_ids,
     )
-    found: dict[uuid.UUID, list[StepRow]] = {}
+    found: dict[uuid.UUID, list[TaskStep]] = {}
     for r in records:
-        values = dict(r.items())
-        found.setdefault(values.pop("task_id"), []).append(StepRow(**values))
+        found.setdefault(r["task_id"], []).append(
+            TaskStep(
+                name=r["name"],
+                status=r["status"],
+                started_at=r["started_at"],
+                completed_at=r["completed_at"],
+            )
+        )
     return found
 
 
