@@ -18,48 +18,33 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-
-import asyncpg
-import msgspec
+from urllib.parse import quote
 
 from bench.harness import BenchServer
-from bench.scheduler import spec_of
+from bench.scheduler import populate
 from controlplane.settings import Settings
 from controlplane.store import tasks
+from controlplane.store.pool import create_pool
 
 
-async def populate(server: BenchServer, databases: int, nodes: int, task_count: int) -> None:
+async def populate_store(server: BenchServer, databases: int, nodes: int, task_count: int) -> None:
+    """The databases and instances (as bench.scheduler makes them), and `task_count` finished
+    backup tasks of db-0 with their steps, straight into the server's embedded store."""
     settings = Settings(data_dir=server.data_dir)
     password = (server.data_dir / "store.password").read_text().strip()
-    conn = await asyncpg.connect(
-        host=str(settings.run_dir / "store"),
-        port=5432,
-        user="controlplane",
-        database="postgres",
-        password=password,
-    )
+    socket = quote(str(settings.run_dir / "store"), safe="")
+    dsn = f"postgresql://controlplane:{quote(password, safe='')}@{socket}:5432/postgres"
+    pool = await create_pool(dsn, min_size=1, max_size=2)
     try:
-        await conn.executemany(
-            "INSERT INTO databases (id, state, spec) VALUES ($1, 'available', $2::jsonb)",
-            [(f"db-{d}", _json(spec_of(d, nodes, 1))) for d in range(databases)],
-        )
-        await conn.executemany(
-            "INSERT INTO instances (id, database_id, node_name, host_id, port, state)"
-            " VALUES ($1, $2, $3, 'local', $4, 'available')",
-            [
-                (f"db-{d}-n{n + 1}", f"db-{d}", f"n{n + 1}", 20000 + d * nodes + n)
-                for d in range(databases)
-                for n in range(nodes)
-            ],
-        )
+        await populate(pool, databases, nodes, 1)
         ids = [tasks.uuid7() for _ in range(task_count)]
-        await conn.executemany(
+        await pool.executemany(
             "INSERT INTO tasks (task_id, database_id, node_name, type, status, actor, result,"
             " started_at, completed_at) VALUES ($1, 'db-0', 'n1', 'node_backup', 'completed',"
-            " 'bench', '{\"label\": \"20261130-000000F\"}', now(), now())",
-            [(task_id,) for task_id in ids],
+            " 'bench', $2, now(), now())",
+            [(task_id, {"label": "20261130-000000F"}) for task_id in ids],
         )
-        await conn.executemany(
+        await pool.executemany(
             "INSERT INTO task_steps (task_id, position, name, status, started_at, completed_at)"
             " VALUES ($1, $2, $3, 'completed', now(), now())",
             [
@@ -69,11 +54,7 @@ async def populate(server: BenchServer, databases: int, nodes: int, task_count: 
             ],
         )
     finally:
-        await conn.close()
-
-
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
+        await pool.close()
 
 
 async def throughput(url: str, token: str, path: str, clients: int, seconds: float) -> float:
@@ -124,7 +105,7 @@ def main() -> None:
     server = BenchServer(root)
     try:
         server.start(env={"CONTROLPLANE_WORKER_CONCURRENCY": "0"})
-        asyncio.run(populate(server, args.databases, args.nodes, args.tasks))
+        asyncio.run(populate_store(server, args.databases, args.nodes, args.tasks))
         token = str(server.client.headers["Authorization"]).removeprefix("Bearer ")
         task_id = server.client.get("/v1/databases/db-0/tasks").json()["tasks"][0]["task_id"]
         routes = [

@@ -7,14 +7,13 @@ source's replication identity, and must carry the spec's database name.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from controlplane import replication
 from controlplane.errors import InvalidInputError
 from controlplane.nodes import backups, mesh, restore_join, restore_source
 from controlplane.nodes.common import managed_settings, ref_of
 from controlplane.orchestrator.base import InstanceRef
-from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest.config import NOOP_ARCHIVE_COMMAND
 from controlplane.spec import normalise_restore_options
 from controlplane.spec.models import DatabaseSpec, NodeSpec, RestoreConfig
@@ -133,22 +132,11 @@ async def restore_new_instance(
     await orchestrator.write_file(ref, restore_source.RESTORE_CONFIG_FILE, source.config_text)
     if not await orchestrator.has_cluster(ref):
         await orchestrator.empty_data_dir(ref)
-        argv = pgb.restore_argv(
-            source.config_path,
-            set_label=plan.set_label,
-            target_type=cast("pgb.RestoreType | None", plan.target_type),
-            target=plan.target,
-            target_exclusive=plan.target_exclusive,
-            target_timeline=plan.target_timeline,
-            target_action="promote",
-            archive_mode="off",
-            command=source.runner,
-        )
-        await backups.run_pgbackrest(
+        await restore_source.restore_data(
             ctx.services,
             source,
-            argv,
-            one_off=True,
+            plan,
+            archive_mode="off",
             subject=backups.subject_of(ref, "restore from backup"),
             on_line=ctx.log.sink("pgbackrest", node=ref.node_name),
         )

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, cast
 
 import asyncpg
 
@@ -18,6 +18,7 @@ from controlplane.nodes.common import ref_of
 from controlplane.nodes.restore_targets import TargetFacts, XidFacts
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.orchestrator.instance_secrets import RUNNER_FILE
+from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.pgbackrest.config import (
     plan_repositories,
@@ -28,6 +29,7 @@ from controlplane.spec import normalise_restore_options, parse_time_target
 from controlplane.spec.models import BackupConfig, RestoreConfig, repository_id
 from controlplane.store import instances, repository_keys, restore_points
 from controlplane.store.pool import Connection
+from controlplane.system.process import LineSink
 from controlplane.tasks.context import Services
 
 RESTORE_CONFIG_FILE = "pgbackrest-restore.conf"
@@ -105,6 +107,35 @@ async def source_setup(
 # A request that names a repository is answered within this long, whatever that repository
 # does (an unreachable endpoint fails pgBackRest's I/O in seconds, DNS may take longer).
 REQUEST_DEADLINE_SECONDS = 20.0
+
+
+async def restore_data(
+    services: Services,
+    source: backups.BackupSetup,
+    plan: RestorePlan,
+    *,
+    subject: str,
+    on_line: LineSink,
+    delta: bool = False,
+    archive_mode: Literal["off", "preserve"] | None = None,
+) -> None:
+    """`pgbackrest restore` of `plan` from `source` into its instance's data directory, in a
+    one-off; the restore_command it writes runs the instance's runner (instance_secrets)."""
+    argv = pgb.restore_argv(
+        source.config_path,
+        delta=delta,
+        set_label=plan.set_label,
+        target_type=cast("pgb.RestoreType | None", plan.target_type),
+        target=plan.target,
+        target_exclusive=plan.target_exclusive,
+        target_timeline=plan.target_timeline,
+        target_action="promote",
+        archive_mode=archive_mode,
+        command=source.runner,
+    )
+    await backups.run_pgbackrest(
+        services, source, argv, one_off=True, subject=subject, on_line=on_line
+    )
 
 
 async def source_catalog(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -12,7 +12,6 @@ from controlplane.errors import ExternalCommandError, PreconditionError, UnsafeR
 from controlplane.nodes import backups, mesh, restore_join, restore_source, restore_targets
 from controlplane.nodes.common import load_spec, managed_settings, ref_of, unseal
 from controlplane.orchestrator.base import InstanceRef
-from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.pgbackrest.info import lsn_value
 from controlplane.spec.models import DatabaseSpec, RestoreConfig
@@ -180,22 +179,11 @@ async def restore_data(ctx: StepContext) -> dict[str, Any]:
     await ctx.services.orchestrator.write_file(
         ref, restore_source.RESTORE_CONFIG_FILE, source.config_text
     )
-    argv = pgb.restore_argv(
-        source.config_path,
-        delta=True,
-        set_label=plan.set_label,
-        target_type=cast("pgb.RestoreType | None", plan.target_type),
-        target=plan.target,
-        target_exclusive=plan.target_exclusive,
-        target_timeline=plan.target_timeline,
-        target_action="promote",
-        command=source.runner,
-    )
-    await backups.run_pgbackrest(
+    await restore_source.restore_data(
         ctx.services,
         source,
-        argv,
-        one_off=True,
+        plan,
+        delta=True,
         subject=backups.subject_of(ref, "restore"),
         on_line=ctx.log.sink("pgbackrest"),
     )
