@@ -1,4 +1,9 @@
-"""The asyncio variant of `controlplane.client.Client`: the same methods, awaited."""
+"""The asyncio variant of `controlplane.client.Client`: the same methods, awaited.
+
+The two classes mirror each other on purpose, method by method, because Python cannot share a
+method body between `def` and `async def`. What each endpoint means (path, body, how the answer
+decodes) is written once in `calls.py`; a method here and its twin in `__init__.py` only send
+that call with their own I/O, so the mirrored lines carry no logic."""
 
 from __future__ import annotations
 
