@@ -15,6 +15,7 @@ from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.store.pool import Connection
 from controlplane.tasks.context import Services, StepContext
+from controlplane.tasks.inputs import restore_plans, target_nodes
 
 
 def mesh_node(services: Services, ref: InstanceRef, database: str) -> MeshNode:
@@ -66,7 +67,7 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
     _, spec = await load_spec(ctx)
     rows = await _rows(ctx, spec)
     nodes = [mesh_node(ctx.services, ref_of(r), spec.database_name) for r in rows]
-    restored = ctx.task.input.get("restore_plans", {})
+    restored = restore_plans(ctx.input)
     fresh = {
         r.node_name
         for r in rows
@@ -76,7 +77,7 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
     if ctx.task.type == "restore":
         # Nodes restored in place kept or made the slots they stream from and to while
         # fenced (node_restore.prepare_links): they are attached there.
-        attaching = set(ctx.task.input.get("target_nodes") or ())
+        attaching = set(target_nodes(ctx.input))
     async with (
         mesh_lock(ctx.services, ctx.database_id),
         connections(ctx.services, rows, spec.database_name) as conns,

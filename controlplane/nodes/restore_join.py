@@ -30,6 +30,7 @@ from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.store.pool import Connection
 from controlplane.tasks.context import Services, StepContext
+from controlplane.tasks.inputs import restore_plans, target_nodes
 
 # The LSN a joining node is recovered to, written before its restore so that a resumed step
 # restores to the same point (its members' slots were made for that point).
@@ -132,9 +133,9 @@ async def _member_rows(ctx: StepContext, spec: DatabaseSpec, joining: str) -> li
     rows = await instances.list_instances(ctx.services.pool, ctx.database_id)
     wanted = {n.name for n in spec.nodes} - {joining}
     if ctx.task.type == "node_restore":
-        wanted -= set(ctx.task.input.get("target_nodes") or ())
+        wanted -= set(target_nodes(ctx.input))
         return [r for r in rows if r.node_name in wanted]
-    wanted -= set(ctx.task.input.get("restore_plans", {}))
+    wanted -= set(restore_plans(ctx.input))
     return [r for r in rows if r.node_name in wanted and r.created_at < ctx.task.created_at]
 
 
@@ -186,7 +187,7 @@ async def abandon_joins(ctx: StepContext, spec: DatabaseSpec) -> None:
     """After a failed update: cut out every node this task was restoring to join and that is
     not linked with every member yet, so no slot retains WAL for it and a resubmitted spec
     starts its join over (by copy) rather than linking it as if it held every row."""
-    plans = ctx.task.input.get("restore_plans", {})
+    plans = restore_plans(ctx.input)
     joining = sorted(name for name, plan in plans.items() if plan.get("join_source"))
     if not joining:
         return

@@ -20,6 +20,7 @@ from controlplane.spec.models import DatabaseSpec, NodeSpec, RestoreConfig
 from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services, StepContext
+from controlplane.tasks.inputs import restore_plans
 from controlplane.workflows.steps import children
 
 # Written once the node is fully made from its backup; until then a resumed step redoes the
@@ -186,10 +187,6 @@ async def rows_needing_restore(
     for node in spec.nodes:
         config = restore_config_of(spec, node)
         row = await instances.get_instance(ctx.services.pool, ctx.database_id, node.name)
-        if (
-            config is not None
-            and row is not None
-            and node.name in ctx.task.input.get("restore_plans", {})
-        ):
+        if config is not None and row is not None and node.name in restore_plans(ctx.input):
             found.append((row, config))
     return found

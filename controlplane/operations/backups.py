@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from controlplane.errors import (
     ConflictError,
@@ -29,6 +28,7 @@ from controlplane.store import databases, instances, restore_points, tasks
 from controlplane.store.instances import InstanceRow
 from controlplane.store.restore_points import RestorePointRow
 from controlplane.tasks.context import Services
+from controlplane.tasks.inputs import BackupInput, ExpireInput, TaskInput
 from controlplane.workflows import all_workflows
 
 _BUSY_STATES = ("creating", "deleting", "restoring")
@@ -67,7 +67,7 @@ async def _instance(services: Services, database_id: str, node: str) -> Instance
 
 
 async def _enqueue(
-    services: Services, database_id: str, node: str, type: str, input: dict[str, Any], actor: str
+    services: Services, database_id: str, node: str, type: str, input: TaskInput, actor: str
 ) -> Task:
     row = await databases.get_database(services.pool, database_id)
     if row.state in _BUSY_STATES:
@@ -99,14 +99,15 @@ async def start_backup(
     _, _, setup = await _node(services, database_id, node)
     if request.repository_id is not None:
         setup.repo_index(request.repository_id)
-    return await _enqueue(
-        services, database_id, node, "node_backup", msgspec.to_builtins(request), actor
+    task_input = BackupInput(
+        type=request.type, annotations=request.annotations, repository_id=request.repository_id
     )
+    return await _enqueue(services, database_id, node, "node_backup", task_input, actor)
 
 
 async def start_verify(services: Services, database_id: str, node: str, actor: str) -> Task:
     await _node(services, database_id, node)
-    return await _enqueue(services, database_id, node, "verify", {}, actor)
+    return await _enqueue(services, database_id, node, "verify", TaskInput(), actor)
 
 
 async def start_expire(
@@ -125,7 +126,7 @@ async def start_expire(
             )
         raise refusal
     return await _enqueue(
-        services, database_id, node, "expire", {"label": label, "force": force}, actor
+        services, database_id, node, "expire", ExpireInput(label=label, force=force), actor
     )
 
 

@@ -28,6 +28,7 @@ from controlplane.store import databases, instances, tasks, tokens
 from controlplane.store.databases import DatabaseRow
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
+from controlplane.tasks.inputs import DatabaseInput
 from controlplane.workflows import all_workflows
 
 
@@ -155,7 +156,7 @@ async def create_database(services: Services, body: bytes, actor: str) -> tuple[
             type="create",
             steps=_steps("create"),
             actor=actor,
-            input={"restore_plans": plans} if plans else None,
+            input=DatabaseInput(restore_plans=plans),
         )
     return await tasks.get_task(services.pool, str(task.task_id)), await database_view_of(
         services, row
@@ -205,7 +206,7 @@ async def update_database(
             type="update",
             steps=_steps("update"),
             actor=actor,
-            input={"restore_plans": plans} if plans else None,
+            input=DatabaseInput(restore_plans=plans),
         )
         await databases.update_spec(conn, database_id, spec=public, secrets=secrets)
         await databases.set_state(conn, database_id, "modifying", error=row.error)

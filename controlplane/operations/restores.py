@@ -29,6 +29,7 @@ from controlplane.spec.models import (
 from controlplane.spec.secrets import repository_identity
 from controlplane.store import databases, instances, tasks
 from controlplane.tasks.context import Services
+from controlplane.tasks.inputs import NodeRestoreInput, RestoreInput
 from controlplane.workflows import all_workflows
 
 _OPTIONS_PATH = "restore_config.restore_options"
@@ -159,7 +160,7 @@ async def _enqueue(
     actor: str,
 ) -> tuple[Task, list[Task], Database]:
     steps = all_workflows()
-    sealed = seal(services, {"restore_config": msgspec.to_builtins(config)})
+    sealed = seal(services, {"restore_config": msgspec.to_builtins(config)})["sealed"]
     async with services.pool.acquire() as conn, conn.transaction():
         await databases.get_database(conn, database_id, for_update=True)
         parent = await tasks.insert_task(
@@ -170,11 +171,11 @@ async def _enqueue(
             actor=actor,
             # Anything but "the latest" (a target, or a set recovered only to its end) leaves
             # the restored nodes behind the others.
-            input={
-                "target_nodes": targets,
-                "point_in_time": plan.target_type not in (None, "default"),
-                **sealed,
-            },
+            input=RestoreInput(
+                target_nodes=targets,
+                point_in_time=plan.target_type not in (None, "default"),
+                sealed=sealed,
+            ),
         )
         children = []
         for node in targets:
@@ -186,13 +187,13 @@ async def _enqueue(
                 parent_id=parent.task_id,
                 actor=actor,
                 steps=steps["node_restore"].step_names,
-                input={
-                    "plan": plan.to_state(),
-                    "pre_restore_backup": pre_restore_backup,
-                    "target_nodes": targets,
-                    "join_source": join_source,
-                    **sealed,
-                },
+                input=NodeRestoreInput(
+                    plan=plan.to_state(),
+                    pre_restore_backup=pre_restore_backup,
+                    target_nodes=targets,
+                    join_source=join_source,
+                    sealed=sealed,
+                ),
             )
             children.append(child)
         await databases.set_state(conn, database_id, "restoring")

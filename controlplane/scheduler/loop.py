@@ -30,6 +30,7 @@ from controlplane.store.schedules import Planned, ScheduleKey, ScheduleState
 from controlplane.store.tasks import ScheduledTask
 from controlplane.system.clock import Clock, SystemClock
 from controlplane.tasks.context import Services
+from controlplane.tasks.inputs import BackupInput
 
 log = logging.getLogger(__name__)
 
@@ -353,12 +354,17 @@ class Scheduler:
 def _request(due: Due) -> dict[str, Any]:
     """The node_backup input of a scheduled tick (annotated with the schedule's id)."""
     schedule_id = due.key.schedule_id
-    return {
-        "type": due.type,
-        "annotations": {"schedule": schedule_id},
-        "schedule_id": schedule_id,
-        "tick_at": rfc3339(due.tick_at),
-    }
+    request = msgspec.convert(
+        {
+            "type": due.type,
+            "annotations": {"schedule": schedule_id},
+            "schedule_id": schedule_id,
+            "tick_at": rfc3339(due.tick_at),
+        },
+        BackupInput,
+    )
+    found: dict[str, Any] = msgspec.to_builtins(request)
+    return found
 
 
 def _holder(database_id: str, node: str, type: str, task_id: str, status: str) -> Busy:

@@ -9,6 +9,7 @@ import uuid
 from typing import Any, NamedTuple
 
 import asyncpg
+import msgspec
 from msgspec import Struct
 
 from controlplane.errors import NotFoundError, OperationInProgressError, TaskNotCancelableError
@@ -21,6 +22,7 @@ from controlplane.models import (
     TaskType,
 )
 from controlplane.store.pool import Connection, Executor
+from controlplane.tasks.inputs import TaskInput
 
 _COLUMNS = (
     "task_id, parent_id, database_id, node_name, type, status, trigger, actor, input, result,"
@@ -94,7 +96,7 @@ async def insert_task(
     parent_id: uuid.UUID | None = None,
     trigger: str = "manual",
     actor: str | None = None,
-    input: dict[str, Any] | None = None,
+    input: TaskInput | dict[str, Any] | None = None,
 ) -> TaskRow:
     """Insert a pending task with its planned steps; a held lock raises OperationInProgressError.
 
@@ -113,7 +115,7 @@ async def insert_task(
                 type,
                 trigger,
                 actor,
-                input or {},
+                msgspec.to_builtins(input) if isinstance(input, TaskInput) else input or {},
             )
             await conn.executemany(
                 "INSERT INTO task_steps (task_id, position, name) VALUES ($1, $2, $3)",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from controlplane.errors import TaskCanceledError
 from controlplane.settings import Settings
 from controlplane.store.pool import Pool
 from controlplane.store.tasks import TaskRow
+from controlplane.tasks.inputs import TaskInput
 from controlplane.tasks.logger import TaskLogger
 
 if TYPE_CHECKING:
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from controlplane.server.instance_facts import InstanceFactsBook
     from controlplane.spec.pg_settings import SettingRules
     from controlplane.spec.secrets import SecretBox
+
+
+InputT = TypeVar("InputT", bound=TaskInput)
 
 
 @dataclass
@@ -50,6 +54,17 @@ class StepContext:
     log: TaskLogger
     state: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
+    # The task's input as its workflow's `input_type` (the worker converts it once per attempt).
+    input: TaskInput = field(default_factory=TaskInput)
+
+    def input_as(self, kind: type[InputT]) -> InputT:
+        """The task's input, typed: `kind` must be the workflow's input type (or a base)."""
+        if not isinstance(self.input, kind):
+            raise TypeError(
+                f"task {self.task.task_id} ({self.task.type}) takes "
+                f"{type(self.input).__name__}, not {kind.__name__}"
+            )
+        return self.input
 
     @property
     def database_id(self) -> str:

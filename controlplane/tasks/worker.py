@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from controlplane.errors import ControlPlaneError, ExternalCommandError, TaskCanceledError
 from controlplane.store import task_runs, tasks
@@ -112,6 +113,11 @@ class _TaskRun:
         try:
             if workflow is None:
                 await self._finish(ctx, "failed", f"no workflow for task type {self.row.type}")
+                return
+            try:
+                ctx.input = msgspec.convert(self.row.input or {}, workflow.input_type)
+            except msgspec.ValidationError as exc:
+                await self._finish(ctx, "failed", f"the task's input is not valid: {exc}")
                 return
             self.body = asyncio.create_task(self._run_steps(ctx, workflow))
             try:

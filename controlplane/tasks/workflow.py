@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from controlplane.tasks.inputs import TaskInput
 
 if TYPE_CHECKING:
     from controlplane.tasks.context import StepContext
@@ -31,6 +34,8 @@ class Workflow:
     on_failure: CompensateFn | None = None
     on_cancel: CompensateFn | None = None
     retryable_steps: frozenset[str] = field(default_factory=frozenset)
+    # What the task takes; its stored JSON is converted to this once per attempt.
+    input_type: builtins.type[TaskInput] = TaskInput
 
     @property
     def step_names(self) -> list[str]:

@@ -15,6 +15,7 @@ from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.store import databases, instances
 from controlplane.tasks.context import StepContext
+from controlplane.tasks.inputs import BackupInput
 from controlplane.tasks.workflow import Step, Workflow
 from controlplane.workflows.steps.backup_steps import node_setup, on_end, settle, write_config
 
@@ -48,8 +49,8 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
     setup = await node_setup(ctx)
     task_id = str(ctx.task.task_id)
     subject = backups.subject_of(setup.ref, "backup")
-    request = ctx.task.input
-    repo = setup.backup_repo(request.get("repository_id"))
+    request = ctx.input_as(BackupInput)
+    repo = setup.backup_repo(request.repository_id)
     if ctx.task.attempts > 1:
         found = await _wait_for_lock(ctx, setup, task_id, subject, repo)
         if found is not None:
@@ -59,10 +60,10 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
             return {"label": found.label}
     argv = pgb.backup_argv(
         setup.config_path,
-        type=request.get("type", "full"),
+        type=request.type,
         task_id=task_id,
-        annotations=request.get("annotations") or {},
-        repo=setup.repo_index(request.get("repository_id")),
+        annotations=request.annotations,
+        repo=setup.repo_index(request.repository_id),
     )
     sink = ctx.log.sink("pgbackrest")
     try:
@@ -134,7 +135,7 @@ async def record_result(ctx: StepContext) -> dict[str, Any]:
         ctx.services,
         setup,
         subject=backups.subject_of(setup.ref, "backup"),
-        repo=setup.backup_repo(ctx.task.input.get("repository_id")),
+        repo=setup.backup_repo(ctx.input_as(BackupInput).repository_id),
     )
     entry = _mine(stanza, setup, str(ctx.task.task_id))
     if entry is None:
@@ -156,4 +157,5 @@ NODE_BACKUP = Workflow(
     on_failure=on_end,
     on_cancel=on_end,
     retryable_steps=frozenset({"take_backup"}),
+    input_type=BackupInput,
 )

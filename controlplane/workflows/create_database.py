@@ -5,6 +5,7 @@ from __future__ import annotations
 from controlplane.nodes import mesh
 from controlplane.store import databases
 from controlplane.tasks.context import StepContext
+from controlplane.tasks.inputs import DatabaseInput
 from controlplane.tasks.workflow import Step, Workflow
 from controlplane.workflows.steps import converge
 
@@ -37,4 +38,5 @@ CREATE = Workflow(
     ),
     on_failure=_on_failure,
     on_cancel=_on_cancel,
+    input_type=DatabaseInput,
 )

@@ -10,6 +10,7 @@ from controlplane.nodes.expiry import dependents, expire_refusal
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.tasks.context import StepContext
+from controlplane.tasks.inputs import ExpireInput
 from controlplane.tasks.workflow import Step, Workflow
 from controlplane.workflows.steps.backup_steps import node_setup, on_end, write_config
 
@@ -17,7 +18,8 @@ from controlplane.workflows.steps.backup_steps import node_setup, on_end, write_
 async def expire_set(ctx: StepContext) -> dict[str, Any]:
     """Expire the requested set unless an earlier attempt already did."""
     setup = await node_setup(ctx)
-    label = str(ctx.task.input["label"])
+    request = ctx.input_as(ExpireInput)
+    label = request.label
     subject = backups.subject_of(setup.ref, f"expire of set {label}")
     entries = pgb_info.catalog(
         await backups.read_info(ctx.services, setup, subject=subject), setup.repository_ids
@@ -25,7 +27,7 @@ async def expire_set(ctx: StepContext) -> dict[str, Any]:
     if label not in {e.label for e in entries}:
         await ctx.log.info(f"set {label} is no longer in the repository")
         return {"result": {"label": label, "expired": sorted(ctx.state.get("expired", []))}}
-    refusal = expire_refusal(entries, label, bool(ctx.task.input.get("force")))
+    refusal = expire_refusal(entries, label, request.force)
     if refusal is not None:
         raise ConflictError(refusal.message)
     gone = sorted(dependents(entries, label))
@@ -43,4 +45,5 @@ EXPIRE = Workflow(
     steps=(Step("write_config", write_config), Step("expire_set", expire_set)),
     on_failure=on_end,
     on_cancel=on_end,
+    input_type=ExpireInput,
 )

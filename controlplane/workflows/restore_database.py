@@ -11,6 +11,7 @@ from controlplane.nodes import mesh
 from controlplane.nodes.common import load_spec
 from controlplane.store import databases, instances, tasks
 from controlplane.tasks.context import StepContext
+from controlplane.tasks.inputs import RestoreInput
 from controlplane.tasks.workflow import Step, Workflow
 from controlplane.workflows.steps import children
 
@@ -42,9 +43,10 @@ async def recreate_subscriptions(ctx: StepContext) -> dict[str, Any]:
 
 async def finish_restore(ctx: StepContext) -> dict[str, Any]:
     _, spec = await load_spec(ctx)
-    targets = set(ctx.task.input.get("target_nodes") or [])
+    request = ctx.input_as(RestoreInput)
+    targets = set(request.target_nodes)
     others = [n.name for n in spec.nodes if n.name not in targets]
-    if others and ctx.task.input.get("point_in_time"):
+    if others and request.point_in_time:
         await ctx.log.warning(
             f"only {', '.join(sorted(targets))} were restored to an earlier point: they now "
             f"diverge from {', '.join(others)}, which kept their later rows"
@@ -80,4 +82,5 @@ RESTORE = Workflow(
     ),
     on_failure=_on_failure,
     on_cancel=_on_cancel,
+    input_type=RestoreInput,
 )

@@ -19,6 +19,7 @@ from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.store.pool import Connection
 from controlplane.tasks.context import StepContext
+from controlplane.tasks.inputs import NodeRestoreInput
 from controlplane.tasks.workflow import Step, Workflow
 from controlplane.workflows.steps import children
 
@@ -38,7 +39,7 @@ async def validate_target(ctx: StepContext) -> dict[str, Any]:
     _, row, config = await _context(ctx)
     source = await restore_source.source_setup(ctx.services, config, ref_of(row))
     entries = await restore_source.source_catalog(ctx.services, source, config)
-    plan = restore_source.RestorePlan.from_state(ctx.task.input["plan"])
+    plan = restore_source.RestorePlan.from_state(ctx.input_as(NodeRestoreInput).plan)
     if plan.set_label not in {e.label for e in entries}:
         raise PreconditionError(f"backup set {plan.set_label} is no longer in the repository")
     await ctx.log.info(
@@ -50,19 +51,19 @@ async def validate_target(ctx: StepContext) -> dict[str, Any]:
 
 async def pre_restore_backup(ctx: StepContext) -> dict[str, Any]:
     """Optional safety backup of the node as it is now (its own task, trigger pre_restore)."""
-    if not ctx.task.input.get("pre_restore_backup"):
+    if not ctx.input_as(NodeRestoreInput).pre_restore_backup:
         return {}
     task = await children.run_child_backup(ctx, trigger="pre_restore")
     return {"pre_restore_backup_task": task}
 
 
 def _targets(ctx: StepContext) -> set[str]:
-    return set(ctx.task.input.get("target_nodes") or [ctx.task.node_name or ""])
+    return set(ctx.input_as(NodeRestoreInput).target_nodes or [ctx.task.node_name or ""])
 
 
 def _own_latest(ctx: StepContext, row: InstanceRow, config: RestoreConfig) -> bool:
     """Restored from its own backups to the end of its archive: nothing of it is rewound."""
-    plan = restore_source.RestorePlan.from_state(ctx.task.input["plan"])
+    plan = restore_source.RestorePlan.from_state(ctx.input_as(NodeRestoreInput).plan)
     own = (config.source_database_id, config.source_node_name) == (
         row.database_id,
         row.node_name,
@@ -99,7 +100,7 @@ async def drain_node(ctx: StepContext) -> dict[str, Any]:
             await orchestrator.fence_clients(ref, fenced=True)
             await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl"))
             state["drained_at"] = await _drain(ctx, spec, row, config, running, targets)
-    join_source = ctx.task.input.get("join_source")
+    join_source = ctx.input_as(NodeRestoreInput).join_source
     if join_source:
         await mesh.drop_links_of(ctx, spec, row.node_name, rows)
         target = await restore_join.join_target(ctx, spec, row, config)
@@ -168,7 +169,7 @@ async def restore_data(ctx: StepContext) -> dict[str, Any]:
     repository generation before anything starts (a changed system-id would fail every
     archive-push with [044] and pile up WAL)."""
     spec, row, config = await _context(ctx)
-    plan = restore_source.RestorePlan.from_state(ctx.task.input["plan"])
+    plan = restore_source.RestorePlan.from_state(ctx.input_as(NodeRestoreInput).plan)
     join = ctx.state.get("join")
     if join:  # exactly the point the members' streams were prepared for
         plan.target_type, plan.target, plan.target_exclusive = "lsn", join["lsn"], True
@@ -373,7 +374,7 @@ async def mark_restored(ctx: StepContext) -> dict[str, Any]:
     return {
         "result": {
             "node": row.node_name,
-            "set": ctx.task.input["plan"]["set"],
+            "set": ctx.input_as(NodeRestoreInput).plan["set"],
             "generation_moved": bool(ctx.state.get("generation_moved")),
         }
     }
@@ -427,4 +428,5 @@ NODE_RESTORE = Workflow(
     ),
     on_failure=_on_end,
     on_cancel=_on_end,
+    input_type=NodeRestoreInput,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from controlplane.nodes import mesh, restore_join
 from controlplane.nodes.common import load_spec
 from controlplane.tasks.context import StepContext
+from controlplane.tasks.inputs import DatabaseInput
 from controlplane.tasks.workflow import Step, Workflow
 from controlplane.workflows.steps import converge
 
@@ -33,4 +34,5 @@ UPDATE = Workflow(
     ),
     on_failure=_on_failure,
     on_cancel=_on_failure,
+    input_type=DatabaseInput,
 )

@@ -138,9 +138,10 @@ async def test_concurrent_schedulers_claim_each_tick_once(store: Pool) -> None:
         ("n2", "half", "pending"),
     ]
     full, incr, half = found
-    assert full["input"] == {
+    assert full["input"] == {  # a BackupInput (controlplane.tasks.inputs)
         "type": "full",
         "annotations": {"schedule": "hourly"},
+        "repository_id": None,
         "schedule_id": "hourly",
         "tick_at": "2030-05-06T10:00:00Z",
     }

@@ -11,6 +11,7 @@ from controlplane.spec.models import DatabaseSpec, RestoreConfig
 from controlplane.store import tasks
 from controlplane.store.tasks import TaskRow
 from controlplane.tasks.context import StepContext
+from controlplane.tasks.inputs import BackupInput
 
 _POLL = 0.1
 
@@ -53,7 +54,7 @@ async def _insert_backup(ctx: StepContext, trigger: str) -> uuid.UUID:
                     trigger=trigger,
                     actor=ctx.task.actor,
                     steps=NODE_BACKUP.step_names,
-                    input={"type": "full"},
+                    input=BackupInput(),
                 )
             return row.task_id
         except OperationInProgressError as busy:

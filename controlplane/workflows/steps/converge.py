@@ -28,6 +28,7 @@ from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import StepContext
+from controlplane.tasks.inputs import restore_plans
 
 # pgBackRest [050]: another command holds the stanza's lock; retried this often.
 
@@ -94,7 +95,7 @@ async def _spec_refs(ctx: StepContext) -> tuple[DatabaseSpec, list[InstanceRef]]
 async def init_instances(ctx: StepContext) -> dict[str, Any]:
     """initdb every instance that has no data directory yet, or make it from its backup."""
     spec, refs = await _spec_refs(ctx)
-    plans = ctx.task.input.get("restore_plans", {})
+    plans = restore_plans(ctx.input)
     for row, config in await restore_new.rows_needing_restore(ctx, spec):
         await restore_new.restore_new_instance(ctx, spec, row, config, plans[row.node_name])
     refs = [ref for ref in refs if ref.node_name not in plans]
