@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-import os
 from typing import Any
 
 import asyncpg
@@ -22,7 +18,6 @@ from controlplane.store.instances import InstanceRow
 from controlplane.store.tasks import TaskRow
 from controlplane.tasks.context import Services, StepContext
 
-SCRAM_ITERATIONS = 4096
 # The configuration a node ran on before a task rewrote it (instance dir, private).
 PREVIOUS_SETTINGS_FILE = "postgresql.previous.json"
 # Lines the orchestrator itself appends to the file we write (docker: hba and ident paths).
@@ -228,18 +223,3 @@ async def put_back_previous_settings(
     raise SettingsRejectedError(
         f"{subject} {what}; its previous configuration was put back and the node runs on it"
     )
-
-
-def scram_verifier(password: str) -> str:
-    """A SCRAM-SHA-256 verifier: Postgres stores it as is, so the plaintext never reaches the
-    server (nor a server log line if the statement fails)."""
-    salt = os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"

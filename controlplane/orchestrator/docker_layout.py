@@ -26,10 +26,7 @@ One instance is one container plus one named volume. Inside the container:
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import os
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
@@ -40,6 +37,7 @@ import msgspec
 
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.orchestrator.instance_secrets import CONTAINER_SECRETS_FILE, SECRETS_FD
+from controlplane.system.postgres import hba, scram_verifier
 
 VOLUME_TARGET = "/var/lib/postgresql/data"
 PGDATA = f"{VOLUME_TARGET}/pgdata"
@@ -70,18 +68,10 @@ INIT_EXISTS = 10
 _START_OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
 _HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,35}$")
 
-HBA = """\
-# Managed by controlplane.
-# The unix socket directory lives inside the container: only processes of the container reach
-# it, so trust is safe there (pgBackRest and the control plane's own probes use it).
-local   all             all                                     trust
-local   replication     all                                     trust
-# Host networking: 127.0.0.1 is shared by everything on the machine, so TCP needs a password.
-host    all             all             127.0.0.1/32            scram-sha-256
-host    all             all             ::1/128                 scram-sha-256
-host    replication     all             127.0.0.1/32            scram-sha-256
-host    replication     all             ::1/128                 scram-sha-256
-"""
+HBA = hba(
+    "The unix socket directory lives inside the container: only processes of the container "
+    "reach it."
+)
 IDENT = "# Managed by controlplane: no user name maps.\n"
 
 # The init one-off: check the ids, initdb into a scratch directory and rename it into place.
@@ -371,22 +361,6 @@ class LineSplitter:
 
 def _decode(line: bytes) -> str:
     return line.decode("utf-8", errors="replace").rstrip("\r")
-
-
-def scram_verifier(password: str, iterations: int = 4096) -> str:
-    """A SCRAM-SHA-256 verifier for `ALTER ROLE … PASSWORD`: the plaintext never reaches the
-    server, nor its log if the statement fails. (Same as workflows.common's, which the
-    orchestrator layer must not import.)"""
-    salt = os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 def password_sql(password: str) -> str:

@@ -21,6 +21,7 @@ from controlplane.orchestrator.hba import client_hba
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.system.files import OwnedFiles
+from controlplane.system.postgres import hba
 from controlplane.system.process import CommandResult, LineSink, as_user, run_command
 
 LOCAL_HOST_ID = "local"
@@ -28,16 +29,7 @@ LOCAL_HOST_ID = "local"
 # the postmaster and every process it forks inherit, and gives pg_ctl /dev/null instead.
 _HAND_OVER = f'exec {secrets.SECRETS_FD}<&0 </dev/null && exec "$@"'
 _OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
-_HBA = """\
-# Managed by controlplane.
-# Unix socket: its directory is private to the OS user, so trust is safe there.
-local   all             all                                     trust
-local   replication     all                                     trust
-host    all             all             127.0.0.1/32            scram-sha-256
-host    all             all             ::1/128                 scram-sha-256
-host    replication     all             127.0.0.1/32            scram-sha-256
-host    replication     all             ::1/128                 scram-sha-256
-"""
+_HBA = hba("Unix socket: its directory is private to the OS user.")
 
 
 class LocalOrchestrator:

@@ -20,13 +20,13 @@ from controlplane.nodes.common import (
     managed_settings,
     put_back_previous_settings,
     ref_of,
-    scram_verifier,
     setting_errors,
 )
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
+from controlplane.system.postgres import scram_verifier
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.inputs import restore_plans
 

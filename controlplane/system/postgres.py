@@ -1,0 +1,43 @@
+"""What the control plane writes for Postgres itself, once: password verifiers and the client
+authentication rules every instance shares (each orchestrator adds why its socket is safe)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+SCRAM_ITERATIONS = 4096
+
+# Over the unix socket trust is safe (its directory is private to the instance's OS user, or
+# lives inside the instance's container); over TCP on 127.0.0.1, shared by everything on the
+# machine, a password is needed.
+HBA_RULES = """\
+local   all             all                                     trust
+local   replication     all                                     trust
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+"""
+
+
+def hba(why_the_socket_is_safe: str) -> str:
+    """The instance's pg_hba.conf: our header, the orchestrator's reason, the shared rules."""
+    return f"# Managed by controlplane.\n# {why_the_socket_is_safe}\n{HBA_RULES}"
+
+
+def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
+    """A SCRAM-SHA-256 verifier for `ALTER ROLE … PASSWORD`: Postgres stores it as is, so the
+    plaintext never reaches the server, nor its log if the statement fails."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
