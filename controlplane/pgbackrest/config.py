@@ -284,6 +284,11 @@ def _storage_options(repo: Repository) -> Options:
                 "s3-region": repo.s3_region,
                 "s3-endpoint": repo.s3_endpoint or f"s3.{repo.s3_region}.amazonaws.com",
                 "s3-uri-style": repo.s3_uri_style,
+                # No keys given: the instance's own credentials (instance profile, ECS task
+                # role), which pgBackRest fetches and renews itself.
+                "s3-key-type": "auto"
+                if repo.s3_key is None and repo.s3_key_secret is None
+                else None,
             }
         )
     if isinstance(repo, GcsRepository):
@@ -291,7 +296,8 @@ def _storage_options(repo: Repository) -> Options:
             {
                 "gcs-bucket": repo.gcs_bucket,
                 "gcs-endpoint": _gcs_endpoint(repo),
-                "gcs-key-type": repo.gcs_key_type,
+                # No key and no key type: the instance's service account.
+                "gcs-key-type": repo.gcs_key_type or ("auto" if repo.gcs_key is None else None),
             }
         )
     return _present(

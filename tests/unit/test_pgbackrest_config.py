@@ -475,3 +475,18 @@ def test_secret_env_of_one_repository() -> None:
         "PGBACKREST_REPO2_CIPHER_PASS",
     }
     assert secret_env([plans[0]]) == {}
+
+
+def test_object_stores_without_keys_use_the_instance_credentials() -> None:
+    """An s3 repository without keys renders s3-key-type=auto (instance profile, task role) and
+    a gcs one without key or key type gcs-key-type=auto (the instance's service account), as
+    pgEdge does; with keys, neither is rendered and the keys go to the environment."""
+    keyless_s3 = {k: v for k, v in S3.items() if k not in ("s3_key", "s3_key_secret")}
+    keyless_gcs = {k: v for k, v in GCS.items() if k not in ("gcs_key", "gcs_key_type")}
+    plans = plans_for(keyless_s3, keyless_gcs)
+    text = render(plans)
+    assert "repo1-s3-key-type=auto" in text
+    assert "repo2-gcs-key-type=auto" in text
+    assert secret_env(plans) == {}
+    with_keys = render(plans_for(S3))
+    assert "s3-key-type" not in with_keys
