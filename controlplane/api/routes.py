@@ -14,6 +14,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from controlplane import __version__
 from controlplane.api.bodies import read_body
 from controlplane.api.contract import CREATE_EXAMPLE, Contract, Query
+from controlplane.api.params import invalid_path_params
 from controlplane.errors import InvalidInputError
 from controlplane.models import (
     TERMINAL_STATUSES,
@@ -51,6 +52,8 @@ _TASK_TYPES = {
     "expire",
 }
 _TASK_STATUSES = {"pending", "running", "canceling", "completed", "failed", "canceled", "skipped"}
+# pgEdge's spellings of the sort order mean the same as ours.
+_SORT_ORDERS = {"asc": "asc", "desc": "desc", "ascend": "asc", "descend": "desc"}
 
 
 # -- what each route takes and returns (api/contract.py turns these into the OpenAPI document)
@@ -82,7 +85,24 @@ LIST_TASKS = Contract(
         Query("after_task_id", _ID, "the page after this task"),
         Query("parent_id", _ID, "only the children of this task"),
         Query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most (100)"),
-        Query("sort_order", {"enum": ["asc", "desc"]}, "by creation time (desc)"),
+        Query(
+            "sort_order",
+            {"enum": sorted(_SORT_ORDERS)},
+            "by creation time (desc; pgEdge's ascend/descend too)",
+        ),
+    ),
+)
+LIST_ALL_TASKS = Contract(
+    summary=LIST_TASKS.summary,
+    returns=TasksAnswer,
+    query=(
+        *LIST_TASKS.query,
+        Query(
+            "scope",
+            {"enum": ["database", "host"]},
+            "tasks of one database, or of one host (none: every task here belongs to a database)",
+        ),
+        Query("entity_id", {"type": "string"}, "the database (scope=database) or host id"),
     ),
 )
 GET_TASK = Contract(summary="Get a task and its steps", returns=Task)
@@ -231,7 +251,7 @@ async def delete_database(request: AnyRequest, database_id: str) -> Response[byt
 
 
 async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[bytes]:
-    order = _choice_param(request, "sort_order", {"asc", "desc"}) or "desc"
+    order = _SORT_ORDERS[_choice_param(request, "sort_order", set(_SORT_ORDERS)) or "desc"]
     found = await tasks.list_tasks(
         _services(request).pool,
         database_id=database_id,
@@ -252,8 +272,25 @@ async def list_database_tasks(request: AnyRequest, database_id: str) -> Response
     return await _list_tasks(request, database_id)
 
 
-@get("/v1/tasks", opt={"contract": LIST_TASKS})
+@get("/v1/tasks", opt={"contract": LIST_ALL_TASKS})
 async def list_all_tasks(request: AnyRequest) -> Response[bytes]:
+    """Every task, or one scope's (pgEdge's `scope` and `entity_id`): every task here belongs
+    to a database, so `scope=host` lists none."""
+    scope = _choice_param(request, "scope", {"database", "host"})
+    entity_id = request.query_params.get("entity_id") or None
+    if entity_id is not None and scope is None:
+        raise InvalidInputError(
+            [{"path": "query.scope", "message": "entity_id needs a scope: database or host"}]
+        )
+    if scope == "host":
+        return _json(TasksAnswer(tasks=[]))
+    if scope == "database" and entity_id is not None:
+        bad = invalid_path_params({"database_id": entity_id})
+        if bad:
+            raise InvalidInputError(
+                [{"path": "query.entity_id", "message": f"must be {bad[0][1]}"}]
+            )
+        return await _list_tasks(request, entity_id)
     return await _list_tasks(request, None)
 
 

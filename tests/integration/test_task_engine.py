@@ -230,6 +230,27 @@ async def test_task_list_filters(api: httpx.AsyncClient) -> None:
     assert bad.status_code == 422
     assert bad.json()["details"]["errors"][0]["path"] == "query.status"
 
+    # pgEdge's spellings: scope/entity_id select one database's tasks, ascend/descend sort.
+    await create_and_wait(api, database_body("other"))
+    scoped = await api.get(
+        "/v1/tasks", params={"scope": "database", "entity_id": "filters", "sort_order": "ascend"}
+    )
+    assert [t["task_id"] for t in scoped.json()["tasks"]] == [first, update]
+    descend = await api.get("/v1/tasks", params={"sort_order": "descend"})
+    assert [t["database_id"] for t in descend.json()["tasks"]][:2] == ["other", "filters"]
+    hosts = await api.get("/v1/tasks", params={"scope": "host", "entity_id": "local"})
+    assert hosts.json()["tasks"] == []  # every task here belongs to a database
+    for params, path in (
+        ({"entity_id": "filters"}, "query.scope"),
+        ({"scope": "database", "entity_id": "bad\x00id"}, "query.entity_id"),
+        ({"scope": "cluster"}, "query.scope"),
+    ):
+        refused = await api.get("/v1/tasks", params=params)
+        assert refused.status_code == 422, (params, refused.text)
+        assert refused.json()["details"]["errors"][0]["path"] == path
+    missing = await api.get("/v1/tasks", params={"scope": "database", "entity_id": "nope"})
+    assert missing.status_code == 404
+
 
 async def test_monitor_restarts_killed_postmaster(
     api: httpx.AsyncClient, server: ServerProcess
