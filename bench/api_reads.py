@@ -6,8 +6,10 @@ Usage: .venv/bin/python -m bench.api_reads [--databases 100] [--nodes 3] [--task
 Starts `controlplane serve` (embedded store, no worker, monitor idle) and inserts database,
 instance and task rows straight into its store: no instance runs, so what is measured is the
 API and the store, as a dashboard polling a fleet sees them. Then, route by route, `--clients`
-concurrent clients send GETs for `--seconds`; prints requests/s per route and its ratio to
-`/health` (target: >= 0.5 for every read route).
+concurrent clients send GETs for `--seconds`, while a writer changes one of db-0's instances
+and one of its tasks `--writes` times a second (each change voids the kept answers that show
+it, as a busy fleet's would); prints requests/s per route and its ratio to `/health`
+(target: >= 0.5 for every read route).
 """
 
 from __future__ import annotations
@@ -30,11 +32,7 @@ from controlplane.store.pool import create_pool
 async def populate_store(server: BenchServer, databases: int, nodes: int, task_count: int) -> None:
     """The databases and instances (as bench.scheduler makes them), and `task_count` finished
     backup tasks of db-0 with their steps, straight into the server's embedded store."""
-    settings = Settings(data_dir=server.data_dir)
-    password = (server.data_dir / "store.password").read_text().strip()
-    socket = quote(str(settings.run_dir / "store"), safe="")
-    dsn = f"postgresql://controlplane:{quote(password, safe='')}@{socket}:5432/postgres"
-    pool = await create_pool(dsn, min_size=1, max_size=2)
+    pool = await create_pool(store_dsn(server), min_size=1, max_size=2)
     try:
         await populate(pool, databases, nodes, 1)
         ids = [tasks.uuid7() for _ in range(task_count)]
@@ -55,6 +53,38 @@ async def populate_store(server: BenchServer, databases: int, nodes: int, task_c
         )
     finally:
         await pool.close()
+
+
+def store_dsn(server: BenchServer) -> str:
+    settings = Settings(data_dir=server.data_dir)
+    password = (server.data_dir / "store.password").read_text().strip()
+    socket = quote(str(settings.run_dir / "store"), safe="")
+    return f"postgresql://controlplane:{quote(password, safe='')}@{socket}:5432/postgres"
+
+
+async def churn(dsn: str, per_second: float, seconds: float) -> int:
+    """Touch one instance row and one task row of db-0, `per_second` times a second."""
+    if per_second <= 0:
+        return 0
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    writes = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            await pool.execute(
+                "UPDATE instances SET updated_at = now() WHERE id = (SELECT min(id) FROM"
+                " instances WHERE database_id = 'db-0')"
+            )
+            await pool.execute(
+                "UPDATE tasks SET result = $1 WHERE task_id = (SELECT task_id FROM tasks"
+                " WHERE database_id = 'db-0' ORDER BY task_id DESC LIMIT 1)",
+                {"label": f"20261130-{writes:06d}F"},
+            )
+            writes += 1
+            await asyncio.sleep(1 / per_second)
+    finally:
+        await pool.close()
+    return writes
 
 
 async def throughput(url: str, token: str, path: str, clients: int, seconds: float) -> float:
@@ -93,6 +123,16 @@ async def throughput(url: str, token: str, path: str, clients: int, seconds: flo
     return done / (time.monotonic() - started)
 
 
+async def measure(
+    server: BenchServer, token: str, path: str, clients: int, seconds: float, writes: float
+) -> float:
+    rate, _ = await asyncio.gather(
+        throughput(server.url, token, path, clients, seconds),
+        churn(store_dsn(server), writes, seconds),
+    )
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--databases", type=int, default=100)
@@ -100,6 +140,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--writes", type=float, default=10.0, help="store changes per second")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cp-bench-reads-", dir="/tmp"))
     server = BenchServer(root)
@@ -119,12 +160,15 @@ def main() -> None:
         ]
         print(
             f"{args.databases} databases x {args.nodes} nodes, {args.tasks} tasks on db-0, "
-            f"{args.clients} clients, {args.seconds:.0f} s per route"
+            f"{args.clients} clients, {args.seconds:.0f} s per route, "
+            f"{args.writes:g} changes/s"
         )
         print(f"{'route':45} {'req/s':>8} {'/health':>8}")
         baseline = None
         for path in routes:
-            rate = asyncio.run(throughput(server.url, token, path, args.clients, args.seconds))
+            rate = asyncio.run(
+                measure(server, token, path, args.clients, args.seconds, args.writes)
+            )
             baseline = baseline or rate
             print(f"{path:45} {rate:8.0f} {rate / baseline:8.2f}")
     finally:

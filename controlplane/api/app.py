@@ -18,6 +18,7 @@ from controlplane.api.docs import docs_routes
 from controlplane.api.errors import domain_error, http_error, internal_error
 from controlplane.api.metrics import METRICS_ROUTES
 from controlplane.api.params import check_path_params
+from controlplane.api.read_cache import ReadCache
 from controlplane.api.restore_points import RESTORE_POINT_ROUTES
 from controlplane.api.routes import ROUTES
 from controlplane.api.schedules import SCHEDULE_ROUTES
@@ -37,6 +38,8 @@ def create_app(settings: Settings) -> Litestar:
         await runtime.start()
         app.state.services = runtime.services
         app.state.monitor = runtime.monitor  # the instances' last observed facts, for /metrics
+        assert runtime.services is not None
+        app.state.read_cache = ReadCache(runtime.changes, runtime.services.facts)
         try:
             yield
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import msgspec
@@ -15,6 +15,7 @@ from controlplane import __version__
 from controlplane.api.bodies import read_body
 from controlplane.api.contract import CREATE_EXAMPLE, Contract, Query
 from controlplane.api.params import invalid_path_params
+from controlplane.api.read_cache import ReadCache
 from controlplane.errors import InvalidInputError
 from controlplane.models import (
     TERMINAL_STATUSES,
@@ -214,6 +215,25 @@ def _json(value: Any, status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
 
+async def _kept_json(
+    request: AnyRequest,
+    key: Hashable,
+    topic: str,
+    build: Callable[[], Awaitable[Any]],
+    *,
+    with_facts: bool = False,
+) -> Response[bytes]:
+    """A read route's answer from the read cache (api/read_cache.py), built by `build` when
+    what it shows has changed since it was last encoded."""
+
+    async def encoded() -> bytes:
+        return msgspec.json.encode(await build())
+
+    cache: ReadCache = request.app.state.read_cache
+    body = await cache.answer(key, topic, encoded, with_facts=with_facts)
+    return Response(body, status_code=200, media_type="application/json")
+
+
 @post("/v1/databases", opt={"scope": "write", "contract": CREATE}, status_code=202)
 async def create_database(request: AnyRequest) -> Response[bytes]:
     body = await read_body(request, parse_database_request)
@@ -223,12 +243,24 @@ async def create_database(request: AnyRequest) -> Response[bytes]:
 
 @get("/v1/databases", opt={"contract": LIST_DATABASES})
 async def list_databases(request: AnyRequest) -> Response[bytes]:
-    return _json(DatabasesAnswer(databases=await operations.list_databases(_services(request))))
+    services = _services(request)
+
+    async def build() -> DatabasesAnswer:
+        return DatabasesAnswer(databases=await operations.list_databases(services))
+
+    return await _kept_json(request, ("databases",), "databases", build, with_facts=True)
 
 
 @get("/v1/databases/{database_id:str}", opt={"contract": GET_DATABASE})
 async def get_database(request: AnyRequest, database_id: str) -> Response[bytes]:
-    return _json(await operations.get_database(_services(request), database_id))
+    services = _services(request)
+    return await _kept_json(
+        request,
+        ("database", database_id),
+        "databases",
+        lambda: operations.get_database(services, database_id),
+        with_facts=True,
+    )
 
 
 @post(
@@ -252,8 +284,8 @@ async def delete_database(request: AnyRequest, database_id: str) -> Response[byt
 
 async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[bytes]:
     order = _SORT_ORDERS[_choice_param(request, "sort_order", set(_SORT_ORDERS)) or "desc"]
-    found = await tasks.list_tasks(
-        _services(request).pool,
+    pool = _services(request).pool
+    query: dict[str, Any] = dict(
         database_id=database_id,
         status=_choice_param(request, "status", _TASK_STATUSES),
         type=_choice_param(request, "type", _TASK_TYPES),
@@ -262,9 +294,14 @@ async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[
         limit=_int_param(request, "limit", 100, 1, 1000),
         descending=order == "desc",
     )
-    if not found and database_id is not None:  # none: is there such a database at all?
-        await databases.get_database(_services(request).pool, database_id)
-    return _json(TasksAnswer(tasks=found))
+
+    async def build() -> TasksAnswer:
+        found = await tasks.list_tasks(pool, **query)
+        if not found and database_id is not None:  # none: is there such a database at all?
+            await databases.get_database(pool, database_id)
+        return TasksAnswer(tasks=found)
+
+    return await _kept_json(request, ("tasks", *sorted(query.items())), "tasks", build)
 
 
 @get("/v1/databases/{database_id:str}/tasks", opt={"contract": LIST_TASKS})
@@ -296,7 +333,13 @@ async def list_all_tasks(request: AnyRequest) -> Response[bytes]:
 
 @get("/v1/databases/{database_id:str}/tasks/{task_id:str}", opt={"contract": GET_TASK})
 async def get_task(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
-    return _json(await tasks.get_task(_services(request).pool, task_id, database_id=database_id))
+    pool = _services(request).pool
+    return await _kept_json(
+        request,
+        ("task", database_id, task_id),
+        "tasks",
+        lambda: tasks.get_task(pool, task_id, database_id=database_id),
+    )
 
 
 @post(

@@ -110,9 +110,12 @@ class InstanceFactsBook:
 
     def __init__(self) -> None:
         self._facts: dict[str, InstanceFacts] = {}
+        # Moves with every change: answers built from these facts are kept until it does.
+        self.version = 0
 
     def record(self, facts: InstanceFacts) -> None:
         self._facts[facts.instance] = facts
+        self.version += 1
 
     def get(self, instance: str) -> InstanceFacts | None:
         return self._facts.get(instance)
@@ -122,6 +125,7 @@ class InstanceFactsBook:
         keep = set(instance_ids)
         for gone in set(self._facts) - keep:
             del self._facts[gone]
+            self.version += 1
 
     def snapshot(self) -> list[InstanceFacts]:
         """Every instance's facts, ordered by database and node."""

@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from controlplane.nodes.backups import effective_backup_config
 from controlplane.nodes.common import task_secrets
 from controlplane.orchestrator.base import Orchestrator
@@ -24,6 +22,7 @@ from controlplane.settings import Settings
 from controlplane.spec.pg_settings import load_setting_rules
 from controlplane.spec.secrets import SecretBox
 from controlplane.store import tokens
+from controlplane.store.changes import ChangeFeed
 from controlplane.store.embedded import EmbeddedStore
 from controlplane.store.migrate import migrate
 from controlplane.store.pool import create_pool
@@ -55,7 +54,7 @@ class Runtime:
         self.settings = settings
         self._embedded: EmbeddedStore | None = None
         self._background: list[asyncio.Task[Any]] = []
-        self._listener: asyncpg.Connection | None = None
+        self.changes: ChangeFeed | None = None
         self.worker: Worker | None = None
         self.services: Services | None = None
         self.monitor: Monitor | None = None
@@ -79,8 +78,8 @@ class Runtime:
         )
         await self._ensure_admin_token()
         self.worker = Worker(self.services, all_workflows(), task_secrets)
-        self._listener = await asyncpg.connect(dsn)
-        await self._listener.add_listener("controlplane_tasks", self._on_notify)
+        self.changes = ChangeFeed(dsn, on_task=self._on_notify)
+        await self.changes.start()
         self._background.append(asyncio.create_task(self.worker.run(), name="worker"))
         self.monitor = Monitor(self.services, self.services.facts)
         self._background.append(asyncio.create_task(self.monitor.run(), name="monitor"))
@@ -89,7 +88,7 @@ class Runtime:
         )
         self._background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
 
-    def _on_notify(self, *_: object) -> None:
+    def _on_notify(self) -> None:
         if self.worker is not None:
             self.worker.wake()
 
@@ -115,9 +114,8 @@ class Runtime:
                 await task
         if self.worker is not None:
             await self.worker.stop()
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
+        if self.changes is not None:
+            await self.changes.close()
         if self.services is not None:
             await self.services.pool.close()
         if self._embedded is not None:
