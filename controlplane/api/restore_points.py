@@ -8,7 +8,7 @@ from controlplane.api.bodies import read_body
 from controlplane.api.contract import Contract
 from controlplane.api.routes import AnyRequest, _actor, _json, _services
 from controlplane.models import RestorePoint, RestorePointsAnswer
-from controlplane.operations import backups as backup_operations
+from controlplane.operations import backups
 from controlplane.spec import parse_request
 from controlplane.spec.restore_options import RestorePointRequest
 
@@ -31,7 +31,7 @@ async def create_restore_point(request: AnyRequest, database_id: str, node: str)
     """`{name}`: write the restore point on the running node, wait (at most 60 s) until its WAL
     is in the repository, record it; 201 with the restore point."""
     body = await read_body(request, lambda raw: parse_request(raw, RestorePointRequest))
-    point = await backup_operations.create_restore_point(
+    point = await backups.create_restore_point(
         _services(request), database_id, node, body, _actor(request)
     )
     return _json(point, 201)
@@ -43,7 +43,7 @@ async def create_restore_point(request: AnyRequest, database_id: str, node: str)
 )
 async def list_restore_points(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
     """The node's recorded restore points, oldest first."""
-    points = await backup_operations.list_node_restore_points(_services(request), database_id, node)
+    points = await backups.list_node_restore_points(_services(request), database_id, node)
     return _json(RestorePointsAnswer(restore_points=points))
 
 

@@ -33,12 +33,10 @@ from controlplane.models import (
     TasksAnswer,
     Version,
 )
-from controlplane.operations import backups as backup_operations
-from controlplane.operations import databases as operations
-from controlplane.operations import restores as restore_operations
+from controlplane.operations import backups, databases, restores
 from controlplane.spec import parse_backup_request, parse_database_request, parse_restore_request
 from controlplane.spec.models import BackupRequest, DatabaseRequest, RestoreRequest
-from controlplane.store import databases, logs, tasks
+from controlplane.store import logs, tasks
 from controlplane.tasks.context import Services
 
 AnyRequest = Request[Any, Any, Any]
@@ -237,7 +235,7 @@ async def _kept_json(
 @post("/v1/databases", opt={"scope": "write", "contract": CREATE}, status_code=202)
 async def create_database(request: AnyRequest) -> Response[bytes]:
     body = await read_body(request, parse_database_request)
-    task, database = await operations.create_database(_services(request), body, _actor(request))
+    task, database = await databases.create_database(_services(request), body, _actor(request))
     return _json(DatabaseOperation(task=task, database=database), 202)
 
 
@@ -246,7 +244,7 @@ async def list_databases(request: AnyRequest) -> Response[bytes]:
     services = _services(request)
 
     async def build() -> DatabasesAnswer:
-        return DatabasesAnswer(databases=await operations.list_databases(services))
+        return DatabasesAnswer(databases=await databases.list_databases(services))
 
     return await _kept_json(request, ("databases",), "databases", build, with_facts=True)
 
@@ -258,7 +256,7 @@ async def get_database(request: AnyRequest, database_id: str) -> Response[bytes]
         request,
         ("database", database_id),
         "databases",
-        lambda: operations.get_database(services, database_id),
+        lambda: databases.get_database(services, database_id),
         with_facts=True,
     )
 
@@ -268,7 +266,7 @@ async def get_database(request: AnyRequest, database_id: str) -> Response[bytes]
 )
 async def update_database(request: AnyRequest, database_id: str) -> Response[bytes]:
     body = await read_body(request, parse_database_request)
-    task, database = await operations.update_database(
+    task, database = await databases.update_database(
         _services(request), database_id, body, _actor(request)
     )
     return _json(DatabaseOperation(task=task, database=database), 202)
@@ -278,13 +276,13 @@ async def update_database(request: AnyRequest, database_id: str) -> Response[byt
     "/v1/databases/{database_id:str}", opt={"scope": "admin", "contract": DELETE}, status_code=202
 )
 async def delete_database(request: AnyRequest, database_id: str) -> Response[bytes]:
-    task = await operations.delete_database(_services(request), database_id, _actor(request))
+    task = await databases.delete_database(_services(request), database_id, _actor(request))
     return _json(TaskAnswer(task=task), 202)
 
 
 async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[bytes]:
     order = _SORT_ORDERS[_choice_param(request, "sort_order", set(_SORT_ORDERS)) or "desc"]
-    pool = _services(request).pool
+    services = _services(request)
     query: dict[str, Any] = dict(
         database_id=database_id,
         status=_choice_param(request, "status", _TASK_STATUSES),
@@ -296,9 +294,9 @@ async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[
     )
 
     async def build() -> TasksAnswer:
-        found = await tasks.list_tasks(pool, **query)
+        found = await tasks.list_tasks(services.pool, **query)
         if not found and database_id is not None:  # none: is there such a database at all?
-            await databases.get_database(pool, database_id)
+            await databases.get_database(services, database_id)
         return TasksAnswer(tasks=found)
 
     return await _kept_json(request, ("tasks", *sorted(query.items())), "tasks", build)
@@ -407,15 +405,13 @@ async def _follow(
 )
 async def start_backup(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
     body = await read_body(request, parse_backup_request)
-    task = await backup_operations.start_backup(
-        _services(request), database_id, node, body, _actor(request)
-    )
+    task = await backups.start_backup(_services(request), database_id, node, body, _actor(request))
     return _json(TaskAnswer(task=task), 202)
 
 
 @get("/v1/databases/{database_id:str}/nodes/{node:str}/backups", opt={"contract": CATALOG})
 async def list_backups(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
-    return _json(await backup_operations.backup_catalog(_services(request), database_id, node))
+    return _json(await backups.backup_catalog(_services(request), database_id, node))
 
 
 @post(
@@ -424,9 +420,7 @@ async def list_backups(request: AnyRequest, database_id: str, node: str) -> Resp
     status_code=202,
 )
 async def verify_backups(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
-    task = await backup_operations.start_verify(
-        _services(request), database_id, node, _actor(request)
-    )
+    task = await backups.start_verify(_services(request), database_id, node, _actor(request))
     return _json(TaskAnswer(task=task), 202)
 
 
@@ -439,7 +433,7 @@ async def expire_backup(
     request: AnyRequest, database_id: str, node: str, label: str
 ) -> Response[bytes]:
     force = _choice_param(request, "force", {"true", "false"}) == "true"
-    task = await backup_operations.start_expire(
+    task = await backups.start_expire(
         _services(request), database_id, node, label, force=force, actor=_actor(request)
     )
     return _json(TaskAnswer(task=task), 202)
@@ -456,7 +450,7 @@ async def restore_database(request: AnyRequest, database_id: str) -> Response[by
     body = await read_body(
         request, parse_restore_request if services.settings.allow_restore else None
     )
-    task, node_tasks, database = await restore_operations.start_restore(
+    task, node_tasks, database = await restores.start_restore(
         services, database_id, body, _actor(request)
     )
     return _json(RestoreOperation(task=task, node_tasks=node_tasks, database=database), 202)
@@ -464,7 +458,7 @@ async def restore_database(request: AnyRequest, database_id: str) -> Response[by
 
 @get("/v1/hosts", opt={"contract": HOSTS})
 async def list_hosts(request: AnyRequest) -> Response[bytes]:
-    return _json(HostsAnswer(hosts=await operations.list_hosts(_services(request))))
+    return _json(HostsAnswer(hosts=await databases.list_hosts(_services(request))))
 
 
 @get("/v1/version", opt={"public": True, "contract": VERSION})

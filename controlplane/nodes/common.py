@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from controlplane.errors import ExternalCommandError, SettingsRejectedError
-from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.base import InstanceRef, reload_settings
 from controlplane.spec.models import SECRET_FIELDS, DatabaseSpec, NodeSpec
 from controlplane.spec.postgresql_conf import MESH_MINIMUMS, quote_conf
 from controlplane.spec.secrets import join_secrets, secret_values
@@ -214,7 +214,7 @@ async def put_back_previous_settings(
         if restart:
             await orchestrator.start(ref, on_line=sink)
         else:
-            await orchestrator.reload(ref, on_line=sink)
+            await reload_settings(orchestrator, ref)
     except ExternalCommandError as exc:
         raise SettingsRejectedError(
             f"{subject} {what}; its previous configuration was put back but the node did not "

@@ -21,7 +21,6 @@ from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services, StepContext
 from controlplane.tasks.inputs import restore_plans
-from controlplane.workflows.steps import children
 
 # Written once the node is fully made from its backup; until then a resumed step redoes the
 # part that is missing (pg_control is written last by pgBackRest, so it marks the data).
@@ -147,7 +146,7 @@ async def restore_new_instance(
     await orchestrator.set_environment(ref, source.env)
     sink = ctx.log.sink("pg_ctl", node=ref.node_name)
     await orchestrator.start(ref, on_line=sink, options=replication.FENCED_START_SETTINGS)
-    await children.rename_database_if_needed(ctx, ref, config, spec)
+    await restore_source.rename_database_if_needed(ctx, ref, config, spec)
     await _take_identity(ctx, ref, spec, join)
     ctx.failpoint("init_instances:identity_taken")
     await orchestrator.stop(ref, on_line=sink)

@@ -26,11 +26,11 @@ from controlplane.pgbackrest.config import (
     secret_env,
 )
 from controlplane.spec import normalise_restore_options, parse_time_target
-from controlplane.spec.models import BackupConfig, RestoreConfig, repository_id
+from controlplane.spec.models import BackupConfig, DatabaseSpec, RestoreConfig, repository_id
 from controlplane.store import instances, repository_keys, restore_points
 from controlplane.store.pool import Connection
 from controlplane.system.process import LineSink
-from controlplane.tasks.context import Services
+from controlplane.tasks.context import Services, StepContext
 
 RESTORE_CONFIG_FILE = "pgbackrest-restore.conf"
 
@@ -391,3 +391,25 @@ def _for_time(
     found = pgb_info.choose_set_for_time(entries, moment)
     assert found is not None  # moment >= earliest guarantees one
     return found
+
+
+async def rename_database_if_needed(
+    ctx: StepContext, ref: InstanceRef, config: RestoreConfig, spec: DatabaseSpec
+) -> None:
+    """The backup holds the source's database name; rename it to the spec's if they differ."""
+    source_name = config.source_database_name or spec.database_name
+    if source_name == spec.database_name:
+        return
+    conn = await ctx.services.orchestrator.connect(ref, "postgres")
+    try:
+        names = {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
+        if source_name in names and spec.database_name not in names:
+            sql = await conn.fetchval(
+                "SELECT format('ALTER DATABASE %I RENAME TO %I', $1::text, $2::text)",
+                source_name,
+                spec.database_name,
+            )
+            await conn.execute(sql)
+            await ctx.log.info(f"database {source_name} renamed to {spec.database_name}")
+    finally:
+        await conn.close()

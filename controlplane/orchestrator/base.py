@@ -91,8 +91,6 @@ class Orchestrator(Protocol):
         """Stop Postgres (fast shutdown); a no-op when it is not running."""
         ...
 
-    async def reload(self, ref: InstanceRef, *, on_line: LineSink) -> None: ...
-
     async def fence_clients(self, ref: InstanceRef, *, fenced: bool) -> bool:
         """Admit only the superuser (`fenced`) or every client again, from the next start or
         reload on (`hba.client_hba`); True when the rules changed."""
@@ -147,3 +145,12 @@ class Orchestrator(Protocol):
         ...
 
     def socket_dir(self, ref: InstanceRef) -> str: ...
+
+
+async def reload_settings(orchestrator: Orchestrator, ref: InstanceRef) -> None:
+    """Make a running instance re-read its configuration files (pg_reload_conf)."""
+    conn = await orchestrator.connect(ref)
+    try:
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()

@@ -459,13 +459,6 @@ class DockerOrchestrator:
             await asyncio.sleep(0.2)
         return False
 
-    async def reload(self, ref: InstanceRef, *, on_line: LineSink) -> None:
-        conn = await self.connect(ref)
-        try:
-            await conn.execute("SELECT pg_reload_conf()")
-        finally:
-            await conn.close()
-
     async def remove_instance(self, ref: InstanceRef, *, on_line: LineSink) -> None:
         """Stop, then remove every container, the volume, the instance directory, and the
         database's secrets once no instance of the database is left."""

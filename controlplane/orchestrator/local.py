@@ -306,13 +306,6 @@ class LocalOrchestrator:
             exit_code=result.exit_code,
         )
 
-    async def reload(self, ref: InstanceRef, *, on_line: LineSink) -> None:
-        conn = await self.connect(ref)
-        try:
-            await conn.execute("SELECT pg_reload_conf()")
-        finally:
-            await conn.close()
-
     async def fence_clients(self, ref: InstanceRef, *, fenced: bool) -> bool:
         """pg_hba.conf lives in the data directory here (a restore brings back the unfenced
         one, so a restored node is fenced again before it starts)."""

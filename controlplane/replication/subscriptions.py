@@ -232,8 +232,13 @@ async def drop_subscription(conn: Connection, name: str, *, drop_remote_slot: bo
 async def stop_workers(conn: Connection, names: Collection[str], *, limit: float = 30.0) -> None:
     """Disable the subscriptions `names` (immediately) and wait until none of their workers
     (apply, or a table's sync) runs any more; they stay disabled."""
-    for name in names:
-        await conn.execute("SELECT pglogical.alter_subscription_disable($1, true)", name)
+    # One statement over the catalog: a subscription dropped meanwhile (by a concurrent mesh
+    # change) is skipped rather than failing with pglogical's "subscriber ... not found".
+    await conn.execute(
+        "SELECT pglogical.alter_subscription_disable(sub_name, true)"
+        " FROM pglogical.subscription WHERE sub_name = ANY($1::text[])",
+        list(names),
+    )
     deadline = time.monotonic() + limit
     while running := await conn.fetchval(
         # pglogical names its workers "pglogical apply <database oid>:<subscription id>" and

@@ -7,13 +7,12 @@ import uuid
 from typing import Any
 
 from controlplane.errors import ChildTaskFailedError
-from controlplane.nodes import mesh
+from controlplane.nodes import child_tasks, mesh
 from controlplane.nodes.common import load_spec
 from controlplane.store import databases, instances, tasks
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.inputs import RestoreInput
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows.steps import children
 
 
 async def _children(ctx: StepContext) -> list[uuid.UUID]:
@@ -27,7 +26,7 @@ async def run_node_restores(ctx: StepContext) -> dict[str, Any]:
     """Wait for every node_restore child; fail, naming each failed node, if any did."""
     failures = []
     for child_id in await _children(ctx):
-        child = await children.wait_for(ctx, child_id)
+        child = await child_tasks.wait_for(ctx, child_id)
         if child.status != "completed":
             failures.append(f"node {child.node_name}: {child.status} ({child.error})")
     if failures:
@@ -67,7 +66,7 @@ async def _on_cancel(ctx: StepContext, message: str) -> None:
         if row is not None and row.status in ("pending", "running"):
             await tasks.request_cancel(pool, str(child_id), database_id=ctx.database_id)
     for child_id in await _children(ctx):
-        await children.wait_for(ctx, child_id)
+        await child_tasks.wait_for(ctx, child_id)
     rows = await instances.list_instances(pool, ctx.database_id)
     state = "available" if all(r.state == "available" for r in rows) else "failed"
     await databases.set_state(pool, ctx.database_id, state, error="restore was canceled")

@@ -9,9 +9,16 @@ import msgspec
 
 from controlplane import replication
 from controlplane.errors import ExternalCommandError, PreconditionError, UnsafeRestoreError
-from controlplane.nodes import backups, mesh, restore_join, restore_source, restore_targets
+from controlplane.nodes import (
+    backups,
+    child_tasks,
+    mesh,
+    restore_join,
+    restore_source,
+    restore_targets,
+)
 from controlplane.nodes.common import load_spec, managed_settings, ref_of, unseal
-from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.base import InstanceRef, reload_settings
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.pgbackrest.info import lsn_value
 from controlplane.spec.models import DatabaseSpec, RestoreConfig
@@ -21,7 +28,6 @@ from controlplane.store.pool import Connection
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.inputs import NodeRestoreInput
 from controlplane.tasks.workflow import Step, Workflow
-from controlplane.workflows.steps import children
 
 
 async def _context(ctx: StepContext) -> tuple[DatabaseSpec, InstanceRow, RestoreConfig]:
@@ -53,7 +59,7 @@ async def pre_restore_backup(ctx: StepContext) -> dict[str, Any]:
     """Optional safety backup of the node as it is now (its own task, trigger pre_restore)."""
     if not ctx.input_as(NodeRestoreInput).pre_restore_backup:
         return {}
-    task = await children.run_child_backup(ctx, trigger="pre_restore")
+    task = await child_tasks.run_child_backup(ctx, trigger="pre_restore")
     return {"pre_restore_backup_task": task}
 
 
@@ -98,7 +104,7 @@ async def drain_node(ctx: StepContext) -> dict[str, Any]:
             )
         if await orchestrator.status(ref) == "running":
             await orchestrator.fence_clients(ref, fenced=True)
-            await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl"))
+            await reload_settings(orchestrator, ref)
             state["drained_at"] = await _drain(ctx, spec, row, config, running, targets)
     join_source = ctx.input_as(NodeRestoreInput).join_source
     if join_source:
@@ -259,7 +265,7 @@ async def prepare_links(ctx: StepContext) -> dict[str, Any]:
     fence's options); the parent attaches every link at those points."""
     spec, row, config = await _context(ctx)
     ref = ref_of(row)
-    await children.rename_database_if_needed(ctx, ref, config, spec)
+    await restore_source.rename_database_if_needed(ctx, ref, config, spec)
     conn = await ctx.services.orchestrator.connect(ref, spec.database_name)
     try:
         if _own_latest(ctx, row, config) and ctx.state.get("drained_at"):
@@ -285,7 +291,7 @@ async def prepare_links(ctx: StepContext) -> dict[str, Any]:
         await orchestrator.stop(ref, on_line=sink)
         await orchestrator.start(ref, on_line=sink)
     else:
-        await orchestrator.reload(ref, on_line=sink)
+        await reload_settings(orchestrator, ref)
     return {}
 
 
@@ -362,7 +368,7 @@ async def reenable_backups(ctx: StepContext) -> dict[str, Any]:
         await ctx.log.info(f"node {row.node_name}: backups continue in the same repository")
         return {}
     await backups.set_up_repositories(ctx, own)
-    task = await children.run_child_backup(ctx, trigger="system")
+    task = await child_tasks.run_child_backup(ctx, trigger="system")
     return {"protecting_backup_task": task}
 
 
@@ -393,7 +399,7 @@ async def _on_end(ctx: StepContext, message: str) -> None:
     await orchestrator.fence_clients(ref, fenced=False)
     if status == "running":
         with contextlib.suppress(Exception):  # best effort: the failure itself matters more
-            await orchestrator.reload(ref, on_line=ctx.log.sink("pg_ctl"))
+            await reload_settings(orchestrator, ref)
             await _resume(ctx, ref)
     if row.desired == "running" and status == "running":
         await instances.set_instance_state(pool, ctx.database_id, node, "available")

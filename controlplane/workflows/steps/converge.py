@@ -22,7 +22,7 @@ from controlplane.nodes.common import (
     ref_of,
     setting_errors,
 )
-from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.base import InstanceRef, reload_settings
 from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
@@ -198,7 +198,7 @@ async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
 
     async def apply(ref: InstanceRef) -> None:
         sink = ctx.log.sink("pg_ctl", node=ref.node_name)
-        await orchestrator.reload(ref, on_line=sink)
+        await reload_settings(orchestrator, ref)
         conn = await orchestrator.connect(ref)
         try:
             refused = await setting_errors(conn)

@@ -6,8 +6,6 @@ import asyncio
 import uuid
 
 from controlplane.errors import ChildTaskFailedError, OperationInProgressError
-from controlplane.orchestrator.base import InstanceRef
-from controlplane.spec.models import DatabaseSpec, RestoreConfig
 from controlplane.store import tasks
 from controlplane.store.tasks import TaskRow
 from controlplane.tasks.context import StepContext
@@ -71,25 +69,3 @@ async def wait_for(ctx: StepContext, task_id: uuid.UUID) -> TaskRow:
         if row.status in ("completed", "failed", "canceled", "skipped"):
             return row
         await asyncio.sleep(_POLL)
-
-
-async def rename_database_if_needed(
-    ctx: StepContext, ref: InstanceRef, config: RestoreConfig, spec: DatabaseSpec
-) -> None:
-    """The backup holds the source's database name; rename it to the spec's if they differ."""
-    source_name = config.source_database_name or spec.database_name
-    if source_name == spec.database_name:
-        return
-    conn = await ctx.services.orchestrator.connect(ref, "postgres")
-    try:
-        names = {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
-        if source_name in names and spec.database_name not in names:
-            sql = await conn.fetchval(
-                "SELECT format('ALTER DATABASE %I RENAME TO %I', $1::text, $2::text)",
-                source_name,
-                spec.database_name,
-            )
-            await conn.execute(sql)
-            await ctx.log.info(f"database {source_name} renamed to {spec.database_name}")
-    finally:
-        await conn.close()
