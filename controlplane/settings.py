@@ -27,6 +27,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # line; unset means one host "local" at docker_url (or DOCKER_HOST).
     docker_hosts: str | None = None
     instance_image: str = "controlplane/postgres:15"
+    # Local orchestrator hosts: "h1,h2,h3" names hosts on this one machine, each with its own
+    # directory under <data dir>/hosts/<id> (a node's replicas go on different hosts). Unset
+    # means one host, "local".
+    local_hosts: str | None = None
+    # Patroni's DCS for nodes with replicas: "host:port,host:port" of an existing etcd (v3 API)
+    # cluster. Unset: `serve` starts and supervises a one-member etcd under <data dir>/etcd.
+    etcd_hosts: str | None = None
+    etcd_bin: Path = Path("/usr/bin/etcd")
+    patroni_bin: Path = Path("/usr/bin/patroni")
     os_user: str = "postgres"
     allow_restore: bool = True
     # Directories posix repositories may live in (comma-separated); the usual homes of backup

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(postgresql-15 pgbackrest postgresql-15-pglogical python3-venv)
+# patroni and etcd-server: nodes with replicas (high availability), see README.
+packages=(postgresql-15 pgbackrest postgresql-15-pglogical python3-venv patroni etcd-server etcd-client)
 if [ "${1:-}" = "--test" ] && ! command -v npm >/dev/null 2>&1; then
   packages+=(nodejs npm)
 fi
