@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -11,6 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 _TRUE = {"1", "true", "yes", "on", "y"}
+_HOST_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _FALSE = {"0", "false", "no", "off", "n"}
 
 
@@ -71,6 +73,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     crash_after_step: str | None = None
 
     def __post_init__(self) -> None:
+        self.local_host_ids  # noqa: B018 (checked here, at start-up)
         for root in self.backup_root_paths:
             if not root.is_absolute() or str(root) == "/":
                 raise ValueError(
@@ -81,6 +84,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def backup_root_paths(self) -> list[PurePosixPath]:
         """The directories posix repositories may live in."""
         return [PurePosixPath(p.strip()) for p in self.backup_roots.split(",") if p.strip()]
+
+    @property
+    def local_host_ids(self) -> list[str]:
+        """The hosts named by CONTROLPLANE_LOCAL_HOSTS ("h1,h2,h3"), in order; ["local"] when
+        unset. Every one is this machine, standing for a separate host where a node's instances
+        must sit on different hosts."""
+        if not self.local_hosts:
+            return ["local"]
+        names = [h.strip() for h in self.local_hosts.split(",") if h.strip()]
+        if not names or len(set(names)) != len(names) or not all(map(_HOST_ID.match, names)):
+            raise ValueError(
+                "CONTROLPLANE_LOCAL_HOSTS: expected distinct host ids (lower-case letters,"
+                f" digits and '-', up to 32 characters) separated by commas: {self.local_hosts!r}"
+            )
+        return names
 
     @property
     def data_path(self) -> Path:

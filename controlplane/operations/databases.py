@@ -46,7 +46,11 @@ async def _check_placement(services: Services, spec: DatabaseSpec, database_id: 
         host = node.host_ids[0] if node.host_ids else orchestrator.default_host()
         if host not in known:
             errors.append(
-                {"path": f"spec.nodes[{i}].host_ids[0]", "message": f"unknown host {host}"}
+                {
+                    "path": f"spec.nodes[{i}].host_ids[0]",
+                    "message": f"unknown host {host}; the hosts are {', '.join(sorted(known))}"
+                    " (GET /v1/hosts)",
+                }
             )
             continue
         port = node.port or spec.port

@@ -40,6 +40,7 @@ class LocalOrchestrator:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._root = settings.data_path / "instances"
+        self._host_ids = settings.local_host_ids
         self._sockets = settings.run_dir / "i"
         self._build_settings: dict[str, str] | None = None
         self._files = OwnedFiles(settings.os_user)
@@ -47,10 +48,10 @@ class LocalOrchestrator:
 
     # -- placement -------------------------------------------------------------------------
     def hosts(self) -> list[Host]:
-        return [Host(id=LOCAL_HOST_ID, orchestrator=self.name, state="available")]
+        return [Host(id=h, orchestrator=self.name, state="available") for h in self._host_ids]
 
     def default_host(self) -> str:
-        return LOCAL_HOST_ID
+        return self._host_ids[0]
 
     def port_is_free(self, host_id: str, port: int) -> bool:
         """True when nothing listens on 127.0.0.1:port (a bind attempt, closed at once)."""
@@ -73,7 +74,11 @@ class LocalOrchestrator:
 
     # -- paths -----------------------------------------------------------------------------
     def _dir(self, ref: InstanceRef) -> Path:
-        return self._root / ref.instance_id
+        """`<data dir>/instances/<id>` on the one default host; `<data dir>/hosts/<host>/<id>`
+        on named hosts (CONTROLPLANE_LOCAL_HOSTS), so each host's instances sit apart."""
+        if ref.host_id == LOCAL_HOST_ID:
+            return self._root / ref.instance_id
+        return self._settings.data_path / "hosts" / ref.host_id / ref.instance_id
 
     def data_dir(self, ref: InstanceRef) -> str:
         return str(self._dir(ref) / "pgdata")
@@ -115,7 +120,7 @@ class LocalOrchestrator:
         data_path = self._settings.data_path
         data_path.mkdir(parents=True, exist_ok=True)
         data_path.chmod(0o755)
-        self._root.mkdir(mode=0o755, exist_ok=True)
+        self._dir(ref).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         self._files.private_dir(self._sockets.parent, 0o755)
         self._files.private_dir(self._sockets, 0o700)
         self._dir(ref).mkdir(mode=0o700, exist_ok=True)

@@ -137,7 +137,7 @@ def tidy_run_dir(settings: Settings) -> list[Path]:
     - `<run_dir>/store` holds the embedded store's socket; the store was just stopped.
     - `<run_dir>/i` holds the local instances' sockets. Instances outlive the server, and a
       stopped one is started again without the directory being made anew, so it stays while
-      any instance exists under `<data_dir>/instances`, running or not.
+      any instance exists under `<data_dir>/instances` or `<data_dir>/hosts`, running or not.
     - `<run_dir>` itself, once empty, and the memory directory where a container's secrets
       are staged for its start (each start removes its own).
 
@@ -148,9 +148,9 @@ def tidy_run_dir(settings: Settings) -> list[Path]:
     owners = {os.geteuid()}
     with contextlib.suppress(KeyError):
         owners.add(pwd.getpwnam(settings.os_user).pw_uid)
-    instances = settings.data_path / "instances"
+    instance_dirs = [settings.data_path / "instances", settings.data_path / "hosts"]
     candidates = [run_dir / _STORE_SOCKETS]
-    if not (instances.is_dir() and any(instances.iterdir())):
+    if not any(d.is_dir() and any(d.iterdir()) for d in instance_dirs):
         candidates.append(run_dir / _INSTANCE_SOCKETS)
     candidates += [settings.memory_dir, run_dir]
     removed = []
