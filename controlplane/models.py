@@ -52,8 +52,15 @@ class Instance(Struct, kw_only=True):
     connection_info: ConnectionInfo
     error: str | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
-    # When the monitor last observed the instance: the age of `subscriptions` (None: not yet).
+    # When the monitor last observed the instance: the age of what follows, and of
+    # `subscriptions` and `role` (None: not observed yet).
     observed_at: datetime | None = None
+    # The timeline the instance is on (it moves up with every promotion or point-in-time restore).
+    timeline: int | None = None
+    # A replica's replay lag behind its primary, in WAL bytes and in seconds, as the primary
+    # last saw it; None for a primary, or a replica its primary does not see streaming.
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
 
 
 class Database(Struct, kw_only=True):

@@ -237,17 +237,25 @@ def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow])
     store and this server's memory, never an instance."""
     # The stored spec is the public one (secrets live apart, encrypted): nothing to decrypt.
     spec = msgspec.convert(row.spec, DatabaseSpec)
+    standbys = {
+        standby.name: standby
+        for inst in rows
+        if (primary := services.facts.get(inst.id)) is not None and primary.role == "primary"
+        for standby in primary.standbys
+    }
     views = []
     for inst in rows:
         host, port = services.orchestrator.connection_info(ref_of(inst))
         facts = services.facts.get(inst.id)
+        role = facts.role if facts is not None and facts.up else inst.role
+        streaming = standbys.get(inst.id) if role == "replica" else None
         views.append(
             Instance(
                 id=inst.id,
                 node_name=inst.node_name,
                 host_id=inst.host_id,
                 state=inst.state,
-                role=inst.role,
+                role=role,
                 port=inst.port,
                 error=inst.error,
                 connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
@@ -258,6 +266,9 @@ def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow])
                 observed_at=(
                     datetime.fromtimestamp(facts.observed_at, UTC) if facts is not None else None
                 ),
+                timeline=facts.timeline if facts is not None else None,
+                lag_bytes=int(streaming.lag_bytes) if streaming is not None else None,
+                lag_seconds=streaming.lag_seconds if streaming is not None else None,
             )
         )
     return Database(

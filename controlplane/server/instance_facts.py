@@ -55,6 +55,25 @@ FROM pg_replication_slots s,
                           ELSE pg_current_wal_lsn() END AS lsn) w
 ORDER BY s.slot_name
 """
+# On a primary: each streaming standby (its application_name is its instance id), and how far
+# its replay is behind this primary's WAL.
+_STANDBYS_SQL = """
+SELECT application_name, state, sync_state,
+       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::float8 AS lag_bytes,
+       coalesce(extract(epoch FROM replay_lag), 0)::float8 AS lag_seconds
+FROM pg_stat_replication
+WHERE application_name <> '' ORDER BY application_name
+"""
+
+
+class StandbyFacts(Struct, frozen=True, kw_only=True):
+    """One streaming standby as its primary sees it (pg_stat_replication)."""
+
+    name: str
+    state: str
+    sync_state: str
+    lag_bytes: float
+    lag_seconds: float
 
 
 class SlotFacts(Struct, frozen=True, kw_only=True):
@@ -97,6 +116,8 @@ class InstanceFacts(Struct, kw_only=True):
     archiver: ArchiverFacts | None = None
     slots: list[SlotFacts] = field(default_factory=list)
     subscriptions: list[SubscriptionFacts] | None = None
+    # Primaries only: the standbys streaming from it.
+    standbys: list[StandbyFacts] = field(default_factory=list)
     error: str | None = None
 
     def age(self, now_monotonic: float | None = None) -> float:
@@ -274,3 +295,14 @@ async def _read_instance(conn: asyncpg.Connection, facts: InstanceFacts) -> None
         )
         for r in await conn.fetch(_SLOTS_SQL)
     ]
+    if facts.role == "primary":
+        facts.standbys = [
+            StandbyFacts(
+                name=r["application_name"],
+                state=r["state"],
+                sync_state=r["sync_state"],
+                lag_bytes=float(r["lag_bytes"]),
+                lag_seconds=float(r["lag_seconds"]),
+            )
+            for r in await conn.fetch(_STANDBYS_SQL)
+        ]

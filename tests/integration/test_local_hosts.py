@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.api import create_and_wait, database_body, wait_task
+from tests.support.api import create_and_wait, database_body, fresh_view, wait_task
 from tests.support.data import converged, write_rows
 from tests.support.processes import postmasters_under
 from tests.support.server import ServerProcess
@@ -51,6 +51,12 @@ async def test_nodes_go_to_the_named_hosts(hosts_server: ServerProcess) -> None:
             home = hosts_server.data_dir / "hosts" / host / f"placed-{node}"
             assert len(postmasters_under(home)) == 1, home
         assert not (hosts_server.data_dir / "instances").exists()
+
+        view = await fresh_view(api, "placed")
+        assert [(i["role"], i["timeline"], i["lag_bytes"]) for i in view["instances"]] == [
+            ("primary", 1, None),
+            ("primary", 1, None),
+        ]
 
         await write_rows(database, 1, 100, node="n1")
         await write_rows(database, 101, 100, node="n2")
