@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from controlplane.server.etcd import stop_embedded_etcd
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from tests.support.os_user import as_os_user
@@ -125,8 +126,11 @@ class ServerProcess:
 
     def stop_instances(self) -> None:
         """Managed Postgres processes are not our children: stop each by its data dir."""
-        root = self.data_dir / "instances"
-        for pid_file in root.glob("*/pgdata/postmaster.pid") if root.exists() else []:
+        pid_files = [
+            *self.data_dir.glob("instances/*/pgdata/postmaster.pid"),
+            *self.data_dir.glob("hosts/*/*/pgdata/postmaster.pid"),  # CONTROLPLANE_LOCAL_HOSTS
+        ]
+        for pid_file in pid_files:
             subprocess.run(
                 as_os_user(
                     [str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(pid_file.parent)]
@@ -141,6 +145,8 @@ class ServerProcess:
                 check=False,
                 capture_output=True,
             )
+        # The embedded etcd outlives the server too (the instances Patroni runs need it).
+        stop_embedded_etcd(self.data_dir)
         # The short socket directory under /tmp outlives the data dir.
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
