@@ -9,7 +9,7 @@ import asyncpg
 from msgspec import Struct
 
 from controlplane.models import InstanceState
-from controlplane.store.pool import Executor
+from controlplane.store.pool import Connection, Executor
 
 
 class InstanceRow(Struct, kw_only=True):
@@ -25,11 +25,13 @@ class InstanceRow(Struct, kw_only=True):
     generations: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    # Who starts and stops its Postgres: "pg_ctl" (the control plane) or "patroni".
+    supervisor: str = "pg_ctl"
 
 
 _COLUMNS = (
     "id, database_id, node_name, host_id, port, state, role, desired, error, generations,"
-    " created_at, updated_at"
+    " created_at, updated_at, supervisor"
 )
 
 
@@ -40,6 +42,11 @@ def _row(record: asyncpg.Record) -> InstanceRow:
 def instance_id(database_id: str, node_name: str) -> str:
     """Stable instance id: database ids never contain `--`, so this cannot collide."""
     return f"{database_id}-{node_name}"
+
+
+def replica_id(database_id: str, node_name: str, host_id: str) -> str:
+    """A replica's id: its node's id and its host (one instance of a node per host)."""
+    return f"{database_id}-{node_name}-{host_id}"
 
 
 async def insert_instance(
@@ -63,22 +70,104 @@ async def insert_instance(
     return _row(record)
 
 
-async def list_instances(db: Executor, database_id: str | None = None) -> list[InstanceRow]:
-    if database_id is None:
-        records = await db.fetch(
-            f"SELECT {_COLUMNS} FROM instances ORDER BY database_id, node_name"
-        )
-    else:
-        records = await db.fetch(
-            f"SELECT {_COLUMNS} FROM instances WHERE database_id = $1 ORDER BY node_name",
-            database_id,
-        )
+async def list_instances(
+    db: Executor, database_id: str | None = None, *, replicas: bool = False
+) -> list[InstanceRow]:
+    """The primaries (one per node: what node-level work acts on), of one database or all;
+    with `replicas`, every instance, each node's primary first."""
+    records = await db.fetch(
+        f"SELECT {_COLUMNS} FROM instances WHERE ($1::text IS NULL OR database_id = $1)"
+        " AND ($2 OR role = 'primary')"
+        " ORDER BY database_id, node_name, role = 'replica', host_id",
+        database_id,
+        replicas,
+    )
     return [_row(r) for r in records]
+
+
+async def list_replicas(db: Executor, database_id: str, node_name: str) -> list[InstanceRow]:
+    records = await db.fetch(
+        f"SELECT {_COLUMNS} FROM instances WHERE database_id = $1 AND node_name = $2"
+        " AND role = 'replica' ORDER BY host_id",
+        database_id,
+        node_name,
+    )
+    return [_row(r) for r in records]
+
+
+async def insert_replica(
+    db: Executor, *, database_id: str, node_name: str, host_id: str, port: int
+) -> InstanceRow | None:
+    """Record a replica of a node on `host_id`; None when its host/port is already taken."""
+    try:
+        record = await db.fetchrow(
+            "INSERT INTO instances (id, database_id, node_name, host_id, port, state, role)"
+            " VALUES ($1, $2, $3, $4, $5, 'creating', 'replica')"
+            f" ON CONFLICT (id) DO UPDATE SET updated_at = now() RETURNING {_COLUMNS}",
+            replica_id(database_id, node_name, host_id),
+            database_id,
+            node_name,
+            host_id,
+            port,
+        )
+    except asyncpg.UniqueViolationError:
+        return None
+    assert record is not None
+    return _row(record)
+
+
+async def set_primary(db: Connection, database_id: str, node_name: str, instance: str) -> bool:
+    """Make `instance` its node's primary row and every other instance of the node a replica
+    (after a switchover or failover); True when a role changed."""
+    async with db.transaction():
+        demoted = await db.execute(
+            "UPDATE instances SET role = 'replica', updated_at = now() WHERE database_id = $1"
+            " AND node_name = $2 AND role = 'primary' AND id <> $3",
+            database_id,
+            node_name,
+            instance,
+        )
+        promoted = await db.execute(
+            "UPDATE instances SET role = 'primary', updated_at = now() WHERE database_id = $1"
+            " AND node_name = $2 AND id = $3 AND role = 'replica'",
+            database_id,
+            node_name,
+            instance,
+        )
+    return demoted != "UPDATE 0" or promoted != "UPDATE 0"
+
+
+async def set_supervisor(db: Executor, database_id: str, node_name: str, supervisor: str) -> None:
+    """Who starts and stops the Postgres of every instance of the node from now on."""
+    await db.execute(
+        "UPDATE instances SET supervisor = $3, updated_at = now()"
+        " WHERE database_id = $1 AND node_name = $2",
+        database_id,
+        node_name,
+        supervisor,
+    )
+
+
+async def set_state_of(
+    db: Executor, instance: str, state: str, *, error: str | None = None
+) -> None:
+    """The state of one instance (a node's other instances keep theirs)."""
+    await db.execute(
+        "UPDATE instances SET state = $2, error = $3, updated_at = now() WHERE id = $1",
+        instance,
+        state,
+        error,
+    )
+
+
+async def delete_instance_by_id(db: Executor, instance: str) -> None:
+    await db.execute("DELETE FROM instances WHERE id = $1", instance)
 
 
 async def get_instance(db: Executor, database_id: str, node_name: str) -> InstanceRow | None:
     record = await db.fetchrow(
-        f"SELECT {_COLUMNS} FROM instances WHERE database_id = $1 AND node_name = $2",
+        f"SELECT {_COLUMNS} FROM instances WHERE database_id = $1 AND node_name = $2"
+        " AND role = 'primary'",
         database_id,
         node_name,
     )
