@@ -112,8 +112,11 @@ async def managed_settings(
 ) -> dict[str, str]:
     """Everything in the instance's managed conf file: ours first, then the user's."""
     orchestrator = ctx.services.orchestrator
+    # The instance listens only on the address clients are given: its host's own (each local
+    # named host has one), so instances on other hosts may use the same port.
+    address, _ = orchestrator.connection_info(ref)
     ours: dict[str, Any] = {
-        "listen_addresses": "127.0.0.1",
+        "listen_addresses": address,
         "port": ref.port,
         "unix_socket_directories": orchestrator.socket_dir(ref),
         "cluster_name": ref.instance_id,

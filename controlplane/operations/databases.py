@@ -20,10 +20,12 @@ from controlplane.errors import (
 from controlplane.models import ConnectionInfo, Database, Host, Instance, Subscription, Task
 from controlplane.nodes import restore_new
 from controlplane.nodes.common import ref_of, spec_of
+from controlplane.orchestrator.base import InstanceRef
 from controlplane.spec import parse_database_request
 from controlplane.spec.backup_roots import check_base_paths, repositories_of
 from controlplane.spec.models import DatabaseSpec, Repository
 from controlplane.spec.secrets import merge_secrets, secrets_to_resend, split_secrets
+from controlplane.spec.validate import check_host_ports, node_host, node_port
 from controlplane.store import databases, instances, tasks, tokens
 from controlplane.store.databases import DatabaseRow
 from controlplane.store.instances import InstanceRow
@@ -37,14 +39,38 @@ def _steps(task_type: str) -> list[str]:
 
 
 async def _check_placement(services: Services, spec: DatabaseSpec, database_id: str) -> None:
-    """Hosts must exist and fixed ports must be free of other instances."""
+    """Hosts must exist, and a fixed port must be unique on its host: among the spec's nodes
+    and against every other instance recorded there or anything listening there (a port may
+    repeat on different hosts, as in pgEdge). Every problem is reported at once."""
     errors: list[dict[str, str]] = []
     orchestrator = services.orchestrator
     known = {h.id for h in orchestrator.hosts()}
-    mine = {r.node_name: r for r in await instances.list_instances(services.pool, database_id)}
+    # Hosts are told apart by the address their instances listen on: docker engines on one
+    # machine's host network are one host as far as ports go.
+    addresses = {
+        host: orchestrator.connection_info(
+            InstanceRef(instance_id="", database_id=database_id, node_name="", host_id=host, port=0)
+        )[0]
+        for host in known
+    }
+    names = {node.name for node in spec.nodes}
+    mine = {
+        r.node_name: r
+        for r in await instances.list_instances(services.pool, database_id)
+        if r.node_name in names
+    }
+    # Every recorded instance holds its port, whatever its database or role.
+    taken = {
+        (addresses[host], port)
+        for host in known
+        for port in await instances.used_ports(services.pool, host)
+    }
+    hosts: dict[str, str] = {}
     for i, node in enumerate(spec.nodes):
-        host = node.host_ids[0] if node.host_ids else orchestrator.default_host()
-        if host not in known:
+        host = node_host(node, orchestrator.default_host())
+        if host in known:
+            hosts[node.name] = host
+        else:
             errors.append(
                 {
                     "path": f"spec.nodes[{i}].host_ids[0]",
@@ -52,28 +78,22 @@ async def _check_placement(services: Services, spec: DatabaseSpec, database_id: 
                     " (GET /v1/hosts)",
                 }
             )
-            continue
-        port = node.port or spec.port
-        existing = mine.get(node.name)
-        if existing is not None:
-            if port and port != existing.port:
-                errors.append(
-                    {
-                        "path": f"spec.nodes[{i}].port",
-                        "message": "the port of an existing node cannot be changed",
-                    }
-                )
-            continue
-        if port and (
-            port in await instances.used_ports(services.pool, host)
-            or not orchestrator.port_is_free(host, port)
-        ):
+        existing, port = mine.get(node.name), node_port(spec, node)
+        if existing is not None and port and port != existing.port:
             errors.append(
                 {
                     "path": f"spec.nodes[{i}].port",
-                    "message": f"port {port} is already in use on host {host}",
+                    "message": "the port of an existing node cannot be changed",
                 }
             )
+    errors += check_host_ports(
+        spec,
+        hosts,
+        placed={r.node_name: (r.host_id, r.port) for r in mine.values()},
+        taken=taken,
+        address_of=lambda host: addresses.get(host, host),
+        is_free=orchestrator.port_is_free,
+    )
     if errors:
         raise InvalidInputError(errors)
 

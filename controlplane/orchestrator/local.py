@@ -25,6 +25,8 @@ from controlplane.system.postgres import hba
 from controlplane.system.process import CommandResult, LineSink, as_user, run_command
 
 LOCAL_HOST_ID = "local"
+# The default host's address; named hosts get their own (see LocalOrchestrator.address).
+LOCAL_ADDRESS = "127.0.0.1"
 # pg_ctl starts with the secrets' memory file on stdin: this moves it to descriptor 9, which
 # the postmaster and every process it forks inherit, and gives pg_ctl /dev/null instead.
 _HAND_OVER = f'exec {secrets.SECRETS_FD}<&0 </dev/null && exec "$@"'
@@ -33,7 +35,12 @@ _HBA = hba("Unix socket: its directory is private to the OS user.")
 
 
 class LocalOrchestrator:
-    """Instances live under `<data_dir>/instances/<instance id>`, sockets under the run dir."""
+    """Instances live under `<data_dir>/instances/<instance id>`, sockets under the run dir.
+
+    Named hosts (CONTROLPLANE_LOCAL_HOSTS) are separate network hosts on this one machine:
+    each has its own loopback address and its own socket directory, so the same port can be
+    used on every host, as on separate machines.
+    """
 
     name = "local"
 
@@ -53,24 +60,41 @@ class LocalOrchestrator:
     def default_host(self) -> str:
         return self._host_ids[0]
 
+    def address(self, host_id: str) -> str:
+        """The host's loopback address: 127.0.0.1 for the default host `local`, 127.0.1.<i>
+        for the i-th named host (Linux routes all of 127.0.0.0/8 to the loopback interface).
+
+        The address follows the host's place in CONTROLPLANE_LOCAL_HOSTS: reordering the list
+        moves the hosts' instances to other addresses.
+        """
+        if host_id == LOCAL_HOST_ID:
+            return LOCAL_ADDRESS
+        if host_id not in self._host_ids:
+            raise PreconditionError(
+                f"host {host_id} is not a local host; the hosts are {', '.join(self._host_ids)}"
+            )
+        index = self._host_ids.index(host_id)
+        return f"127.0.{1 + index // 254}.{1 + index % 254}"
+
     def port_is_free(self, host_id: str, port: int) -> bool:
-        """True when nothing listens on 127.0.0.1:port (a bind attempt, closed at once)."""
+        """True when nothing listens on the host's address and `port` (a bind attempt, closed
+        at once)."""
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
-                probe.bind(("127.0.0.1", port))
+                probe.bind((self.address(host_id), port))
             except OSError:
                 return False
         return True
 
     def pick_port(self, host_id: str, exclude: set[int]) -> int:
-        """A currently free TCP port on 127.0.0.1 that no other instance was given."""
+        """A currently free TCP port on the host's address that no other instance was given."""
         for _ in range(100):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.bind(("127.0.0.1", 0))
+                probe.bind((self.address(host_id), 0))
                 port = int(probe.getsockname()[1])
             if port not in exclude:
                 return port
-        raise PreconditionError("no free port found on host local")
+        raise PreconditionError(f"no free port found on host {host_id}")
 
     # -- paths -----------------------------------------------------------------------------
     def _dir(self, ref: InstanceRef) -> Path:
@@ -83,15 +107,24 @@ class LocalOrchestrator:
     def data_dir(self, ref: InstanceRef) -> str:
         return str(self._dir(ref) / "pgdata")
 
+    def _socket_dir(self, host_id: str) -> Path:
+        """`<run dir>/i` for the default host, `<run dir>/i/<host>` for a named one: each
+        host's sockets apart, so two hosts can both have an instance on one port. Short, as
+        unix socket paths are limited to ~107 bytes."""
+        if host_id == LOCAL_HOST_ID:
+            return self._sockets
+        return self._sockets / host_id
+
     def socket_dir(self, ref: InstanceRef) -> str:
-        return str(self._sockets)
+        return str(self._socket_dir(ref.host_id))
 
     def file_path(self, ref: InstanceRef, name: str) -> str:
         return str(self._dir(ref) / name)
 
     def replication_dsn(self, ref: InstanceRef, database: str) -> str:
-        # All local instances share the private socket directory: no password on the wire.
-        return f"host={self._sockets} port={ref.port} dbname={database} user=postgres"
+        # Every host's socket directory is private to the OS user the instances share: no
+        # password on the wire.
+        return f"host={self.socket_dir(ref)} port={ref.port} dbname={database} user=postgres"
 
     async def build_settings(self) -> dict[str, str]:
         """Debian's 15.20 lets logical decoding load only the output plugins named in
@@ -108,7 +141,8 @@ class LocalOrchestrator:
         return dict(self._build_settings)
 
     def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
-        return "127.0.0.1", ref.port
+        """The host's own address: instances listen on it alone (listen_addresses)."""
+        return self.address(ref.host_id), ref.port
 
     def _pg(self, program: str) -> str:
         return str(self._settings.pg_bin_dir / program)
@@ -123,6 +157,8 @@ class LocalOrchestrator:
         self._dir(ref).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         self._files.private_dir(self._sockets.parent, 0o755)
         self._files.private_dir(self._sockets, 0o700)
+        if ref.host_id != LOCAL_HOST_ID:
+            self._files.private_dir(self._socket_dir(ref.host_id), 0o700)
         self._dir(ref).mkdir(mode=0o700, exist_ok=True)
         self._files.chown(self._dir(ref))
         self._files.write(self._dir(ref) / secrets.RUNNER_FILE, secrets.RUNNER, executable=True)

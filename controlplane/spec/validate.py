@@ -9,7 +9,7 @@ given the installed server's `SettingRules`, whether it would accept each postgr
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -20,6 +20,7 @@ from controlplane.spec.models import (
     DatabaseRequest,
     DatabaseSpec,
     DatabaseUser,
+    NodeSpec,
     RestoreRequest,
 )
 from controlplane.spec.paths import (
@@ -208,28 +209,74 @@ def _check_database_name(name: str) -> list[Problem]:
 
 
 def _check_ports(spec: DatabaseSpec) -> list[Problem]:
-    # Instances share a host's network (local processes, host-networked containers), so two
-    # nodes cannot listen on the same fixed port; 0 lets the orchestrator pick a free one.
+    # A port needs only be unique on its host, and which host a node without host_ids goes on
+    # is the orchestrator's to say: `check_host_ports` runs where the hosts are known.
     errors = _privileged_port(spec.port, "spec.port")
     for index, node in enumerate(spec.nodes):
         if node.port is not None:
             errors += _privileged_port(node.port, f"{item_path('spec.nodes', index)}.port")
-    used_by: dict[int, str] = {}
+    return errors
+
+
+def node_host(node: NodeSpec, default_host: str) -> str:
+    """The host a node goes on: its first host id, else the orchestrator's default host."""
+    return node.host_ids[0] if node.host_ids else default_host
+
+
+def node_port(spec: DatabaseSpec, node: NodeSpec) -> int:
+    """The port a node is placed on: its own unless 0 or unset, else the database's; 0 lets
+    the orchestrator pick a free one."""
+    return node.port or spec.port
+
+
+def check_host_ports(
+    spec: DatabaseSpec,
+    hosts: Mapping[str, str],
+    *,
+    placed: Mapping[str, tuple[str, int]],
+    taken: Collection[tuple[str, int]],
+    address_of: Callable[[str], str],
+    is_free: Callable[[str, int], bool],
+) -> list[Problem]:
+    """Fixed ports that would clash on their host, each reported at the field giving the port.
+
+    A port must be unique per host, not globally (as in pgEdge). `hosts` gives each node's
+    host (nodes on an unknown host are left out); `placed` the (host, port) of the nodes that
+    already have an instance: they keep it, so they claim their port first. A new node's fixed
+    port is refused when another node of the spec has it on the same host, when it is in
+    `taken` (the (address, port) of every recorded instance) or when `is_free(host, port)`
+    says something listens there. Hosts are compared by `address_of`: hosts with one
+    address (containers on one machine's host network) share their ports.
+    """
+    claims: dict[tuple[str, int], tuple[str, str]] = {}
+    for name, (placed_host, placed_port) in placed.items():
+        claims.setdefault((address_of(placed_host), placed_port), (name, placed_host))
+    errors: list[Problem] = []
     for index, node in enumerate(spec.nodes):
-        port = spec.port if node.port is None else node.port
-        if port == 0:
+        port, host = node_port(spec, node), hosts.get(node.name)
+        if node.name in placed or not port or host is None:
             continue
-        if port not in used_by:
-            used_by[port] = node.name
-        elif node.port is None:
-            message = (
-                f"port {port}, inherited by node {node.name}, is also used by node "
-                f"{used_by[port]}: set a port per node or use 0"
-            )
-            errors.append(problem("spec.port", message))
+        key = (address_of(host), port)
+        clash = claims.get(key)
+        if clash is not None:
+            where = f"on host {clash[1]}"
+            if clash[1] != host:
+                where += f", which shares address {key[0]} with host {host}"
+            reason = f"also used by node {clash[0]} {where}"
+        elif key in taken or not is_free(host, port):
+            reason = f"already in use on host {host}"
         else:
-            message = f"port {port} is also used by node {used_by[port]}"
-            errors.append(problem(f"{item_path('spec.nodes', index)}.port", message))
+            claims[key] = (node.name, host)
+            continue
+        if node.port:
+            errors.append(
+                problem(f"{item_path('spec.nodes', index)}.port", f"port {port} is {reason}")
+            )
+        else:
+            message = f"port {port}, inherited by node {node.name}, is {reason}"
+            if clash is not None:
+                message += ": set a port per node or use 0"
+            errors.append(problem("spec.port", message))
     return errors
 
 

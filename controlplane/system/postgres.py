@@ -11,14 +11,16 @@ import os
 SCRAM_ITERATIONS = 4096
 
 # Over the unix socket trust is safe (its directory is private to the instance's OS user, or
-# lives inside the instance's container); over TCP on 127.0.0.1, shared by everything on the
-# machine, a password is needed.
+# lives inside the instance's container); over TCP on the loopback network, shared by
+# everything on the machine, a password is needed. The whole of 127.0.0.0/8: local named hosts
+# each listen on an address of their own in it (127.0.1.<i>), and a client may connect from
+# any of them.
 HBA_RULES = """\
 local   all             all                                     trust
 local   replication     all                                     trust
-host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             127.0.0.0/8             scram-sha-256
 host    all             all             ::1/128                 scram-sha-256
-host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             127.0.0.0/8             scram-sha-256
 host    replication     all             ::1/128                 scram-sha-256
 """
 
