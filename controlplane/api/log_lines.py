@@ -67,5 +67,7 @@ def configure_logging(level: str) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Every request the control plane makes (Patroni's REST API, etcd) is not news.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     # Python's warnings too, instead of their own unformatted lines on stderr.
     logging.captureWarnings(True)

@@ -97,6 +97,7 @@ def ref_of(row: InstanceRow) -> InstanceRef:
         node_name=row.node_name,
         host_id=row.host_id,
         port=row.port,
+        supervisor=row.supervisor,
     )
 
 

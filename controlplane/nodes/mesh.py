@@ -18,9 +18,37 @@ from controlplane.tasks.context import Services, StepContext
 from controlplane.tasks.inputs import restore_plans, target_nodes
 
 
-def mesh_node(services: Services, ref: InstanceRef, database: str) -> MeshNode:
-    """How the other nodes reach this one (a superuser DSN)."""
-    return MeshNode(name=ref.node_name, dsn=services.orchestrator.replication_dsn(ref, database))
+def mesh_node(
+    services: Services, ref: InstanceRef, database: str, replicas: Sequence[InstanceRef] = ()
+) -> MeshNode:
+    """How the other nodes reach this one (a superuser DSN). A node with replicas is reached
+    through all of its instances, at whichever is writable (libpq's multi-host form with
+    `target_session_attrs=read-write`): after a failover, subscriptions find the new primary."""
+    dsn = services.orchestrator.replication_dsn(ref, database)
+    if replicas:
+        dsn = multi_host_dsn(
+            [dsn, *(services.orchestrator.replication_dsn(r, database) for r in replicas)]
+        )
+    return MeshNode(name=ref.node_name, dsn=dsn)
+
+
+def multi_host_dsn(dsns: Sequence[str]) -> str:
+    """One libpq DSN trying each of `dsns` (same database and user) until one is writable."""
+    parts = [dict(item.split("=", 1) for item in dsn.split()) for dsn in dsns]
+    merged = dict(parts[0])
+    merged["host"] = ",".join(p["host"] for p in parts)
+    merged["port"] = ",".join(p["port"] for p in parts)
+    merged["target_session_attrs"] = "read-write"
+    return " ".join(f"{key}={value}" for key, value in merged.items())
+
+
+async def node_replicas(services: Services, database_id: str) -> dict[str, list[InstanceRef]]:
+    """Each node's replicas (nodes without any are absent)."""
+    found: dict[str, list[InstanceRef]] = {}
+    for row in await instances.list_instances(services.pool, database_id, replicas=True):
+        if row.role == "replica":
+            found.setdefault(row.node_name, []).append(ref_of(row))
+    return found
 
 
 @contextlib.asynccontextmanager
@@ -66,7 +94,11 @@ async def converge_replication(ctx: StepContext) -> dict[str, Any]:
     """
     _, spec = await load_spec(ctx)
     rows = await _rows(ctx, spec)
-    nodes = [mesh_node(ctx.services, ref_of(r), spec.database_name) for r in rows]
+    replicas = await node_replicas(ctx.services, ctx.database_id)
+    nodes = [
+        mesh_node(ctx.services, ref_of(r), spec.database_name, replicas.get(r.node_name, []))
+        for r in rows
+    ]
     restored = restore_plans(ctx.input)
     fresh = {
         r.node_name

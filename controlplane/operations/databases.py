@@ -94,8 +94,87 @@ async def _check_placement(services: Services, spec: DatabaseSpec, database_id: 
         address_of=lambda host: addresses.get(host, host),
         is_free=orchestrator.port_is_free,
     )
+    errors += await _check_replica_hosts(services, spec, database_id, known, taken, addresses)
     if errors:
         raise InvalidInputError(errors)
+
+
+async def _clustered_changes(
+    services: Services, database_id: str, old: DatabaseSpec, new: DatabaseSpec
+) -> list[dict[str, str]]:
+    """What an update may not change yet while a node has replicas: the settings every
+    instance runs on (applying them would restart the primary under Patroni's feet)."""
+    rows = await instances.list_instances(services.pool, database_id)
+    if not any(r.supervisor == "patroni" for r in rows):
+        return []
+    if new.postgresql_conf != old.postgresql_conf:
+        return [
+            {
+                "path": "spec.postgresql_conf",
+                "message": "changing the settings of a database whose nodes have replicas is not"
+                " supported yet",
+            }
+        ]
+    return []
+
+
+async def _check_replica_hosts(
+    services: Services,
+    spec: DatabaseSpec,
+    database_id: str,
+    known: set[str],
+    taken: set[tuple[str, int]],
+    addresses: dict[str, str],
+) -> list[dict[str, str]]:
+    """A replica's host must exist and have the node's fixed port free; an existing node keeps
+    the hosts it has (adding or removing replicas of a running node is not supported yet)."""
+    errors: list[dict[str, str]] = []
+    recorded: dict[str, set[str]] = {}
+    for row in await instances.list_instances(services.pool, database_id, replicas=True):
+        recorded.setdefault(row.node_name, set()).add(row.host_id)
+    default = services.orchestrator.default_host()
+    for i, node in enumerate(spec.nodes):
+        wanted = set(node.host_ids) or {default}
+        if node.name in recorded:
+            has = recorded[node.name]
+            if wanted != has and (len(wanted) > 1 or len(has) > 1):
+                errors.append(
+                    {
+                        "path": f"spec.nodes[{i}].host_ids",
+                        "message": f"node {node.name} runs on {', '.join(sorted(has))}:"
+                        " adding or removing replicas of an existing node is not supported yet;"
+                        " create the node with its replicas",
+                    }
+                )
+            continue
+        port = node_port(spec, node)
+        if len(node.host_ids) > 1 and services.orchestrator.name != "local":
+            errors.append(
+                {
+                    "path": f"spec.nodes[{i}].host_ids",
+                    "message": "nodes with replicas run on the local orchestrator for now; on"
+                    f" {services.orchestrator.name} a node has one instance (one host id)",
+                }
+            )
+            continue
+        for k, host in enumerate(node.host_ids[1:], start=1):
+            path = f"spec.nodes[{i}].host_ids[{k}]"
+            if host not in known:
+                errors.append(
+                    {
+                        "path": path,
+                        "message": f"unknown host {host}; the hosts are"
+                        f" {', '.join(sorted(known))} (GET /v1/hosts)",
+                    }
+                )
+            elif port and (
+                (addresses[host], port) in taken
+                or not services.orchestrator.port_is_free(host, port)
+            ):
+                errors.append(
+                    {"path": path, "message": f"port {port} is already in use on host {host}"}
+                )
+    return errors
 
 
 # Role attributes that reach beyond the database: only an admin token may grant them.
@@ -211,6 +290,7 @@ async def update_database(
     old = spec_of(services, row)
     new = merge_secrets(request.spec, old)
     errors = _immutable_changes(old, new)
+    errors += await _clustered_changes(services, database_id, old, new)
     errors += [{"path": p, "message": m} for p, m in secrets_to_resend(request.spec, old)]
     if errors:
         raise InvalidInputError(errors)
@@ -303,7 +383,8 @@ def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow])
 
 
 async def database_view_of(services: Services, row: DatabaseRow) -> Database:
-    return database_view(services, row, await instances.list_instances(services.pool, row.id))
+    rows = await instances.list_instances(services.pool, row.id, replicas=True)
+    return database_view(services, row, rows)
 
 
 async def get_database(services: Services, database_id: str) -> Database:
@@ -316,7 +397,7 @@ async def list_databases(services: Services) -> list[Database]:
     """Every database: two queries, whatever their number."""
     rows = await databases.list_databases(services.pool)
     by_database: dict[str, list[InstanceRow]] = {}
-    for inst in await instances.list_instances(services.pool):
+    for inst in await instances.list_instances(services.pool, replicas=True):
         by_database.setdefault(inst.database_id, []).append(inst)
     return [database_view(services, row, by_database.get(row.id, [])) for row in rows]
 

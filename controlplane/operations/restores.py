@@ -10,6 +10,7 @@ import msgspec
 from controlplane.errors import (
     DatabaseNotModifiableError,
     InvalidInputError,
+    PreconditionError,
     RestoreNotAllowedError,
 )
 from controlplane.models import Database, Task
@@ -95,6 +96,13 @@ async def start_restore(
     ]
     if unknown:
         raise InvalidInputError(unknown)
+    clustered = sorted(n for n in targets if rows[n].supervisor == "patroni")
+    if clustered:
+        raise PreconditionError(
+            f"node(s) {', '.join(clustered)} have replicas: restoring a node with replicas is"
+            " not supported yet (restore into a new database with restore_config instead)",
+            details={"nodes": clustered},
+        )
     check_storage(services, restore_repository(request.restore_config, "restore_config"))
     config = with_known_secrets(request.restore_config, spec)
     join_source = await _join_source(services, database_id, config, targets)

@@ -22,6 +22,9 @@ class InstanceRef(Struct, frozen=True, kw_only=True):
     node_name: str
     host_id: str
     port: int
+    # Who starts and stops its Postgres: the orchestrator itself ("pg_ctl"), or the instance's
+    # Patroni ("patroni": the instances of a node with replicas).
+    supervisor: str = "pg_ctl"
 
 
 class Orchestrator(Protocol):
@@ -62,6 +65,12 @@ class Orchestrator(Protocol):
 
     async def make_dirs(self, ref: InstanceRef, paths: Sequence[str]) -> None:
         """Create directories (absolute, as seen by the instance) owned by the OS user."""
+        ...
+
+    async def start_patroni(self, ref: InstanceRef, config: str, *, role: str) -> None:
+        """Make the instance a member of its node's Patroni cluster with `config` (rendered by
+        `orchestrator.patroni.render_config`) and start its Patroni; wait until the member
+        serves as `role` (primary or replica)."""
         ...
 
     async def read_file(self, ref: InstanceRef, name: str) -> str | None:

@@ -459,6 +459,12 @@ class DockerOrchestrator:
             await asyncio.sleep(0.2)
         return False
 
+    async def start_patroni(self, ref: InstanceRef, config: str, *, role: str) -> None:
+        raise PreconditionError(
+            "nodes with replicas run on the local orchestrator for now: the docker orchestrator"
+            " runs one instance per node"
+        )
+
     async def remove_instance(self, ref: InstanceRef, *, on_line: LineSink) -> None:
         """Stop, then remove every container, the volume, the instance directory, and the
         database's secrets once no instance of the database is left."""

@@ -12,12 +12,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
+import msgspec
 
 from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.models import Host
 from controlplane.orchestrator import instance_secrets as secrets
+from controlplane.orchestrator import local_patroni
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.orchestrator.hba import client_hba
+from controlplane.orchestrator.local_patroni import PatroniProcesses
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.system.files import OwnedFiles
@@ -52,6 +55,9 @@ class LocalOrchestrator:
         self._build_settings: dict[str, str] | None = None
         self._files = OwnedFiles(settings.os_user)
         self._box = SecretBox.for_settings(settings)
+        self.patroni = PatroniProcesses(
+            self._files, settings.os_user, settings.patroni_bin, settings.pg_bin_dir
+        )
 
     # -- placement -------------------------------------------------------------------------
     def hosts(self) -> list[Host]:
@@ -237,15 +243,43 @@ class LocalOrchestrator:
         await asyncio.to_thread(self._files.make_dirs, paths)
 
     async def status(self, ref: InstanceRef) -> InstanceStatus:
+        if ref.supervisor == "patroni":
+            # Patroni keeps its Postgres running (or clones it): what runs is Patroni.
+            return "running" if self.patroni.pid(self._dir(ref)) is not None else "stopped"
         pgdata = Path(self.data_dir(ref))
         if not (pgdata / "PG_VERSION").exists():
             return "missing"
         result = await run_command(self._as_user([self._pg("pg_ctl"), "status", "-D", str(pgdata)]))
         return "running" if result.exit_code == 0 else "stopped"
 
+    async def _pg_ctl_status(self, ref: InstanceRef) -> InstanceStatus:
+        return await self.status(msgspec.structs.replace(ref, supervisor="pg_ctl"))
+
+    async def start_patroni(self, ref: InstanceRef, config: str, *, role: str) -> None:
+        """Make the instance a Patroni member with `config` (its rendered configuration) and
+        start its Patroni; wait until it serves as `role` (primary or replica)."""
+        self._ensure_dirs(ref)
+        self._files.write(self._dir(ref) / local_patroni.CONFIG_FILE, config)
+        await self._start_patroni(ref, role=role)
+
+    async def _start_patroni(self, ref: InstanceRef, *, role: str | None) -> None:
+        home = self._dir(ref)
+        self._ensure_dirs(ref)
+        env = secrets.unsealed(self._box, home / secrets.ENV_FILE)
+        handed = secrets.memory_file(env, self._files.owner())
+        try:
+            await self.patroni.start(home, handed, secrets.postmaster_environment())
+        finally:
+            os.close(handed)
+        if role is not None:
+            await self.patroni.wait_ready(home, role)
+
     async def start(
         self, ref: InstanceRef, *, on_line: LineSink, options: Mapping[str, str] | None = None
     ) -> None:
+        if ref.supervisor == "patroni":
+            await self._start_patroni(ref, role=None)
+            return
         if await self.status(ref) != "running":
             # The socket directory under /tmp may have gone with a reboot.
             self._ensure_dirs(ref)
@@ -320,7 +354,11 @@ class LocalOrchestrator:
         """Fast shutdown; if it does not finish in time (a shutdown checkpoint waits for
         archive-push, which hangs while the repository is unreachable), shut down immediately:
         the next start runs crash recovery and loses nothing committed."""
-        if await self.status(ref) != "running":
+        if ref.supervisor == "patroni":
+            await self.patroni.stop(self._dir(ref))
+            if await self._pg_ctl_status(ref) != "running":
+                return  # Patroni stopped its Postgres; else it was killed: stop it below
+        elif await self.status(ref) != "running":
             return
         for mode, wait in (("fast", "120"), ("immediate", "60")):
             result = await run_command(
@@ -339,7 +377,7 @@ class LocalOrchestrator:
                 ),
                 on_line=on_line,
             )
-            if result.exit_code == 0 or await self.status(ref) != "running":
+            if result.exit_code == 0 or await self._pg_ctl_status(ref) != "running":
                 return
             await on_line(f"{mode} shutdown of {ref.instance_id} did not finish in {wait}s")
         raise ExternalCommandError(

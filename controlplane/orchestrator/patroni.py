@@ -56,6 +56,7 @@ member of a cluster has the same ones, as it has the same three database roles.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -103,6 +104,7 @@ _REFUSE_INITDB = (
     " directory of the first member\" >&2; exit 1'"
 )
 _RESTART_SKIPPED = "restart conditions are not satisfied"
+_CONFIG_RETRIES = 30
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 Scalar = str | int | float | bool
 
@@ -487,7 +489,12 @@ class PatroniClient:
     async def patch_config(self, patch: Mapping[str, Any]) -> dict[str, Any]:
         """Merge `patch` into the DCS configuration (a null value removes a key); returns the
         whole configuration as stored."""
-        response = await self._call("PATCH", "/config", "configuration change", json=patch)
+        for _ in range(_CONFIG_RETRIES):
+            response = await self._call("PATCH", "/config", "configuration change", json=patch)
+            # 503 while a new leader has not stored the cluster's configuration yet.
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(1.0)
         self._check(response, "configuration change")
         config: dict[str, Any] = response.json()
         return config

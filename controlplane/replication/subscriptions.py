@@ -337,3 +337,48 @@ async def drop_leftover_slot(conn: Connection, *, provider: str, subscriber: str
     raise ReplicationError(
         f"replication slot {slot} for node {subscriber} on node {provider} stays in use"
     )
+
+
+async def restart_subscriptions_from(conn: Connection, provider: str | None) -> list[str]:
+    """Restart at once the apply workers of this node's subscriptions to `provider` (disable,
+    then enable, both immediate), returning their names.
+
+    After the provider's primary changed (a failover), pglogical's manager retries a worker
+    that failed to connect only after 180 s; a restarted worker connects through the provider's
+    multi-host DSN to its new primary now, at the slot Patroni kept there. With `provider`
+    None, every subscription of the node: on a replica just promoted, whose workers failed
+    while it was read-only and would otherwise wait out the same 180 s."""
+    names = [
+        s.name for s in await list_subscriptions(conn) if provider is None or s.provider == provider
+    ]
+    for name in names:
+        await conn.execute("SELECT pglogical.alter_subscription_disable($1, true)", name)
+        await conn.execute("SELECT pglogical.alter_subscription_enable($1, true)", name)
+    return names
+
+
+async def follow_new_primary(
+    conn: Connection, provider: str, slot_positions: Mapping[str, str]
+) -> list[str]:
+    """On a subscriber of `provider`, whose primary was just replaced by a replica (a
+    failover): restart each subscription to it from where the new primary's copy of its slot
+    stands, when this subscriber had received more than that from the old primary.
+
+    The old primary may have sent WAL the new one never received; the new one then writes its
+    own WAL over those positions, on its new timeline. Left alone, the subscriber would ask to
+    start past them and skip what the new primary wrote there. Rows it received twice this way
+    (the slot copy lags a little) are applied again as conflicts pglogical resolves: the same
+    rows, the same data. Returns the subscriptions restarted."""
+    subs = [s for s in await list_subscriptions(conn) if s.provider == provider]
+    await stop_workers(conn, [s.name for s in subs])
+    for sub in subs:
+        position = slot_positions.get(sub.slot_name)
+        if position is not None:
+            await conn.execute(
+                "SELECT pg_replication_origin_advance($1, $2::text::pg_lsn)"
+                " WHERE pg_replication_origin_progress($1, false) > $2::text::pg_lsn",
+                sub.slot_name,
+                position,
+            )
+        await conn.execute("SELECT pglogical.alter_subscription_enable($1, true)", sub.name)
+    return [s.name for s in subs]

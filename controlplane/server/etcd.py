@@ -10,6 +10,7 @@ start adopts the running one, or starts it again on the same ports and data.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -388,3 +389,24 @@ def _etcd_environment() -> dict[str, str]:
         # etcd 3.4 starts on arm64 only when told that this is deliberate.
         env["ETCD_UNSUPPORTED_ARCH"] = "arm64"
     return env
+
+
+async def delete_prefix(endpoints: list[str], prefix: str) -> int:
+    """Delete every key under `prefix` (etcd's v3 JSON gateway); the number deleted."""
+    key = prefix.encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    body = {
+        "key": base64.b64encode(key).decode(),
+        "range_end": base64.b64encode(end).decode(),
+    }
+    last: Exception | None = None
+    async with httpx.AsyncClient(timeout=10) as client:
+        for endpoint in endpoints:
+            try:
+                response = await client.post(f"http://{endpoint}/v3/kv/deleterange", json=body)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                last = exc
+                continue
+            return int(response.json().get("deleted", 0))
+    raise DependencyError(f"etcd did not delete {prefix}: {last}")

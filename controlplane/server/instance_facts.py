@@ -203,7 +203,7 @@ class InstanceObserver:
         }
         return [
             (row, names[row.database_id])
-            for row in await instances.list_instances(pool)
+            for row in await instances.list_instances(pool, replicas=True)
             if row.database_id in names
             and row.desired == "running"
             and row.state not in _UNOBSERVED_INSTANCE_STATES

@@ -7,8 +7,11 @@ import asyncio
 import logging
 import time
 
+import asyncpg
+
 from controlplane.errors import ControlPlaneError
 from controlplane.nodes.common import ref_of
+from controlplane.nodes.replicas import follow_failover
 from controlplane.server.instance_facts import InstanceFactsBook, InstanceObserver
 from controlplane.store import databases, instances, task_runs
 from controlplane.store.instances import InstanceRow
@@ -95,9 +98,10 @@ class Monitor:
             for database in await databases.list_databases(conn):
                 if database.id in busy or database.state not in _SETTLED:
                     continue
-                rows = await instances.list_instances(conn, database.id)
+                rows = await instances.list_instances(conn, database.id, replicas=True)
                 healthy = [await self._reconcile(row) for row in rows]
                 await self._set_health(database.id, database.state, database.error, healthy)
+                await self._follow_primaries(database.id, str(database.spec["database_name"]), rows)
 
     async def _reconcile(self, row: InstanceRow) -> bool:
         """True when the instance runs as desired (starting it if it should run and does not)."""
@@ -117,13 +121,42 @@ class Monitor:
             message = exc.message if isinstance(exc, ControlPlaneError) else str(exc)
             if row.state != "failed" or row.error != message:
                 log.error("instance %s cannot run: %s", row.id, message)
-                await instances.set_instance_state(
-                    pool, row.database_id, row.node_name, "failed", error=message
-                )
+                await instances.set_state_of(pool, row.id, "failed", error=message)
             return False
         if row.state != "available" or row.error:
-            await instances.set_instance_state(pool, row.database_id, row.node_name, "available")
+            await instances.set_state_of(pool, row.id, "available")
         return True
+
+    async def _follow_primaries(
+        self, database_id: str, database_name: str, rows: list[InstanceRow]
+    ) -> None:
+        """A node whose Patroni promoted a replica (a failover): record the new primary, and
+        restart the other nodes' subscriptions to it at once (pglogical alone would retry only
+        after 180 s)."""
+        pool, facts = self._services.pool, self._services.facts
+        for row in rows:
+            seen = facts.get(row.id)
+            if row.role != "replica" or seen is None or not seen.up or seen.role != "primary":
+                continue
+            if seen.observed_at <= row.updated_at.timestamp():
+                continue  # seen before its role last changed: that says nothing now
+            log.warning(
+                "node %s of %s: %s is the primary now (failover); the mesh follows it",
+                row.node_name,
+                database_id,
+                row.id,
+            )
+            try:
+                # The mesh first: the role is recorded once it follows (else the next sweep
+                # tries again).
+                await follow_failover(self._services, row, database_name)
+            except (ControlPlaneError, OSError, asyncpg.PostgresError) as exc:
+                log.error(
+                    "node %s of %s: the mesh could not follow: %s", row.node_name, database_id, exc
+                )
+                continue
+            async with pool.acquire() as conn:
+                await instances.set_primary(conn, database_id, row.node_name, row.id)
 
     async def _set_health(
         self, database_id: str, state: str, error: str | None, healthy: list[bool]

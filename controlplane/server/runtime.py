@@ -17,11 +17,12 @@ from controlplane.nodes.common import task_secrets
 from controlplane.orchestrator.base import Orchestrator
 from controlplane.orchestrator.local import LocalOrchestrator
 from controlplane.scheduler.loop import Scheduler
+from controlplane.server.etcd import EmbeddedEtcd
 from controlplane.server.monitor import Monitor
 from controlplane.settings import Settings
 from controlplane.spec.pg_settings import load_setting_rules
 from controlplane.spec.secrets import SecretBox
-from controlplane.store import tokens
+from controlplane.store import instances, tokens
 from controlplane.store.changes import ChangeFeed
 from controlplane.store.embedded import EmbeddedStore
 from controlplane.store.migrate import migrate
@@ -69,13 +70,18 @@ class Runtime:
             dsn = await self._embedded.start()
         pool = await create_pool(dsn)
         await migrate(pool)
+        dcs = EmbeddedEtcd(settings)
         self.services = Services(
             settings=settings,
             pool=pool,
             orchestrator=make_orchestrator(settings),
             secret_box=SecretBox.for_settings(settings),
             setting_rules=await load_setting_rules(settings),
+            dcs=dcs,
         )
+        if await instances.any_supervised_by(pool, "patroni"):
+            # Patroni's members need their DCS: adopt the running etcd, or start it again.
+            await dcs.start()
         await self._ensure_admin_token()
         self.worker = Worker(self.services, all_workflows(), task_secrets)
         self.changes = ChangeFeed(dsn, on_task=self._on_notify)

@@ -121,9 +121,19 @@ class DatabaseUser(_Request, kw_only=True):
 ConfValue = Annotated[str, Meta(max_length=1024)] | int | float | bool
 
 
+MAX_INSTANCES_PER_NODE = 5
+
+
 class NodeSpec(_Request, kw_only=True):
     name: NodeName
-    host_ids: Annotated[list[Identifier], Meta(max_length=1)] = field(default_factory=list)
+    # One instance per host: the first host runs the node's primary, each other one a
+    # streaming replica (a Patroni cluster with automatic failover).
+    host_ids: Annotated[list[Identifier], Meta(max_length=MAX_INSTANCES_PER_NODE)] = field(
+        default_factory=list
+    )
+    # A node with replicas: commits wait until a replica has them too (Patroni's
+    # synchronous_mode), so a failover loses no acknowledged commit, at the price of latency.
+    synchronous_mode: bool = False
     port: Port | None = None
     backup_config: BackupConfig | None = None
     restore_config: RestoreConfig | None = None

@@ -182,6 +182,13 @@ def _check_nodes(spec: DatabaseSpec) -> list[Problem]:
         for error in _check_unique(names, "spec.nodes", "node name")
     ]
     for index, node in enumerate(spec.nodes):
+        for k, host in enumerate(node.host_ids):
+            if host in node.host_ids[:k]:
+                message = (
+                    f"host {host} is named twice: a node has one instance per host (the first"
+                    " runs its primary, each other one a streaming replica)"
+                )
+                errors.append(problem(f"{item_path('spec.nodes', index)}.host_ids[{k}]", message))
         path = f"{item_path('spec.nodes', index)}.source_node"
         if node.source_node is None:
             continue

@@ -222,3 +222,11 @@ async def set_generations(
         node_name,
         generations,
     )
+
+
+async def any_supervised_by(db: Executor, supervisor: str) -> bool:
+    return bool(
+        await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM instances WHERE supervisor = $1)", supervisor
+        )
+    )

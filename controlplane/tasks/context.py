@@ -16,6 +16,7 @@ from controlplane.tasks.logger import TaskLogger
 
 if TYPE_CHECKING:
     from controlplane.orchestrator.base import Orchestrator
+    from controlplane.server.etcd import EmbeddedEtcd
     from controlplane.server.instance_facts import InstanceFactsBook
     from controlplane.spec.pg_settings import SettingRules
     from controlplane.spec.secrets import SecretBox
@@ -37,6 +38,8 @@ class Services:
     setting_rules: SettingRules | None = None
     # What the monitor last observed of each instance (read routes answer from it).
     facts: InstanceFactsBook = field(default_factory=lambda: _new_facts_book())
+    # Patroni's etcd, for nodes with replicas: started (or adopted) on first use.
+    dcs: EmbeddedEtcd | None = None
 
 
 def _new_facts_book() -> InstanceFactsBook:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controlplane.nodes import mesh
+from controlplane.nodes import mesh, replicas
 from controlplane.store import databases
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.inputs import DatabaseInput
@@ -34,6 +34,7 @@ CREATE = Workflow(
         Step("create_users", converge.create_users),
         Step("configure_backups", converge.configure_backups),
         Step("create_replication_mesh", mesh.converge_replication),
+        Step("start_replicas", replicas.start_replicas),
         Step("mark_available", converge.mark_available),
     ),
     on_failure=_on_failure,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controlplane.nodes import mesh, restore_join
+from controlplane.nodes import mesh, replicas, restore_join
 from controlplane.nodes.common import load_spec
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.inputs import DatabaseInput
@@ -30,6 +30,7 @@ UPDATE = Workflow(
         Step("remove_dropped_nodes", converge.remove_dropped_nodes),
         Step("configure_backups", converge.configure_backups),
         Step("create_replication_mesh", mesh.converge_replication),
+        Step("start_replicas", replicas.start_replicas),
         Step("mark_available", converge.mark_available),
     ),
     on_failure=_on_failure,

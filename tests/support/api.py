@@ -66,15 +66,17 @@ async def create_and_wait(api: httpx.AsyncClient, body: dict[str, Any]) -> dict[
 async def connect(
     database: dict[str, Any], node: str, *, user: str = "admin", password: str = "s3cret-pass"
 ) -> asyncpg.Connection:  # type: ignore[type-arg]
-    """Log in to a node over TCP exactly as a client application would."""
-    instance = next(i for i in database["instances"] if i["node_name"] == node)
-    info = instance["connection_info"]
+    """Log in to a node over TCP exactly as a client application would: to a node with
+    replicas through all of its instances, at whichever is the primary (libpq's multi-host
+    form with target_session_attrs=read-write, as a client of a highly available node does)."""
+    infos = [i["connection_info"] for i in database["instances"] if i["node_name"] == node]
     conn: asyncpg.Connection = await asyncpg.connect(  # type: ignore[type-arg]
-        host=info["host"],
-        port=info["port"],
-        database=info["database"],
+        host=[i["host"] for i in infos] if len(infos) > 1 else infos[0]["host"],
+        port=[i["port"] for i in infos] if len(infos) > 1 else infos[0]["port"],
+        database=infos[0]["database"],
         user=user,
         password=password,
+        **({"target_session_attrs": "read-write"} if len(infos) > 1 else {}),
     )
     return conn
 

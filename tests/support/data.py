@@ -19,7 +19,8 @@ DIGEST = (
 
 
 def nodes_of(database: dict[str, Any]) -> list[str]:
-    return sorted(i["node_name"] for i in database["instances"])
+    """The database's nodes (a node with replicas has several instances)."""
+    return sorted({i["node_name"] for i in database["instances"]})
 
 
 async def query(database: dict[str, Any], node: str, sql: str) -> Any:

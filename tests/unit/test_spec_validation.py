@@ -391,10 +391,16 @@ def test_source_node_exclusive_with_restore_config() -> None:
     assert "exclusive" in message_at(body, "spec.nodes[1].source_node")
 
 
-def test_host_ids_at_most_one() -> None:
-    """A node lists at most one host id."""
-    body = minimal_body(nodes=[{"name": "n1", "host_ids": ["a", "b"]}])
-    assert message_at(body, "spec.nodes[0].host_ids") == "expected at most 1 item"
+def test_host_ids_at_most_five() -> None:
+    """A node has at most five instances: one host id each."""
+    body = minimal_body(nodes=[{"name": "n1", "host_ids": ["a", "b", "c", "d", "e", "f"]}])
+    assert message_at(body, "spec.nodes[0].host_ids") == "expected at most 5 items"
+
+
+def test_host_ids_distinct() -> None:
+    """A node has one instance per host: a host named twice is refused at the second."""
+    body = minimal_body(nodes=[{"name": "n1", "host_ids": ["a", "b", "a"]}])
+    assert "named twice" in message_at(body, "spec.nodes[0].host_ids[2]")
 
 
 # --- backup_config -----------------------------------------------------------------------

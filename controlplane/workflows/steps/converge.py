@@ -67,17 +67,32 @@ async def plan_instances(ctx: StepContext) -> dict[str, Any]:
             f"node {node.name}: instance {row.id} on host {host_id} port {row.port}",
             node=node.name,
         )
+    for node in spec.nodes:  # a streaming replica on each other host of a node
+        placed = {
+            r.host_id for r in await instances.list_replicas(pool, ctx.database_id, node.name)
+        }
+        for host_id in node.host_ids[1:]:
+            if host_id in placed:
+                continue
+            row = await _place(ctx, node, spec, host_id, replica=True)
+            await ctx.log.info(
+                f"node {node.name}: replica {row.id} on host {host_id} port {row.port}",
+                node=node.name,
+            )
     return {}
 
 
-async def _place(ctx: StepContext, node: NodeSpec, spec: DatabaseSpec, host_id: str) -> Any:
+async def _place(
+    ctx: StepContext, node: NodeSpec, spec: DatabaseSpec, host_id: str, *, replica: bool = False
+) -> Any:
     pool, orchestrator = ctx.services.pool, ctx.services.orchestrator
     wanted = node.port or spec.port
+    insert = instances.insert_replica if replica else instances.insert_instance
     for _ in range(20):
         port = wanted or orchestrator.pick_port(host_id, await instances.used_ports(pool, host_id))
         if wanted and not orchestrator.port_is_free(host_id, port):
             raise PreconditionError(f"port {port} on host {host_id} is already in use")
-        row = await instances.insert_instance(
+        row = await insert(
             pool, database_id=ctx.database_id, node_name=node.name, host_id=host_id, port=port
         )
         if row is not None:

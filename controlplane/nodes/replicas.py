@@ -1,0 +1,342 @@
+"""A node with replicas: its instances form one Patroni cluster, with etcd as its DCS.
+
+The node's primary is made, configured and joined to the mesh like any node's; then
+`start_replicas`:
+
+1. runs the statements Patroni expects on a cluster it did not create (its replication and
+   rewind roles), stops the primary and starts its Patroni, which adopts the data directory
+   and leads (a promotion: the timeline moves on by one);
+2. makes the node's pglogical slots permanent slots of the cluster, so Patroni keeps them on
+   whichever member leads and at the right position (an unknown slot it would drop);
+3. starts a Patroni for each replica, which clones the leader and streams from it;
+4. restarts at once the subscriptions other nodes hold to this one: pglogical's manager would
+   otherwise retry a worker that failed during the adoption only after 180 s.
+
+Every member of the cluster shares the same credentials (database roles and REST API). They
+are kept in each member's Patroni configuration, in its private instance directory, and read
+back from there by the next step or task that needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from controlplane import replication
+from controlplane.errors import PreconditionError
+from controlplane.nodes import backups
+from controlplane.nodes.common import load_spec, managed_settings, ref_of
+from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.local_patroni import BIN_DIR, CONFIG_FILE
+from controlplane.orchestrator.patroni import (
+    NAMESPACE,
+    Credentials,
+    LogicalSlot,
+    PatroniClient,
+    PatroniMember,
+    adoption_statements,
+    render_config,
+    slots_config,
+)
+from controlplane.server.etcd import delete_prefix
+from controlplane.spec.models import DatabaseSpec, NodeSpec
+from controlplane.store import instances
+from controlplane.store.instances import InstanceRow
+from controlplane.tasks.context import Services, StepContext
+from controlplane.tasks.logger import TaskLogger
+
+REPLICATION_ROLE = "cp_replicator"
+REWIND_ROLE = "cp_rewind"
+REST_USER = "controlplane"
+# Each member's own (Patroni places them from its configuration): not in the DCS.
+_PLACED = {"listen_addresses", "port", "cluster_name", "unix_socket_directories"}
+
+
+def has_replicas(node: NodeSpec) -> bool:
+    return len(node.host_ids) > 1
+
+
+def scope_of(database_id: str, node_name: str) -> str:
+    """The Patroni cluster of a node (its keys in etcd live under /controlplane/<scope>/)."""
+    return f"{database_id}-{node_name}"
+
+
+async def start_replicas(ctx: StepContext) -> dict[str, Any]:
+    """For every node with replicas: its Patroni cluster, led by the node's primary, and a
+    streaming replica on each of its other hosts."""
+    _, spec = await load_spec(ctx)
+    for node in spec.nodes:
+        if has_replicas(node):
+            await _make_cluster(ctx, spec, node)
+    return {}
+
+
+async def _make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) -> None:
+    services, pool = ctx.services, ctx.services.pool
+    primary = await instances.get_instance(pool, ctx.database_id, node.name)
+    if primary is None:
+        raise PreconditionError(f"node {node.name} has no primary instance")
+    replicas = await instances.list_replicas(pool, ctx.database_id, node.name)
+    members = [primary, *replicas]
+    if services.dcs is None:
+        raise PreconditionError("no etcd is configured for Patroni")
+    etcd = tuple(await services.dcs.start())
+    known = await _known_members(ctx, members)
+    creds = _credentials(known)
+    rest_ports = await _rest_ports(ctx, members, known)
+    sink = ctx.log.sink("patroni", node=node.name)
+
+    # 1. The primary: adopted by its Patroni, which knows the mesh's slots on it from the
+    # start (an unknown slot it would drop at once).
+    slots = await _logical_slots(ctx, primary, spec.database_name)
+    leader = await _member(ctx, spec, primary, creds, rest_ports, etcd, founder=True, slots=slots)
+    if primary.supervisor != "patroni":
+        await ctx.log.info(f"node {node.name}: Patroni takes over {primary.id}", node=node.name)
+        conn = await services.orchestrator.connect(ref_of(primary))
+        try:
+            for statement in adoption_statements(leader):
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+        await services.orchestrator.stop(ref_of(primary), on_line=sink)
+        await instances.set_supervisor(pool, ctx.database_id, node.name, "patroni")
+    await services.orchestrator.start_patroni(
+        _supervised(primary), render_config(leader), role="primary"
+    )
+    async with PatroniClient.for_member(leader) as client:
+        # 2. The mesh's slots on this node, kept by the cluster (again: a cluster adopted
+        # earlier knows the slots its founder knew then).
+        if slots:
+            await client.patch_config({"slots": slots_config(slots)})
+            await ctx.log.info(
+                f"node {node.name}: permanent slots {', '.join(sorted(slots))}", node=node.name
+            )
+        # 3. A replica on each other host, cloned from the leader.
+        for row in replicas:
+            member = await _member(ctx, spec, row, creds, rest_ports, etcd, founder=False)
+            await ctx.log.info(
+                f"node {node.name}: replica {row.id} on host {row.host_id}", node=node.name
+            )
+            await services.orchestrator.start_patroni(
+                _supervised(row), render_config(member), role="replica"
+            )
+            await instances.set_state_of(pool, row.id, "available")
+        view = await client.cluster()
+    await ctx.log.info(
+        f"node {node.name}: " + ", ".join(f"{m.name} {m.role} {m.state}" for m in view.members),
+        node=node.name,
+    )
+    # 4. The subscriptions to and from this node, connected now (their workers failed while
+    # Patroni restarted the primary).
+    await restart_subscriptions_to(
+        services, ctx.database_id, spec.database_name, node.name, ctx.log
+    )
+    own = await restart_own_subscriptions(services, primary, spec.database_name)
+    if own:
+        await ctx.log.info(f"node {node.name}: restarted {', '.join(own)}", node=node.name)
+
+
+async def restart_subscriptions_to(
+    services: Services,
+    database_id: str,
+    database_name: str,
+    node_name: str,
+    log: TaskLogger | None = None,
+) -> None:
+    """Restart, on every other node's primary, its subscriptions to `node_name`."""
+    for row in await instances.list_instances(services.pool, database_id):
+        if row.node_name == node_name or row.state != "available":
+            continue
+        conn = await services.orchestrator.connect(ref_of(row), database_name)
+        try:
+            restarted = await replication.restart_subscriptions_from(conn, node_name)
+        finally:
+            await conn.close()
+        if restarted and log is not None:
+            await log.info(
+                f"node {row.node_name}: restarted {', '.join(restarted)}", node=row.node_name
+            )
+
+
+async def follow_failover(services: Services, row: InstanceRow, database_name: str) -> None:
+    """After `row` was promoted in place of its node's primary: the other nodes' subscriptions
+    to the node restart from the new primary's slot positions, and the new primary's own
+    subscriptions restart at once (pglogical alone would wait 180 s for both)."""
+    conn = await services.orchestrator.connect(ref_of(row), database_name)
+    try:
+        positions = {
+            str(r["slot_name"]): str(r["confirmed_flush_lsn"])
+            for r in await conn.fetch(
+                "SELECT slot_name, confirmed_flush_lsn::text FROM pg_replication_slots"
+                " WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL"
+            )
+        }
+        await replication.restart_subscriptions_from(conn, None)
+    finally:
+        await conn.close()
+    for other in await instances.list_instances(services.pool, row.database_id):
+        if other.node_name == row.node_name or other.state != "available":
+            continue
+        peer = await services.orchestrator.connect(ref_of(other), database_name)
+        try:
+            await replication.follow_new_primary(peer, row.node_name, positions)
+        finally:
+            await peer.close()
+
+
+async def restart_own_subscriptions(
+    services: Services, row: InstanceRow, database_name: str
+) -> list[str]:
+    """Restart every subscription of an instance just promoted (its workers failed while it
+    was read-only, and pglogical would retry them only after 180 s)."""
+    conn = await services.orchestrator.connect(ref_of(row), database_name)
+    try:
+        return await replication.restart_subscriptions_from(conn, None)
+    finally:
+        await conn.close()
+
+
+async def forget_cluster(services: Services, database_id: str, node_name: str) -> None:
+    """Remove what the node's Patroni cluster kept in etcd (its system identifier above all):
+    a node made again under the same name founds a new cluster."""
+    if services.dcs is not None:
+        prefix = f"{NAMESPACE}{scope_of(database_id, node_name)}/"
+        await delete_prefix(await services.dcs.start(), prefix)
+
+
+def _supervised(row: InstanceRow) -> InstanceRef:
+    ref = ref_of(row)
+    return InstanceRef(
+        instance_id=ref.instance_id,
+        database_id=ref.database_id,
+        node_name=ref.node_name,
+        host_id=ref.host_id,
+        port=ref.port,
+        supervisor="patroni",
+    )
+
+
+async def _known_members(ctx: StepContext, rows: list[InstanceRow]) -> dict[str, dict[str, Any]]:
+    """The Patroni configurations already written for these instances, by instance id."""
+    known = {}
+    for row in rows:
+        text = await ctx.services.orchestrator.read_file(ref_of(row), CONFIG_FILE)
+        if text:
+            known[row.id] = json.loads(text)
+    return known
+
+
+def _credentials(known: dict[str, dict[str, Any]]) -> dict[str, Credentials]:
+    """The cluster's shared credentials: those of a member already configured, else new."""
+    for config in known.values():
+        auth = config["postgresql"]["authentication"]
+        return {
+            "superuser": Credentials(**auth["superuser"]),
+            "replication": Credentials(**auth["replication"]),
+            "rewind": Credentials(**auth["rewind"]),
+            "rest": Credentials(**config["restapi"]["authentication"]),
+        }
+    return {
+        "superuser": Credentials(username="postgres", password=secrets.token_urlsafe(24)),
+        "replication": Credentials(username=REPLICATION_ROLE, password=secrets.token_urlsafe(24)),
+        "rewind": Credentials(username=REWIND_ROLE, password=secrets.token_urlsafe(24)),
+        "rest": Credentials(username=REST_USER, password=secrets.token_urlsafe(24)),
+    }
+
+
+async def _rest_ports(
+    ctx: StepContext, rows: list[InstanceRow], known: dict[str, dict[str, Any]]
+) -> dict[str, int]:
+    """Each member's REST API port on its host: kept once chosen."""
+    orchestrator = ctx.services.orchestrator
+    ports: dict[str, int] = {}
+    for row in rows:
+        if row.id in known:
+            ports[row.id] = int(known[row.id]["restapi"]["listen"].rsplit(":", 1)[1])
+    for row in rows:
+        if row.id not in ports:
+            used = await instances.used_ports(ctx.services.pool, row.host_id)
+            ports[row.id] = orchestrator.pick_port(row.host_id, used | set(ports.values()))
+    return ports
+
+
+async def _member(
+    ctx: StepContext,
+    spec: DatabaseSpec,
+    row: InstanceRow,
+    creds: dict[str, Credentials],
+    rest_ports: dict[str, int],
+    etcd: tuple[str, ...],
+    *,
+    founder: bool,
+    slots: dict[str, LogicalSlot] | None = None,
+) -> PatroniMember:
+    """The Patroni configuration of one instance: its own pgBackRest setup (written into its
+    directory, so after a failover it archives to the node's stanza from its own data
+    directory), the node's managed settings cluster-wide, its own archive_command."""
+    services = ctx.services
+    orchestrator = services.orchestrator
+    ref = ref_of(row)
+    setup = await backups.backup_setup(services, spec, row, ref)
+    await backups.write_backup_files(services, setup)
+    settings = await managed_settings(ctx, spec, ref, archive_command=setup.archive_command)
+    # Every member runs on the node's settings: they go to the DCS, so a clone starts with them.
+    parameters: dict[str, str | int | float | bool] = {
+        name: _unquoted(quoted)
+        for name, quoted in settings.items()
+        if name not in _PLACED and name != "archive_command"
+    }
+    node = next(n for n in spec.nodes if n.name == row.node_name)
+    if node.synchronous_mode:
+        # pglogical confirms what it applied only once committed: with synchronous commits,
+        # once a replica has it too, so a failover cannot drop rows other nodes sent.
+        parameters["pglogical.synchronous_commit"] = "on"
+    address, port = orchestrator.connection_info(ref)
+    home = orchestrator.file_path(ref, "")
+    return PatroniMember(
+        scope=scope_of(row.database_id, row.node_name),
+        name=row.id,
+        rest_host=address,
+        rest_port=rest_ports[row.id],
+        rest_auth=creds["rest"],
+        etcd_hosts=etcd,
+        pg_host=address,
+        pg_port=port,
+        data_dir=orchestrator.data_dir(ref),
+        bin_dir=f"{home.rstrip('/')}/{BIN_DIR}",
+        socket_dir=orchestrator.socket_dir(ref),
+        pgpass=orchestrator.file_path(ref, "pgpass"),
+        superuser=creds["superuser"],
+        replication=creds["replication"],
+        rewind=creds["rewind"],
+        parameters=parameters,
+        archive_command=setup.archive_command,
+        synchronous_mode=node.synchronous_mode,
+        slots=slots or {},
+        initializes_cluster=founder,
+    )
+
+
+def _unquoted(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1].replace("''", "'")
+    return value
+
+
+async def _logical_slots(
+    ctx: StepContext, primary: InstanceRow, database: str
+) -> dict[str, LogicalSlot]:
+    conn = await ctx.services.orchestrator.connect(ref_of(primary))
+    try:
+        rows = await conn.fetch(
+            "SELECT slot_name, database, plugin FROM pg_replication_slots"
+            " WHERE slot_type = 'logical' AND database = $1",
+            database,
+        )
+    finally:
+        await conn.close()
+    return {
+        str(r["slot_name"]): LogicalSlot(database=str(r["database"]), plugin=str(r["plugin"]))
+        for r in rows
+    }
