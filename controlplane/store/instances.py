@@ -50,19 +50,32 @@ def replica_id(database_id: str, node_name: str, host_id: str) -> str:
 
 
 async def insert_instance(
-    db: Executor, *, database_id: str, node_name: str, host_id: str, port: int
+    db: Executor,
+    *,
+    database_id: str,
+    node_name: str,
+    host_id: str,
+    port: int,
+    replica: bool = False,
 ) -> InstanceRow | None:
-    """Record an instance; None when its host/port is already taken by another instance."""
+    """Record a node's primary instance (or, with `replica`, a replica on `host_id`); None
+    when its host/port is already taken by another instance."""
+    instance = (
+        replica_id(database_id, node_name, host_id)
+        if replica
+        else instance_id(database_id, node_name)
+    )
     try:
         record = await db.fetchrow(
-            "INSERT INTO instances (id, database_id, node_name, host_id, port, state)"
-            " VALUES ($1, $2, $3, $4, $5, 'creating')"
+            "INSERT INTO instances (id, database_id, node_name, host_id, port, state, role)"
+            " VALUES ($1, $2, $3, $4, $5, 'creating', $6)"
             f" ON CONFLICT (id) DO UPDATE SET updated_at = now() RETURNING {_COLUMNS}",
-            instance_id(database_id, node_name),
+            instance,
             database_id,
             node_name,
             host_id,
             port,
+            "replica" if replica else "primary",
         )
     except asyncpg.UniqueViolationError:
         return None
@@ -93,27 +106,6 @@ async def list_replicas(db: Executor, database_id: str, node_name: str) -> list[
         node_name,
     )
     return [_row(r) for r in records]
-
-
-async def insert_replica(
-    db: Executor, *, database_id: str, node_name: str, host_id: str, port: int
-) -> InstanceRow | None:
-    """Record a replica of a node on `host_id`; None when its host/port is already taken."""
-    try:
-        record = await db.fetchrow(
-            "INSERT INTO instances (id, database_id, node_name, host_id, port, state, role)"
-            " VALUES ($1, $2, $3, $4, $5, 'creating', 'replica')"
-            f" ON CONFLICT (id) DO UPDATE SET updated_at = now() RETURNING {_COLUMNS}",
-            replica_id(database_id, node_name, host_id),
-            database_id,
-            node_name,
-            host_id,
-            port,
-        )
-    except asyncpg.UniqueViolationError:
-        return None
-    assert record is not None
-    return _row(record)
 
 
 async def set_primary(db: Connection, database_id: str, node_name: str, instance: str) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.os_user import give_to_os_user
 from tests.support.pgcluster import ScratchCluster
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, serving
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +38,8 @@ def store_url(store_cluster: ScratchCluster) -> str:
 @pytest.fixture
 def server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
     """A running `controlplane serve` on a fresh store database and data dir."""
-    proc = ServerProcess(scratch_dir / "cp", database_url=store_url)
-    proc.start()
-    try:
+    with serving(scratch_dir / "cp", database_url=store_url) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        proc.stop_instances()
-        # Shown by pytest only when the test failed.
-        print("---- server log (tail) ----\n" + proc.log_text()[-6000:])
 
 
 @pytest.fixture

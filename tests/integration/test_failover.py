@@ -19,7 +19,7 @@ from tests.support.data import TABLE, on_every
 from tests.support.eventually import eventually
 from tests.support.load import ids_on, writers
 from tests.support.processes import postmasters_under
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, serving
 
 PATRONI = (
     {"CONTROLPLANE_PATRONI_BIN": os.environ["TEST_PATRONI_BIN"]}
@@ -30,24 +30,22 @@ PATRONI = (
 
 @pytest.fixture
 def ha_server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        scratch_dir / "cp",
-        database_url=store_url,
-        env={"CONTROLPLANE_LOCAL_HOSTS": "h1,h2,h3", **PATRONI},
-    )
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.stop_instances()
-        print("---- server log (tail) ----\n" + proc.log_text()[-8000:])
-        for log in sorted(proc.data_dir.glob("hosts/*/*/postgres.log")):
-            lines = [line for line in log.read_text().splitlines() if "ERROR" in line]
-            print(f"---- {log.parent.name}: postgres errors ----\n" + "\n".join(lines[-30:]))
-        for log in sorted(proc.data_dir.glob("hosts/*/*/patroni.log")):
-            lines = [line for line in log.read_text().splitlines() if " INFO: " in line]
-            print(f"---- {log.parent.name}: patroni ----\n" + "\n".join(lines[-60:]))
+    env = {"CONTROLPLANE_LOCAL_HOSTS": "h1,h2,h3", **PATRONI}
+    with serving(scratch_dir / "cp", database_url=store_url, env=env) as proc:
+        try:
+            yield proc
+        finally:
+            _print_logs(proc)
+
+
+def _print_logs(proc: ServerProcess) -> None:
+    """The instances' errors and Patroni's own lines (pytest shows them when a test failed)."""
+    for log in sorted(proc.data_dir.glob("hosts/*/*/postgres.log")):
+        lines = [line for line in log.read_text().splitlines() if "ERROR" in line]
+        print(f"---- {log.parent.name}: postgres errors ----\n" + "\n".join(lines[-30:]))
+    for log in sorted(proc.data_dir.glob("hosts/*/*/patroni.log")):
+        lines = [line for line in log.read_text().splitlines() if " INFO: " in line]
+        print(f"---- {log.parent.name}: patroni ----\n" + "\n".join(lines[-60:]))
 
 
 def _by_id(view: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -12,21 +12,14 @@ import pytest
 from tests.support.api import connect, create_and_wait, database_body, fresh_view, wait_task
 from tests.support.data import TABLE, converged, on_every, write_rows
 from tests.support.processes import postmasters_under
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, serving
 
 
 @pytest.fixture
 def hosts_server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        scratch_dir / "cp", database_url=store_url, env={"CONTROLPLANE_LOCAL_HOSTS": "h1,h2"}
-    )
-    proc.start()
-    try:
+    hosts = {"CONTROLPLANE_LOCAL_HOSTS": "h1,h2"}
+    with serving(scratch_dir / "cp", database_url=store_url, env=hosts) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        proc.stop_instances()
-        print("---- server log (tail) ----\n" + proc.log_text()[-6000:])
 
 
 async def test_nodes_go_to_the_named_hosts(hosts_server: ServerProcess) -> None:

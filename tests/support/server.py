@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -175,3 +176,19 @@ class ServerProcess:
             text=True,
         )
         return result.stdout.strip()
+
+
+@contextlib.contextmanager
+def serving(
+    data_dir: Path, *, database_url: str | None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """A running server for one test: stopped with its instances afterwards, its log's tail
+    printed (pytest shows it when the test failed)."""
+    proc = ServerProcess(data_dir, database_url=database_url, env=env)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.stop_instances()
+        print("---- server log (tail) ----\n" + proc.log_text()[-8000:])

@@ -87,13 +87,17 @@ async def _place(
 ) -> Any:
     pool, orchestrator = ctx.services.pool, ctx.services.orchestrator
     wanted = node.port or spec.port
-    insert = instances.insert_replica if replica else instances.insert_instance
     for _ in range(20):
         port = wanted or orchestrator.pick_port(host_id, await instances.used_ports(pool, host_id))
         if wanted and not orchestrator.port_is_free(host_id, port):
             raise PreconditionError(f"port {port} on host {host_id} is already in use")
-        row = await insert(
-            pool, database_id=ctx.database_id, node_name=node.name, host_id=host_id, port=port
+        row = await instances.insert_instance(
+            pool,
+            database_id=ctx.database_id,
+            node_name=node.name,
+            host_id=host_id,
+            port=port,
+            replica=replica,
         )
         if row is not None:
             return row
