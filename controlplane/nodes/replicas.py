@@ -23,6 +23,8 @@ import json
 import secrets
 from typing import Any
 
+import msgspec
+
 from controlplane import replication
 from controlplane.errors import PreconditionError
 from controlplane.nodes import backups
@@ -206,15 +208,8 @@ async def forget_cluster(services: Services, database_id: str, node_name: str) -
 
 
 def _supervised(row: InstanceRow) -> InstanceRef:
-    ref = ref_of(row)
-    return InstanceRef(
-        instance_id=ref.instance_id,
-        database_id=ref.database_id,
-        node_name=ref.node_name,
-        host_id=ref.host_id,
-        port=ref.port,
-        supervisor="patroni",
-    )
+    """The instance as a Patroni member (before its row says so, while it is being adopted)."""
+    return msgspec.structs.replace(ref_of(row), supervisor="patroni")
 
 
 async def _known_members(ctx: StepContext, rows: list[InstanceRow]) -> dict[str, dict[str, Any]]:
