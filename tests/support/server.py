@@ -141,7 +141,14 @@ class ServerProcess:
         self.start()
 
     def stop_instances(self) -> None:
-        """Managed Postgres processes are not our children: stop each by its data dir."""
+        """Managed Postgres processes are not our children: stop each by its data dir, after
+        the Patroni that would start it again (a frozen one too)."""
+        for pid_file in self.data_dir.glob("*/**/patroni.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().strip())
+                if b"patroni" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
         pid_files = [
             *self.data_dir.glob("instances/*/pgdata/postmaster.pid"),
             *self.data_dir.glob("hosts/*/*/pgdata/postmaster.pid"),  # CONTROLPLANE_LOCAL_HOSTS
