@@ -107,15 +107,24 @@ async def _clustered_changes(
     rows = await instances.list_instances(services.pool, database_id)
     if not any(r.supervisor == "patroni" for r in rows):
         return []
+    errors = []
     if new.postgresql_conf != old.postgresql_conf:
-        return [
-            {
-                "path": "spec.postgresql_conf",
-                "message": "changing the settings of a database whose nodes have replicas is not"
-                " supported yet",
-            }
-        ]
-    return []
+        errors.append(("spec.postgresql_conf", "the settings"))
+    # New repository secrets reach archive-push only with a restart.
+    if new.backup_config != old.backup_config:
+        errors.append(("spec.backup_config", "the backup configuration"))
+    before = {n.name: n.backup_config for n in old.nodes}
+    for i, node in enumerate(new.nodes):
+        if node.name in before and node.backup_config != before[node.name]:
+            errors.append((f"spec.nodes[{i}].backup_config", "the backup configuration"))
+    return [
+        {
+            "path": path,
+            "message": f"changing {what} of a database whose nodes have replicas is not"
+            " supported yet (it would restart a primary under Patroni)",
+        }
+        for path, what in errors
+    ]
 
 
 async def _check_replica_hosts(

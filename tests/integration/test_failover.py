@@ -212,10 +212,12 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
         async def rejoined() -> dict[str, Any] | None:
             now = await fresh_view(api, "ha")
             mine = _by_id(now)
-            back = mine["ha-n1"]
-            return now if back["role"] == "replica" and back["lag_bytes"] is not None else None
+            back, new = mine["ha-n1"], mine["ha-n1-h2"]
+            # In recovery again, on the new primary's timeline: rewound, and following it.
+            following = back["role"] == "replica" and back["timeline"] == new["timeline"]
+            return now if following else None
 
-        await eventually(rejoined, timeout=120, what="the old primary back as a replica")
+        await eventually(rejoined, timeout=180, what="the old primary back as a replica")
 
         # Not supported yet on a node with replicas, each refused with its reason before
         # anything is touched.
@@ -227,10 +229,16 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
         refused = await api.post("/v1/databases/ha", json=grown)
         assert refused.status_code == 422, refused.text
         assert refused.json()["details"]["errors"][0]["path"] == "spec.nodes[1].host_ids"
-        tuned = {**body, "spec": {**body["spec"], "postgresql_conf": {"work_mem": "8MB"}}}
-        refused = await api.post("/v1/databases/ha", json=tuned)
-        assert refused.status_code == 422, refused.text
-        assert "replicas" in refused.json()["details"]["errors"][0]["message"]
+        repository = {"repositories": [{"type": "posix", "base_path": "/var/tmp/ha-repo"}]}
+        for field, value in (
+            ("postgresql_conf", {"work_mem": "8MB"}),
+            ("backup_config", repository),
+        ):
+            changed = {**body, "spec": {**body["spec"], field: value}}
+            refused = await api.post("/v1/databases/ha", json=changed)
+            assert refused.status_code == 422, refused.text
+            error = refused.json()["details"]["errors"][0]
+            assert error["path"] == f"spec.{field}" and "replicas" in error["message"], error
         restore = {
             "target_nodes": ["n1"],
             "restore_config": {
