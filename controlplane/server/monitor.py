@@ -30,6 +30,14 @@ async def _quiet(line: str) -> None:
     log.debug("monitor: %s", line)
 
 
+_BUSY_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM tasks WHERE database_id = $1"
+    " AND status IN ('pending', 'running', 'canceling')"
+    " AND type IN ('create', 'update', 'delete', 'restore', 'node_restore'))"
+)
+_BEING_MADE = frozenset({"creating", "restoring"})
+
+
 class Monitor:
     """Periodically starts instances that should run and are down, marks what cannot start, and
     records each running instance's facts in `facts` (read by `/metrics`)."""
@@ -98,7 +106,15 @@ class Monitor:
             for database in await databases.list_databases(conn):
                 if database.id in busy or database.state not in _SETTLED:
                     continue
-                rows = await instances.list_instances(conn, database.id, replicas=True)
+                # Read again now: an operation may have started on it since this sweep began
+                # (reconciling the databases before it takes a while).
+                if await conn.fetchval(_BUSY_SQL, database.id):
+                    continue
+                rows = [
+                    r
+                    for r in await instances.list_instances(conn, database.id, replicas=True)
+                    if r.state not in _BEING_MADE  # a task is making it: not ours to start
+                ]
                 healthy = [await self._reconcile(row) for row in rows]
                 await self._set_health(database.id, database.state, database.error, healthy)
                 await self._follow_primaries(database.id, str(database.spec["database_name"]), rows)
