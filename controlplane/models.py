@@ -19,7 +19,19 @@ DatabaseState = Literal[
 ]
 InstanceState = Literal["creating", "available", "backing_up", "restoring", "stopped", "failed"]
 TaskType = Literal[
-    "create", "update", "delete", "node_backup", "restore", "node_restore", "verify", "expire"
+    "create",
+    "update",
+    "delete",
+    "node_backup",
+    "restore",
+    "node_restore",
+    "verify",
+    "expire",
+    "switchover",
+    "failover",
+    "restart_instance",
+    "stop_instance",
+    "start_instance",
 ]
 TaskStatus = Literal[
     "pending", "running", "canceling", "completed", "failed", "canceled", "skipped"
@@ -40,6 +52,21 @@ class Subscription(Struct, kw_only=True):
     provider_node: str
     name: str
     status: str
+    # WAL the provider keeps for this subscription that it has not confirmed yet (its slot's
+    # lag), as the provider last reported it; None when the provider was not observed.
+    lag_bytes: int | None = None
+
+
+class Archiver(Struct, kw_only=True):
+    """WAL archiving of an instance as last observed: pg_stat_archiver, and the `.ready` files
+    still waiting in pg_wal/archive_status (the backlog a failing archive_command piles up)."""
+
+    archived_count: int
+    failed_count: int
+    last_archived_at: datetime | None = None
+    last_failed_at: datetime | None = None
+    last_failed_wal: str | None = None
+    ready_files: int = 0
 
 
 class Instance(Struct, kw_only=True):
@@ -61,6 +88,7 @@ class Instance(Struct, kw_only=True):
     # last saw it; None for a primary, or a replica its primary does not see streaming.
     lag_bytes: int | None = None
     lag_seconds: float | None = None
+    archiver: Archiver | None = None
 
 
 class Database(Struct, kw_only=True):
@@ -70,6 +98,8 @@ class Database(Struct, kw_only=True):
     updated_at: datetime
     # The spec as stored (secrets left out): a request's DatabaseSpec, read back.
     spec: Annotated[dict[str, Any], Meta(title="StoredSpec")]
+    # pgEdge's owner of the database (the create request's tenant_id, kept in the spec).
+    tenant_id: str | None = None
     error: str | None = None
     instances: list[Instance] = field(default_factory=list)
 
@@ -84,8 +114,17 @@ class TaskStep(Struct, kw_only=True):
 class Task(Struct, kw_only=True):
     task_id: str
     parent_id: str | None
+    # pgEdge's task scope: every task here belongs to a database, so `scope` is "database" and
+    # `entity_id` the database id.
+    scope: Literal["database", "host"]
+    entity_id: str
     database_id: str
     node_name: str | None
+    # Where a node's task acts: the instance it names (an instance action), else the node's
+    # primary as it stands now, and that instance's host; None for database-wide tasks or a node
+    # with no instance any more.
+    host_id: str | None = None
+    instance_id: str | None = None
     type: TaskType
     status: TaskStatus
     trigger: TaskTrigger
@@ -201,6 +240,10 @@ class BackupSet(Struct, kw_only=True):
     wal_stop: str | None = None
     size: int = 0
     repository_size: int | None = None
+    # This set's own increment (pgBackRest's `delta`): for a full set its whole size, for a
+    # diff or incr set what it added since the set it depends on; None when not reported.
+    delta: int | None = None
+    repository_delta: int | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     task_id: str | None = None
     prior: str | None = None

@@ -14,6 +14,7 @@ import msgspec
 _TRUE = {"1", "true", "yes", "on", "y"}
 _HOST_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _FALSE = {"0", "false", "no", "off", "n"}
+_AT_FIELD = re.compile(r" - at `\$\.([a-z_]+)`")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,15 +136,36 @@ def load_settings(
     """Build Settings from `CONTROLPLANE_*` variables, then apply non-None CLI overrides."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for info in msgspec.structs.fields(Settings):
         name = info.name
-        value = env.get(f"CONTROLPLANE_{name.upper()}")
+        variable = f"CONTROLPLANE_{name.upper()}"
+        value = env.get(variable)
         if value is not None and value != "":
-            raw[name] = _coerce(value, info.type)
+            try:
+                raw[name] = _coerce(value, info.type)
+            except ValueError as exc:
+                raise ValueError(f"{variable}: {exc}") from None
+            origin[name] = variable
     for name, value in (overrides or {}).items():
         if value is not None:
             raw[name] = value
-    return msgspec.convert(raw, Settings, strict=False, dec_hook=_dec_hook)
+            origin[name] = f"--{name.replace('_', '-')}"
+    try:
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ValueError(_name_the_source(str(exc), origin)) from None
+
+
+def _name_the_source(message: str, origin: Mapping[str, str]) -> str:
+    """msgspec's `Expected `int`, got `str` - at `$.port`` as `CONTROLPLANE_PORT: expected
+    `int`, got `str``: the variable (or flag) a person sets, not a JSON path."""
+    found = _AT_FIELD.search(message)
+    if found is None:
+        return message
+    field = found.group(1)
+    text = message[: found.start()].strip()
+    return f"{origin.get(field, field)}: {text[:1].lower()}{text[1:]}"
 
 
 def _coerce(value: str, annotation: Any) -> Any:

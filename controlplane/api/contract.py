@@ -66,6 +66,8 @@ class Contract:
     description: str = ""
     streams: bool = False
     tags: tuple[str, ...] = field(default=())
+    # Refuses any query parameter (422): a route with no `query` that still checks them.
+    strict_query: bool = False
 
 
 _ERROR_WORDS = {
@@ -90,7 +92,7 @@ def _errors(route: HTTPRouteHandler, contract: Contract, has_path_params: bool) 
         statuses.append(404)
     if contract.conflicts:
         statuses.append(409)
-    if contract.body is not None or contract.query:
+    if contract.body is not None or contract.query or contract.strict_query:
         statuses.append(422)
     if contract.runs_commands:
         statuses.append(502)

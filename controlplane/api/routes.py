@@ -49,10 +49,22 @@ _TASK_TYPES = {
     "node_restore",
     "verify",
     "expire",
+    "switchover",
+    "failover",
+    "restart_instance",
+    "stop_instance",
+    "start_instance",
 }
 _TASK_STATUSES = {"pending", "running", "canceling", "completed", "failed", "canceled", "skipped"}
 # pgEdge's spellings of the sort order mean the same as ours.
-_SORT_ORDERS = {"asc": "asc", "desc": "desc", "ascend": "asc", "descend": "desc"}
+_SORT_ORDERS = {
+    "asc": "asc",
+    "desc": "desc",
+    "ascend": "asc",
+    "descend": "desc",
+    "ascending": "asc",
+    "descending": "desc",
+}
 
 
 # -- what each route takes and returns (api/contract.py turns these into the OpenAPI document)
@@ -104,17 +116,28 @@ LIST_ALL_TASKS = Contract(
         Query("entity_id", {"type": "string"}, "the database (scope=database) or host id"),
     ),
 )
-GET_TASK = Contract(summary="Get a task and its steps", returns=Task)
-CANCEL = Contract(summary="Ask a task to stop", returns=Task, conflicts=True)
+GET_TASK = Contract(summary="Get a task and its steps", returns=Task, strict_query=True)
+CANCEL = Contract(summary="Ask a task to stop", returns=Task, conflicts=True, strict_query=True)
+CANCEL_ALIAS = Contract(
+    summary="Ask a task to stop (pgEdge's GET spelling of the POST)",
+    returns=Task,
+    conflicts=True,
+    strict_query=True,
+)
 TASK_LOG = Contract(
     summary="Read a task's log (JSON page, or text/event-stream to follow it)",
+    description=(
+        "With `after_entry_id`, the next `limit` entries after it (0: from the start). Without "
+        "it, the newest `limit` entries, oldest first, as pgEdge answers; the page's "
+        "`last_entry_id` is the cursor for what follows."
+    ),
     returns=TaskLog,
     streams=True,
     query=(
         Query(
             "after_entry_id",
             {"type": "integer", "minimum": 0},
-            "entries after this one (0: from the start)",
+            "entries after this one (0: from the start; none: the newest `limit`)",
         ),
         Query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most (100)"),
     ),
@@ -169,6 +192,30 @@ def _actor(request: AnyRequest) -> str:
 
 # Entry ids are bigint: a larger cursor could only fail in the store.
 _MAX_ENTRY_ID = 2**62
+
+
+# An unknown parameter's name is echoed in the error: bounded, and at most a few of them.
+_NAME_SHOWN = 64
+_UNKNOWN_SHOWN = 8
+
+
+def _known_query(request: AnyRequest, contract: Contract) -> None:
+    """422 naming every query parameter `contract` does not declare: a misspelt filter
+    (`?stauts=failed`) would otherwise answer as if no filter were given."""
+    known = {q.name for q in contract.query}
+    unknown = sorted({name for name in request.query_params if name not in known})
+    if not unknown:
+        return
+    allowed = ", ".join(sorted(known)) or "none"
+    raise InvalidInputError(
+        [
+            {
+                "path": f"query.{name[:_NAME_SHOWN]}",
+                "message": f"unknown query parameter {name[:_NAME_SHOWN]!r} (known: {allowed})",
+            }
+            for name in unknown[:_UNKNOWN_SHOWN]
+        ]
+    )
 
 
 def _int_param(request: AnyRequest, name: str, default: int, low: int, high: int) -> int:
@@ -280,7 +327,10 @@ async def delete_database(request: AnyRequest, database_id: str) -> Response[byt
     return _json(TaskAnswer(task=task), 202)
 
 
-async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[bytes]:
+async def _list_tasks(
+    request: AnyRequest, database_id: str | None, contract: Contract
+) -> Response[bytes]:
+    _known_query(request, contract)
     order = _SORT_ORDERS[_choice_param(request, "sort_order", set(_SORT_ORDERS)) or "desc"]
     services = _services(request)
     query: dict[str, Any] = dict(
@@ -304,13 +354,14 @@ async def _list_tasks(request: AnyRequest, database_id: str | None) -> Response[
 
 @get("/v1/databases/{database_id:str}/tasks", opt={"contract": LIST_TASKS})
 async def list_database_tasks(request: AnyRequest, database_id: str) -> Response[bytes]:
-    return await _list_tasks(request, database_id)
+    return await _list_tasks(request, database_id, LIST_TASKS)
 
 
 @get("/v1/tasks", opt={"contract": LIST_ALL_TASKS})
 async def list_all_tasks(request: AnyRequest) -> Response[bytes]:
     """Every task, or one scope's (pgEdge's `scope` and `entity_id`): every task here belongs
     to a database, so `scope=host` lists none."""
+    _known_query(request, LIST_ALL_TASKS)
     scope = _choice_param(request, "scope", {"database", "host"})
     entity_id = request.query_params.get("entity_id") or None
     if entity_id is not None and scope is None:
@@ -325,12 +376,13 @@ async def list_all_tasks(request: AnyRequest) -> Response[bytes]:
             raise InvalidInputError(
                 [{"path": "query.entity_id", "message": f"must be {bad[0][1]}"}]
             )
-        return await _list_tasks(request, entity_id)
-    return await _list_tasks(request, None)
+        return await _list_tasks(request, entity_id, LIST_ALL_TASKS)
+    return await _list_tasks(request, None, LIST_ALL_TASKS)
 
 
 @get("/v1/databases/{database_id:str}/tasks/{task_id:str}", opt={"contract": GET_TASK})
 async def get_task(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
+    _known_query(request, GET_TASK)
     pool = _services(request).pool
     return await _kept_json(
         request,
@@ -346,25 +398,43 @@ async def get_task(request: AnyRequest, database_id: str, task_id: str) -> Respo
     status_code=202,
 )
 async def cancel_task(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
+    _known_query(request, CANCEL)
+    task = await tasks.request_cancel(_services(request).pool, task_id, database_id=database_id)
+    return _json(task, 202)
+
+
+@get(
+    "/v1/databases/{database_id:str}/tasks/{task_id:str}/cancel",
+    opt={"scope": "write", "contract": CANCEL_ALIAS},
+    status_code=202,
+)
+async def cancel_task_alias(request: AnyRequest, database_id: str, task_id: str) -> Response[bytes]:
+    """pgEdge cancels with a GET: the same as the POST, with the same write scope."""
+    _known_query(request, CANCEL_ALIAS)
     task = await tasks.request_cancel(_services(request).pool, task_id, database_id=database_id)
     return _json(task, 202)
 
 
 @get("/v1/databases/{database_id:str}/tasks/{task_id:str}/log", opt={"contract": TASK_LOG})
 async def task_log(request: AnyRequest, database_id: str, task_id: str) -> Any:
+    _known_query(request, TASK_LOG)
     pool = _services(request).pool
     task = await tasks.get_task(pool, task_id, database_id=database_id)
     after = _int_param(request, "after_entry_id", 0, 0, _MAX_ENTRY_ID)
     limit = _int_param(request, "limit", 100, 1, 1000)
+    tail = request.query_params.get("after_entry_id") in (None, "")
     if "text/event-stream" in request.headers.get("accept", ""):
         last_event = request.headers.get("last-event-id", "")
         # ASCII digits only ("²".isdigit() holds, int("²") fails), and within bigint.
         if last_event.isascii() and last_event.isdigit() and len(last_event) <= 19:
             after = max(after, min(int(last_event), _MAX_ENTRY_ID))
         return ServerSentEvent(_follow(_services(request), uuid.UUID(task.task_id), after))
-    entries = await logs.read_entries(
-        pool, uuid.UUID(task.task_id), after_entry_id=after, limit=limit
-    )
+    if tail:  # no cursor: the newest entries, as pgEdge pages a log
+        entries = await logs.read_newest_entries(pool, uuid.UUID(task.task_id), limit=limit)
+    else:
+        entries = await logs.read_entries(
+            pool, uuid.UUID(task.task_id), after_entry_id=after, limit=limit
+        )
     last = entries[-1].entry_id if entries else after
     return _json(
         TaskLog(task_id=task.task_id, task_status=task.status, last_entry_id=last, entries=entries)
@@ -458,6 +528,7 @@ async def restore_database(request: AnyRequest, database_id: str) -> Response[by
 
 @get("/v1/hosts", opt={"contract": HOSTS})
 async def list_hosts(request: AnyRequest) -> Response[bytes]:
+    """Every host with the number of instances placed on it (primaries and replicas)."""
     return _json(HostsAnswer(hosts=await databases.list_hosts(_services(request))))
 
 
@@ -482,6 +553,7 @@ ROUTES = [
     list_all_tasks,
     get_task,
     cancel_task,
+    cancel_task_alias,
     task_log,
     start_backup,
     list_backups,

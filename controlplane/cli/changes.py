@@ -32,7 +32,7 @@ from controlplane.cli.support import (
     wait_option,
     yes_option,
 )
-from controlplane.client import DatabaseOperation, RestoreOperation
+from controlplane.models import DatabaseOperation, RestoreOperation
 
 
 @click.group()

@@ -200,8 +200,10 @@ def result_summary(task: Task) -> str | None:
     if not result:
         return None
     if task.type == "node_backup" and "label" in result:
+        own = result.get("delta")
+        size = format_size(own if own is not None else result.get("size"))
         return (
-            f"backup {result['label']} ({result.get('type')}) of {format_size(result.get('size'))}"
+            f"backup {result['label']} ({result.get('type')}) of {size}"
             f", stopped at {result.get('stopped_at')}"
         )
     if task.type == "verify" and "sets" in result:
@@ -221,14 +223,18 @@ def backups_table(catalog: BackupCatalog) -> str:
             b.stopped_at,
             format_duration((b.stopped_at - b.started_at).total_seconds()),
             format_size(b.size),
-            format_size(b.repository_size),
+            format_size(b.delta if b.delta is not None else b.size),
+            format_size(
+                b.repository_delta if b.repository_delta is not None else b.repository_size
+            ),
             b.task_id,
         )
         for b in catalog.backups
     ]
-    text = table(
-        ("LABEL", "TYPE", "REPO", "STARTED", "STOPPED", "TOOK", "SIZE", "STORED", "TASK"), rows
-    )
+    # DATABASE is the whole database the set restores; BACKUP and STORED are what this set
+    # itself copied and keeps (an incr or diff set's increment, not its whole chain).
+    headers = ("LABEL", "TYPE", "REPO", "STARTED", "STOPPED", "TOOK", "DATABASE", "BACKUP")
+    text = table((*headers, "STORED", "TASK"), rows)
     window = catalog.recovery_window
     if window is None:
         text += "\n\nrecovery window: none (no backup yet)"

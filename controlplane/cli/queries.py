@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import click
 import msgspec
@@ -26,8 +26,11 @@ from controlplane.cli.support import (
     run_tasks,
     wait_option,
 )
-from controlplane.client import Client
+from controlplane.cli.task_ids import resolve_task_id
 from controlplane.models import LogEntry, TaskLog, TaskStatus, TaskType
+
+if TYPE_CHECKING:
+    from controlplane.client.sync import Client
 
 _TASK_TYPES = get_args(TaskType)
 _TASK_STATUSES = get_args(TaskStatus)
@@ -75,7 +78,7 @@ def task_list(
 def task_get(ctx: click.Context, database_id: str, task_id: str, output: str) -> None:
     """Show a task with its steps."""
     with client_of(ctx) as client:
-        found = client.get_task(database_id, task_id)
+        found = client.get_task(database_id, resolve_task_id(client, database_id, task_id))
     emit(found, output, lambda: task_detail(found), sys.stdout)
 
 
@@ -102,6 +105,7 @@ def task_log(
     Following exits 1 unless the task completes.
     """
     with client_of(ctx) as client:
+        task_id = resolve_task_id(client, database_id, task_id)
         if follow:
             _follow_log(client, database_id, task_id, after_entry_id, output)
             return
@@ -151,7 +155,7 @@ def task_cancel(
 ) -> None:
     """Cancel a task; with --wait, exit 1 unless it ends canceled."""
     with client_of(ctx) as client:
-        found = client.cancel_task(database_id, task_id)
+        found = client.cancel_task(database_id, resolve_task_id(client, database_id, task_id))
     found, _ = run_tasks(ctx, output, wait, found)
     emit(found, output, lambda: describe(found, wait), sys.stdout)
     if wait and found.status != "canceled":
@@ -197,7 +201,7 @@ def host_list(ctx: click.Context, output: str) -> None:
 @api_command
 def version(ctx: click.Context, output: str) -> None:
     """Print the client's and the server's versions."""
-    with client_of(ctx) as client:
+    with client_of(ctx, auth=False) as client:
         found = client.version()
     text = f"client {__version__}, server {found.version} (api {found.api_version})"
     emit(found, output, lambda: text, sys.stdout)

@@ -5,26 +5,30 @@ Exit codes: 0 ok, 1 API error or failed task, 2 usage (click's own, and refused 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import sys
+import types
 from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 import msgspec
 
+from controlplane.cli.connection import Connection, Flags, resolve_connection
+from controlplane.cli.errors import report_api_error
 from controlplane.cli.output import (
     TaskProgress,
     emit,
     format_duration,
     result_summary,
     task_duration,
-    to_json,
 )
-from controlplane.client import ApiConflict, ApiError, ApiInvalidInput, AsyncClient, Client
+from controlplane.client.errors import ApiError
 from controlplane.models import LogEntry, Task
+
+if TYPE_CHECKING:
+    from controlplane.client.aio import AsyncClient
+    from controlplane.client.sync import Client
 
 P = ParamSpec("P")
 FC = TypeVar("FC", bound=Callable[..., Any])
@@ -70,7 +74,7 @@ def api_command(fn: Callable[P, None]) -> Callable[P, None]:
         try:
             fn(*args, **kwargs)
         except ApiError as exc:
-            _report_error(exc, ctx.params.get("output", "table"))
+            report_api_error(exc, ctx.params.get("output", "table"))
             ctx.exit(1)
         except TaskFailed as exc:
             click.echo(f"error: {exc}", err=True)
@@ -79,27 +83,50 @@ def api_command(fn: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
-def _report_error(exc: ApiError, output: str) -> None:
-    if output == "json":
-        error = {"name": exc.name, "message": exc.message, "details": exc.details}
-        click.echo(to_json({"error": error | {"status": exc.status}}))
-    if isinstance(exc, ApiInvalidInput) and exc.errors:
-        click.echo(f"error: invalid input ({len(exc.errors)} problem(s))", err=True)
-        for problem in exc.errors:
-            click.echo(f"  {problem.get('path')}: {problem.get('message')}", err=True)
+def connection_of(ctx: click.Context) -> Connection:
+    """The connection the root flags, the environment and the profile describe (resolved once
+    per command line)."""
+    root = ctx.find_root()
+    found = root.meta.get("controlplane.connection")
+    if found is None:
+        params = root.params
+        flags = Flags(**{k: params.get(k) for k in Flags.__dataclass_fields__})
+        found = resolve_connection(flags)
+        root.meta["controlplane.connection"] = found
+    assert isinstance(found, Connection)
+    return found
+
+
+def _without_httpx_command_line() -> None:
+    """httpx imports its own command-line tool (rich, pygments, click: ~40 ms) as it loads;
+    this process never runs that tool, so it gets a stand-in that says so if ever called."""
+    if "httpx" in sys.modules or "httpx._main" in sys.modules:
         return
-    click.echo(f"error: {exc.message}", err=True)
-    if isinstance(exc, ApiConflict) and exc.task_id:
-        click.echo(f"  blocking task: {exc.task_id}", err=True)
+
+    def main(*_: object, **__: object) -> None:
+        raise RuntimeError("httpx's command line is not loaded in the controlplane command")
+
+    stand_in = types.ModuleType("httpx._main")
+    stand_in.main = main  # type: ignore[attr-defined]
+    sys.modules["httpx._main"] = stand_in
 
 
-def connection_of(ctx: click.Context) -> dict[str, Any]:
-    root = ctx.find_root().params
-    return {"url": root.get("url"), "token": root.get("token"), "data_dir": root.get("data_dir")}
+def client_of(ctx: click.Context, *, auth: bool = True) -> Client:
+    """A blocking client; without a token anywhere, an error naming every place looked at
+    (unless the call needs none: `auth=False`)."""
+    _without_httpx_command_line()
+    from controlplane.client.sync import Client
+
+    connection = connection_of(ctx)
+    token = connection.require_token() if auth else connection.token
+    return Client(connection.url, token, verify=connection.verify())
 
 
-def client_of(ctx: click.Context) -> Client:
-    return Client(**connection_of(ctx))
+def async_client_of(connection: Connection) -> AsyncClient:
+    _without_httpx_command_line()
+    from controlplane.client.aio import AsyncClient
+
+    return AsyncClient(connection.url, connection.require_token(), verify=connection.verify())
 
 
 def read_json(stream: Any, what: str) -> Any:
@@ -133,6 +160,8 @@ def run_tasks(
     progress = TaskProgress(stream, live=stream.isatty())
     for label, started in labels.items():
         progress.track(label, started)
+    import asyncio
+
     try:
         finals = asyncio.run(_follow_all(connection_of(ctx), main.database_id, labels, progress))
     except KeyboardInterrupt:
@@ -148,9 +177,12 @@ def run_tasks(
 
 
 async def _follow_all(
-    connection: dict[str, Any], database_id: str, labels: dict[str, Task], progress: TaskProgress
+    connection: Connection, database_id: str, labels: dict[str, Task], progress: TaskProgress
 ) -> dict[str, Task]:
-    async with AsyncClient(**connection) as client:
+    import asyncio
+    import contextlib
+
+    async with async_client_of(connection) as client:
 
         async def follow(label: str, task: Task) -> Task:
             async for item in client.follow_task_log(database_id, task.task_id):
@@ -171,6 +203,8 @@ async def _follow_all(
 
 
 async def _tick(progress: TaskProgress) -> None:
+    import asyncio
+
     while True:
         await asyncio.sleep(1)
         progress.tick()

@@ -22,6 +22,7 @@ from controlplane.client.core import (
     ClientBase,
     LogFollower,
     error_from_response,
+    tls_verify,
     unreachable,
 )
 from controlplane.models import (
@@ -64,7 +65,7 @@ class AsyncClient(ClientBase):
             base_url=self.url,
             headers=self._headers(),
             timeout=timeout,
-            verify=verify,
+            verify=tls_verify(self.url, verify),
             transport=transport,
         )
 

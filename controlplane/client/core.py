@@ -7,6 +7,7 @@ public names from `controlplane.client`.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,98 +16,48 @@ import httpx
 import msgspec
 
 from controlplane import __version__
-from controlplane.models import (
-    ErrorBody,
-    LogEnd,
-    LogEntry,
+from controlplane.client.errors import (
+    ApiBadRequest,
+    ApiConflict,
+    ApiError,
+    ApiForbidden,
+    ApiInvalidInput,
+    ApiNotFound,
+    ApiServerError,
+    ApiUnauthorized,
+    ApiUnreachable,
+    error_from_response,
+    unreachable,
 )
+from controlplane.models import LogEnd, LogEntry
+
+__all__ = [
+    "ApiBadRequest",
+    "ApiConflict",
+    "ApiError",
+    "ApiForbidden",
+    "ApiInvalidInput",
+    "ApiNotFound",
+    "ApiServerError",
+    "ApiUnauthorized",
+    "ApiUnreachable",
+    "ClientBase",
+    "LogFollower",
+    "SseEvent",
+    "SseParser",
+    "decode",
+    "error_from_response",
+    "resolve_token",
+    "resolve_url",
+    "tls_verify",
+    "unreachable",
+]
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 T = TypeVar("T")
 Body = Mapping[str, Any] | msgspec.Struct | bytes
 # A followed log may be silent for as long as a pgBackRest command runs: no read timeout.
 STREAM_TIMEOUT = httpx.Timeout(30.0, read=None)
-
-
-class ApiError(Exception):
-    """An error answered by the API (or met on the way to it); `name` is the API's stable id."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        name: str = "error",
-        status: int = 0,
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.name = name
-        self.status = status
-        self.details: dict[str, Any] = dict(details or {})
-
-
-class ApiBadRequest(ApiError):
-    """400: the body is not JSON (`malformed_request`) or the request is otherwise unusable."""
-
-
-class ApiUnauthorized(ApiError):
-    """401: missing or invalid token."""
-
-
-class ApiForbidden(ApiError):
-    """403: the token's scope is too low (`forbidden`) or restores are off."""
-
-
-class ApiNotFound(ApiError):
-    """404: no such database, node, task, backup set or route."""
-
-
-class ApiConflict(ApiError):
-    """409: e.g. `operation_in_progress`, whose blocking task is `task_id`."""
-
-    @property
-    def task_id(self) -> str | None:
-        value = self.details.get("task_id")
-        return str(value) if value is not None else None
-
-
-class ApiInvalidInput(ApiError):
-    """422: every validation problem, each `{path, message}`, in `errors`."""
-
-    @property
-    def errors(self) -> list[dict[str, str]]:
-        return list(self.details.get("errors", []))
-
-
-class ApiServerError(ApiError):
-    """5xx: a failing dependency (502) or an internal error."""
-
-
-class ApiUnreachable(ApiError):
-    """The server could not be reached (connection refused, timeout, TLS failure)."""
-
-
-_ERRORS: dict[int, type[ApiError]] = {
-    400: ApiBadRequest,
-    401: ApiUnauthorized,
-    403: ApiForbidden,
-    404: ApiNotFound,
-    409: ApiConflict,
-    422: ApiInvalidInput,
-}
-
-
-def error_from_response(status: int, body: bytes) -> ApiError:
-    """The typed error for an HTTP error answer (a body not in the API's shape is kept as text)."""
-    try:
-        parsed = msgspec.json.decode(body, type=ErrorBody)
-        name, message, details = parsed.name, parsed.message, parsed.details
-    except msgspec.DecodeError:
-        text = body.decode(errors="replace").strip()
-        name, message, details = f"http_{status}", text[:300] or f"http status {status}", {}
-    cls = _ERRORS.get(status, ApiServerError if status >= 500 else ApiError)
-    return cls(message, name=name, status=status, details=details)
 
 
 class SseEvent(msgspec.Struct, kw_only=True):
@@ -215,6 +166,15 @@ def resolve_token(
     return text or None
 
 
+def tls_verify(url: str, verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
+    """What to verify TLS with. A plain-http client never speaks TLS: instead of loading the
+    system's CA bundle (tens of milliseconds, at every start of the CLI) it gets a context that
+    trusts nothing, so it still could not talk TLS unverified."""
+    if verify is True and url.startswith("http://"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return verify
+
+
 def decode(content: bytes, type_: type[T]) -> T:
     """Decode a response body; one of another shape is an `invalid_response` ApiError."""
     try:
@@ -223,13 +183,6 @@ def decode(content: bytes, type_: type[T]) -> T:
         raise ApiError(
             f"unexpected response from the server: {exc}", name="invalid_response"
         ) from None
-
-
-def unreachable(url: str, exc: Exception) -> ApiUnreachable:
-    """The error for a request that never got an answer."""
-    return ApiUnreachable(
-        f"cannot reach {url}: {str(exc) or type(exc).__name__}", name="unreachable"
-    )
 
 
 class ClientBase:

@@ -23,7 +23,7 @@ from controlplane.pgbackrest.config import (
     secret_env,
     state_dirs,
 )
-from controlplane.spec.models import BackupConfig, DatabaseSpec, repository_id, type_of
+from controlplane.spec.models import BackupConfig, DatabaseSpec, is_filesystem, repository_id
 from controlplane.store import repository_keys
 from controlplane.store.instances import InstanceRow
 from controlplane.system.process import CommandResult, LineSink
@@ -168,7 +168,7 @@ async def write_backup_files(services: Services, setup: BackupSetup) -> bool:
         for index, (_, text) in sorted(setup.repo_configs.items()):
             await orchestrator.write_file(ref, repository_config_file(index), text)
         dirs = state_dirs(layout(services, ref))
-        dirs += [p.path for p in setup.plans if type_of(p.repository) == "posix"]
+        dirs += [p.path for p in setup.plans if is_filesystem(p.repository)]
         await orchestrator.make_dirs(ref, dirs)
     return await orchestrator.set_environment(ref, setup.env)
 

@@ -9,7 +9,7 @@ import asyncpg
 
 from controlplane.errors import ExternalCommandError, SettingsRejectedError
 from controlplane.orchestrator.base import InstanceRef, reload_settings
-from controlplane.spec.models import SECRET_FIELDS, DatabaseSpec, NodeSpec
+from controlplane.spec.models import SECRET_FIELDS, DatabaseSpec, NodeSpec, node_postgresql_conf
 from controlplane.spec.postgresql_conf import MESH_MINIMUMS, quote_conf
 from controlplane.spec.secrets import join_secrets, secret_values
 from controlplane.store import databases, instances, repository_keys
@@ -130,7 +130,11 @@ async def managed_settings(
         "password_encryption": "scram-sha-256",
     }
     ours.update(await orchestrator.build_settings())
-    merged = {**ours, **spec.postgresql_conf}
+    node = next((n for n in spec.nodes if n.name == ref.node_name), None)
+    merged = {
+        **ours,
+        **(spec.postgresql_conf if node is None else node_postgresql_conf(spec, node)),
+    }
     return {key: quote_conf(value) for key, value in merged.items()}
 
 

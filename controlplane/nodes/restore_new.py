@@ -140,6 +140,9 @@ async def restore_new_instance(
             subject=backups.subject_of(ref, "restore from backup"),
             on_line=ctx.log.sink("pgbackrest", node=ref.node_name),
         )
+        # The backup's client rules are its source's (another tool's, for a pgEdge backup):
+        # this instance answers by ours, as one restored from our own backup does.
+        await orchestrator.fence_clients(ref, fenced=False)
     await orchestrator.write_postgresql_conf(
         ref, await managed_settings(ctx, spec, ref, archive_command=NOOP_ARCHIVE_COMMAND)
     )

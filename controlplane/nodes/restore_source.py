@@ -13,7 +13,7 @@ from typing import Any, Literal, cast
 import asyncpg
 
 from controlplane.errors import ExternalCommandError, InvalidInputError
-from controlplane.nodes import backups, restore_targets
+from controlplane.nodes import backups, restore_layouts, restore_targets
 from controlplane.nodes.common import ref_of
 from controlplane.nodes.restore_targets import TargetFacts, XidFacts
 from controlplane.orchestrator.base import InstanceRef
@@ -21,6 +21,7 @@ from controlplane.orchestrator.instance_secrets import RUNNER_FILE
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest import info as pgb_info
 from controlplane.pgbackrest.config import (
+    RepositoryPlan,
     plan_repositories,
     render_config,
     secret_env,
@@ -33,6 +34,9 @@ from controlplane.system.process import LineSink
 from controlplane.tasks.context import Services, StepContext
 
 RESTORE_CONFIG_FILE = "pgbackrest-restore.conf"
+# `info`'s stanza status codes.
+_STANZA_OK = 0
+_NO_STANZA = 1
 
 
 @dataclass
@@ -72,7 +76,11 @@ class RestorePlan:
 async def source_setup(
     services: Services, config: RestoreConfig, target: InstanceRef
 ) -> backups.BackupSetup:
-    """A pgbackrest config on the target instance whose only repository is the source's."""
+    """A pgbackrest config on the target instance whose only repository is the source's.
+
+    A source node this control plane does not run (a database deleted here, or one pgEdge
+    Control Plane backed up) is read in the first layout holding its stanza
+    (`restore_layouts`)."""
     repo = config.repository
     generation = 1
     source = await instances.get_instance(
@@ -92,16 +100,55 @@ async def source_setup(
         generations={repository_id(repo): generation},
         cipher_passes=passes,
     )
+    ours = _setup_in(services, config, target, plans, "controlplane")
+    # Found, or unreadable (the catalog then says why): ours.
+    if source is not None or await _probe(services, ours, config) != _NO_STANZA:
+        return ours
+    theirs = _setup_in(services, config, target, plans, "pgedge")
+    return theirs if await _probe(services, theirs, config) == _STANZA_OK else ours
+
+
+def _setup_in(
+    services: Services,
+    config: RestoreConfig,
+    target: InstanceRef,
+    plans: list[RepositoryPlan],
+    layout: restore_layouts.Layout,
+) -> backups.BackupSetup:
     orchestrator = services.orchestrator
     setup = backups.BackupSetup(
         ref=target,
         config_path=orchestrator.file_path(target, RESTORE_CONFIG_FILE),
         runner=orchestrator.file_path(target, RUNNER_FILE),
     )
-    setup.plans = plans
-    setup.config_text = render_config(backups.layout(services, target), plans, process_max=4)
-    setup.env = secret_env(plans)
+    setup.plans = restore_layouts.in_layout(
+        plans,
+        layout,
+        database_id=config.source_database_id,
+        node_name=config.source_node_name,
+    )
+    setup.config_text = render_config(backups.layout(services, target), setup.plans, process_max=4)
+    setup.env = secret_env(setup.plans)
     return setup
+
+
+async def _probe(
+    services: Services, setup: backups.BackupSetup, config: RestoreConfig
+) -> int | None:
+    """The stanza status code `info` reports in `setup`'s repository (0: ok, 1: no stanza
+    there), or None when the repository could not be read (the catalog then says why)."""
+    await services.orchestrator.write_file(setup.ref, RESTORE_CONFIG_FILE, setup.config_text)
+    subject = (
+        f"looking for backups of node {config.source_node_name} of {config.source_database_id}"
+    )
+    try:
+        async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
+            stanza = await backups.read_info(
+                services, setup, subject=subject, io_timeout=backups.CATALOG_IO_TIMEOUT_SECONDS
+            )
+    except (TimeoutError, ExternalCommandError):
+        return None
+    return stanza.status.code
 
 
 # A request that names a repository is answered within this long, whatever that repository

@@ -100,7 +100,10 @@ async def start_backup(
     if request.repository_id is not None:
         setup.repo_index(request.repository_id)
     task_input = BackupInput(
-        type=request.type, annotations=request.annotations, repository_id=request.repository_id
+        type=request.type,
+        annotations=request.annotations,
+        repository_id=request.repository_id,
+        options=request.backup_options,
     )
     return await _enqueue(services, database_id, node, "node_backup", task_input, actor)
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -17,13 +17,22 @@ from controlplane.errors import (
     ForbiddenError,
     InvalidInputError,
 )
-from controlplane.models import ConnectionInfo, Database, Host, Instance, Subscription, Task
+from controlplane.models import (
+    Archiver,
+    ConnectionInfo,
+    Database,
+    Host,
+    Instance,
+    Subscription,
+    Task,
+)
 from controlplane.nodes import restore_new
 from controlplane.nodes.common import ref_of, spec_of
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.spec import parse_database_request
 from controlplane.spec.backup_roots import check_base_paths, repositories_of
 from controlplane.spec.models import DatabaseSpec, Repository
+from controlplane.spec.resources import major_of
 from controlplane.spec.secrets import merge_secrets, secrets_to_resend, split_secrets
 from controlplane.spec.validate import check_host_ports, node_host, node_port
 from controlplane.store import databases, instances, tasks, tokens
@@ -32,6 +41,9 @@ from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
 from controlplane.tasks.inputs import DatabaseInput
 from controlplane.workflows import all_workflows
+
+if TYPE_CHECKING:
+    from controlplane.server.instance_facts import ArchiverFacts
 
 
 def _steps(task_type: str) -> list[str]:
@@ -245,7 +257,12 @@ def _encrypt(services: Services, spec: DatabaseSpec) -> tuple[dict[str, Any], st
 async def create_database(services: Services, body: bytes, actor: str) -> tuple[Task, Database]:
     """Record a new database and enqueue its create task."""
     # Off the event loop: a large spec takes a while to check, and lease renewals share it.
-    request = await asyncio.to_thread(parse_database_request, body, rules=services.setting_rules)
+    request = await asyncio.to_thread(
+        parse_database_request,
+        body,
+        rules=services.setting_rules,
+        orchestrator=services.orchestrator.name,
+    )
     database_id = request.id or str(uuid.uuid4())
     check_storage(services, repositories_of(request.spec))
     await _check_privileges(services, request.spec, None, actor)
@@ -277,9 +294,15 @@ async def create_database(services: Services, body: bytes, actor: str) -> tuple[
 
 def _immutable_changes(old: DatabaseSpec, new: DatabaseSpec) -> list[dict[str, str]]:
     errors = []
-    for name in ("database_name", "postgres_version"):
-        if getattr(old, name) != getattr(new, name):
-            errors.append({"path": f"spec.{name}", "message": "cannot be changed after create"})
+    if old.database_name != new.database_name:
+        errors.append({"path": "spec.database_name", "message": "cannot be changed after create"})
+    # "15" and "15.4" say the same here: the minor is the installed one.
+    if major_of(old.postgres_version) != major_of(new.postgres_version):
+        message = "the major version cannot be changed after create"
+        errors.append({"path": "spec.postgres_version", "message": message})
+    if old.tenant_id != new.tenant_id:
+        message = f"cannot be changed after create (it is {old.tenant_id or 'unset'})"
+        errors.append({"path": "tenant_id", "message": message})
     return errors
 
 
@@ -288,7 +311,12 @@ async def update_database(
 ) -> tuple[Task, Database]:
     """Store the new desired spec (secrets omitted are kept) and enqueue an update task."""
     # Off the event loop: a large spec takes a while to check, and lease renewals share it.
-    request = await asyncio.to_thread(parse_database_request, body, rules=services.setting_rules)
+    request = await asyncio.to_thread(
+        parse_database_request,
+        body,
+        rules=services.setting_rules,
+        orchestrator=services.orchestrator.name,
+    )
     if request.id is not None and request.id != database_id:
         raise InvalidInputError(
             [{"path": "id", "message": "does not match the database in the URL"}]
@@ -352,6 +380,14 @@ def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow])
         if (primary := services.facts.get(inst.id)) is not None and primary.role == "primary"
         for standby in primary.standbys
     }
+    # Each subscription's lag is its slot's on the provider: the provider node's primary facts.
+    slot_lag = {
+        (facts.node, slot.name): slot.lag_bytes
+        for inst in rows
+        if (facts := services.facts.get(inst.id)) is not None and facts.role == "primary"
+        for slot in facts.slots
+        if slot.lag_bytes is not None
+    }
     views = []
     for inst in rows:
         host, port = services.orchestrator.connection_info(ref_of(inst))
@@ -369,7 +405,12 @@ def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow])
                 error=inst.error,
                 connection_info=ConnectionInfo(host=host, port=port, database=spec.database_name),
                 subscriptions=[
-                    Subscription(provider_node=s.provider, name=s.name, status=s.status)
+                    Subscription(
+                        provider_node=s.provider,
+                        name=s.name,
+                        status=s.status,
+                        lag_bytes=_int_or_none(slot_lag.get((s.provider, s.slot_name))),
+                    )
                     for s in (facts.subscriptions or [] if facts else [])
                 ],
                 observed_at=(
@@ -378,6 +419,7 @@ def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow])
                 timeline=facts.timeline if facts is not None else None,
                 lag_bytes=int(streaming.lag_bytes) if streaming is not None else None,
                 lag_seconds=streaming.lag_seconds if streaming is not None else None,
+                archiver=_archiver_view(facts.archiver) if facts is not None else None,
             )
         )
     return Database(
@@ -386,8 +428,26 @@ def database_view(services: Services, row: DatabaseRow, rows: list[InstanceRow])
         created_at=row.created_at,
         updated_at=row.updated_at,
         spec=msgspec.to_builtins(spec),
+        tenant_id=spec.tenant_id,
         error=row.error,
         instances=views,
+    )
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _archiver_view(facts: ArchiverFacts | None) -> Archiver | None:
+    if facts is None:
+        return None
+    return Archiver(
+        archived_count=facts.archived_count,
+        failed_count=facts.failed_count,
+        last_archived_at=facts.last_archived_time,
+        last_failed_at=facts.last_failed_time,
+        last_failed_wal=facts.last_failed_wal,
+        ready_files=facts.ready_files,
     )
 
 

@@ -72,7 +72,6 @@ HBA = hba(
     "The unix socket directory lives inside the container: only processes of the container "
     "reach it."
 )
-IDENT = "# Managed by controlplane: no user name maps.\n"
 
 # The init one-off: check the ids, initdb into a scratch directory and rename it into place.
 _INIT_SCRIPT = """\
@@ -170,7 +169,7 @@ def repository_paths(config_text: str) -> list[str]:
     return sorted(
         options["path"]
         for options in _repository_options(config_text).values()
-        if options.get("type", "posix") == "posix" and "path" in options
+        if options.get("type", "posix") in ("posix", "cifs") and "path" in options
     )
 
 

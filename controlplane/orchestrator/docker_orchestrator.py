@@ -34,7 +34,13 @@ from controlplane.orchestrator import docker_layout as layout
 from controlplane.orchestrator import instance_secrets as staged
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.orchestrator.docker_engine import ContainerSpec, Engine, mounted, running
-from controlplane.orchestrator.hba import client_hba
+from controlplane.orchestrator.hba import (
+    USER_HBA_FILE,
+    USER_IDENT_FILE,
+    client_hba,
+    client_ident,
+    spec_lines,
+)
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.system.files import OwnedFiles
@@ -155,9 +161,7 @@ class DockerOrchestrator:
         for path in (directory, directory / layout.STATE_DIR):
             path.mkdir(mode=0o700, exist_ok=True)
             self._files.chown(path)
-        fenced = (directory / layout.FENCE_FILE).exists()
-        self._files.write(directory / layout.HBA_FILE, client_hba(layout.HBA, fenced=fenced))
-        self._files.write(directory / layout.IDENT_FILE, layout.IDENT)
+        self._write_client_files(ref, fenced=(directory / layout.FENCE_FILE).exists())
         self._files.write(directory / staged.RUNNER_FILE, staged.RUNNER, executable=True)
         self._ensure_secrets(ref.database_id)
 
@@ -197,8 +201,19 @@ class DockerOrchestrator:
             self._files.write(marker, "fenced\n")
         else:
             marker.unlink(missing_ok=True)
-        hba = self._dir(ref) / layout.HBA_FILE
-        return self._files.write(hba, client_hba(layout.HBA, fenced=fenced))
+        return self._write_client_files(ref, fenced=fenced)
+
+    def _write_client_files(self, ref: InstanceRef, *, fenced: bool) -> bool:
+        """pg_hba.conf and pg_ident.conf with the spec's rules (handed over as files beside
+        them, see hba.write_client_rules); True when either changed."""
+        directory = self._dir(ref)
+        rules, maps = (
+            spec_lines((directory / name).read_text() if (directory / name).exists() else None)
+            for name in (USER_HBA_FILE, USER_IDENT_FILE)
+        )
+        text = client_hba(layout.HBA, fenced=fenced, user_rules=rules)
+        changed = self._files.write(directory / layout.HBA_FILE, text)
+        return self._files.write(directory / layout.IDENT_FILE, client_ident(maps)) or changed
 
     async def set_environment(self, ref: InstanceRef, env: Mapping[str, str]) -> bool:
         """Sealed with the control plane's key; staged in memory for each start, which Postgres

@@ -19,7 +19,13 @@ from controlplane.models import Host
 from controlplane.orchestrator import instance_secrets as secrets
 from controlplane.orchestrator import local_patroni
 from controlplane.orchestrator.base import InstanceRef, InstanceStatus
-from controlplane.orchestrator.hba import client_hba
+from controlplane.orchestrator.hba import (
+    USER_HBA_FILE,
+    USER_IDENT_FILE,
+    client_hba,
+    client_ident,
+    spec_lines,
+)
 from controlplane.orchestrator.local_patroni import PatroniProcesses
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
@@ -34,6 +40,7 @@ LOCAL_ADDRESS = "127.0.0.1"
 # the postmaster and every process it forks inherit, and gives pg_ctl /dev/null instead.
 _HAND_OVER = f'exec {secrets.SECRETS_FD}<&0 </dev/null && exec "$@"'
 _OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
+_INCLUDE = "\ninclude_if_exists = 'controlplane.conf'\n"
 _HBA = hba("Unix socket: its directory is private to the OS user.")
 
 
@@ -202,7 +209,7 @@ class LocalOrchestrator:
                 exit_code=result.exit_code,
             )
         with (scratch / "postgresql.conf").open("a") as handle:
-            handle.write("\ninclude_if_exists = 'controlplane.conf'\n")
+            handle.write(_INCLUDE)
         (scratch / "pg_hba.conf").write_text(_HBA)
         scratch.rename(pgdata)
         return True
@@ -211,7 +218,15 @@ class LocalOrchestrator:
         lines = ["# Managed by controlplane: rewritten on every change of the spec."]
         lines += [f"{key} = {value}" for key, value in sorted(settings.items())]
         conf = Path(self.data_dir(ref)) / "controlplane.conf"
+        self._include_managed_conf(conf.parent / "postgresql.conf")
         return self._files.write(conf, "\n".join(lines) + "\n")
+
+    def _include_managed_conf(self, main: Path) -> None:
+        """A data directory restored from a backup another tool made (pgEdge's) has a
+        postgresql.conf that does not include ours: append the include, once."""
+        text = self._files.read(main)
+        if text is not None and _INCLUDE.strip() not in text:
+            self._files.write(main, text + _INCLUDE)
 
     async def write_file(self, ref: InstanceRef, name: str, text: str) -> bool:
         self._ensure_dirs(ref)
@@ -391,7 +406,10 @@ class LocalOrchestrator:
         hba = Path(self.data_dir(ref)) / "pg_hba.conf"
         if not hba.parent.is_dir():
             return False
-        return self._files.write(hba, client_hba(_HBA, fenced=fenced))
+        rules = spec_lines(await self.read_file(ref, USER_HBA_FILE))
+        maps = spec_lines(await self.read_file(ref, USER_IDENT_FILE))
+        changed = self._files.write(hba, client_hba(_HBA, fenced=fenced, user_rules=rules))
+        return self._files.write(hba.parent / "pg_ident.conf", client_ident(maps)) or changed
 
     async def exec(
         self,

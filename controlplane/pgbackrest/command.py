@@ -10,7 +10,11 @@ from controlplane.errors import ExternalCommandError
 from controlplane.pgbackrest.config import STANZA
 from controlplane.pgbackrest.exit_codes import describe_code
 from controlplane.pgbackrest.info import TASK_ANNOTATION
-from controlplane.pgbackrest.options import check_option_name, check_option_value
+from controlplane.pgbackrest.options import (
+    backup_option_problem,
+    check_option_name,
+    check_option_value,
+)
 from controlplane.spec.models import BackupType
 
 OptionValue = str | int | bool | Sequence[str]
@@ -64,14 +68,22 @@ def backup_argv(
     task_id: str,
     annotations: Mapping[str, str] | None = None,
     repo: int | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """`backup --type=…`, annotated with the task id first so a re-run can find its backup."""
+    """`backup --type=…`, annotated with the task id first so a re-run can find its backup;
+    `extra` are a request's `backup_options` (allow-listed, `options.backup_option_problem`)."""
     notes = [f"{TASK_ANNOTATION}={task_id}"]
     for key, value in sorted((annotations or {}).items()):
         if not key or "=" in key or key == TASK_ANNOTATION:
             raise ValueError(f"invalid backup annotation key {key!r}")
         notes.append(f"{key}={value}")
-    options: dict[str, OptionValue] = {"type": type, "annotation": notes}
+    options: dict[str, OptionValue] = {}
+    for name, value in sorted((extra or {}).items()):
+        reason = backup_option_problem(name, value)
+        if reason is not None:
+            raise ValueError(f"backup option {name!r} may not be passed: {reason}")
+        options[name] = value
+    options |= {"type": type, "annotation": notes}
     if repo is not None:
         options["repo"] = repo
     return pgbackrest_argv("backup", config_path=config_path, options=options)
@@ -224,6 +236,24 @@ def last_error_line(output: str, *, limit: int = 600) -> str | None:
         return None
     text = " ".join(message)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# A console or stderr line: `[timestamp ]P00   WARN: …` on stdout, `WARN: …` on stderr.
+_CONSOLE_LEVEL = re.compile(
+    r"^(?:[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:.]+ )?(?:P[0-9]+ +)?"
+    r"(?P<level>ERROR|WARN|INFO|DETAIL|DEBUG|TRACE):"
+)
+_LEVELS = {"ERROR": "error", "WARN": "warning"}
+
+
+def console_level(line: str) -> str | None:
+    """The task log level of one line of pgBackRest output: `error` for `ERROR:`, `warning`
+    for `WARN:`, `info` for the other levels it prints; None for a line that names none (an
+    indented continuation of the line before, or another program's text)."""
+    match = _CONSOLE_LEVEL.match(line)
+    if match is None:
+        return None
+    return _LEVELS.get(match["level"], "info")
 
 
 def _render_option(name: str, value: OptionValue) -> list[str]:

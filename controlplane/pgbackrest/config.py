@@ -13,16 +13,17 @@ import jinja2
 import msgspec
 
 from controlplane.pgbackrest.options import (
-    REPO_PREFIX,
     check_custom_option,
     check_option_name,
     check_option_value,
     flag,
     is_repository_scoped,
+    repository_option,
 )
 from controlplane.spec.models import (
     AzureRepository,
     BackupConfig,
+    CifsRepository,
     GcsRepository,
     PosixRepository,
     Repository,
@@ -268,21 +269,24 @@ def _repository_options(plan: RepositoryPlan) -> Options:
         options["cipher-type"] = "aes-256-cbc"
     options.update(_storage_options(repo))
     for key, value in repo.custom_options.items():
-        if is_repository_scoped(key):
+        name = repository_option(key)
+        if name is not None:
             check_custom_option(key, value)
-            options[key.removeprefix(REPO_PREFIX)] = value
+            options[name] = value
     return {f"repo{plan.index}-{key}": value for key, value in options.items()}
 
 
 def _storage_options(repo: Repository) -> Options:
-    if isinstance(repo, PosixRepository):
+    if isinstance(repo, PosixRepository | CifsRepository):
         return {}
     if isinstance(repo, S3Repository):
         return _present(
             {
                 "s3-bucket": repo.s3_bucket,
-                "s3-region": repo.s3_region,
-                "s3-endpoint": repo.s3_endpoint or f"s3.{repo.s3_region}.amazonaws.com",
+                # No region: us-east-1 through the global endpoint (pgEdge's default).
+                "s3-region": repo.s3_region or "us-east-1",
+                "s3-endpoint": repo.s3_endpoint
+                or (f"s3.{repo.s3_region}.amazonaws.com" if repo.s3_region else "s3.amazonaws.com"),
                 "s3-uri-style": repo.s3_uri_style,
                 # No keys given: the instance's own credentials (instance profile, ECS task
                 # role), which pgBackRest fetches and renews itself.

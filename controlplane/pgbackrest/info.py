@@ -271,6 +271,8 @@ def _entry(
         wal_stop=backup.archive.stop,
         size=backup.info.size,
         repository_size=backup.info.repository.size,
+        delta=backup.info.delta,
+        repository_delta=backup.info.repository.delta,
         annotations=annotations,
         task_id=annotations.get(TASK_ANNOTATION),
         prior=backup.prior,

@@ -47,6 +47,7 @@ class SubscriptionStatus(msgspec.Struct, frozen=True, kw_only=True):
     provider_node: str
     name: str
     status: str
+    slot_name: str = ""
 
 
 class Subscription(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,12 +81,15 @@ async def subscription_status(conn: Connection) -> list[SubscriptionStatus]:
     if not await is_pglogical_node(conn):
         return []
     rows = await conn.fetch(
-        "SELECT subscription_name, status, provider_node "
+        "SELECT subscription_name, status, provider_node, slot_name "
         "FROM pglogical.show_subscription_status() ORDER BY subscription_name"
     )
     return [
         SubscriptionStatus(
-            provider_node=r["provider_node"], name=r["subscription_name"], status=r["status"]
+            provider_node=r["provider_node"],
+            name=r["subscription_name"],
+            status=r["status"],
+            slot_name=r["slot_name"] or "",
         )
         for r in rows
     ]

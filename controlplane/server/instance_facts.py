@@ -88,6 +88,7 @@ class SubscriptionFacts(Struct, frozen=True, kw_only=True):
     name: str
     provider: str
     status: str
+    slot_name: str = ""  # the slot on the provider this subscription reads
 
 
 class ArchiverFacts(Struct, frozen=True, kw_only=True):
@@ -249,7 +250,12 @@ class InstanceObserver:
             await _read_instance(conn, facts)
             if database_name != "postgres":
                 facts.subscriptions = [
-                    SubscriptionFacts(name=s.name, provider=s.provider_node, status=s.status)
+                    SubscriptionFacts(
+                        name=s.name,
+                        provider=s.provider_node,
+                        status=s.status,
+                        slot_name=s.slot_name,
+                    )
                     for s in await subscription_status(conn)
                 ]
             await conn.close(timeout=self._timeout)

@@ -8,7 +8,6 @@ import logging
 import os
 import pwd
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +109,9 @@ class Runtime:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
-        print(f"admin token written to {path}", file=sys.stderr, flush=True)
+        # A record, not a bare print: a JSON server log stays one object per line. Warning: the
+        # operator needs it even with a quieter log level.
+        log.warning("admin token written to %s", path)
 
     async def stop(self) -> None:
         for task in self._background:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
 
-from controlplane.spec.models import DatabaseSpec, Repository, RestoreConfig, type_of
+from controlplane.spec.models import DatabaseSpec, Repository, RestoreConfig, is_filesystem
 from controlplane.spec.paths import Problem, problem
 
 
@@ -40,7 +40,7 @@ def check_base_paths(
     errors = []
     for path, repository in repositories:
         base = repository.base_path
-        if type_of(repository) != "posix" or not base or not base.startswith("/"):
+        if not is_filesystem(repository) or not base or not base.startswith("/"):
             continue  # other checks report a missing or relative base_path
         where = PurePosixPath(base)
         if where == data_dir or data_dir in where.parents:

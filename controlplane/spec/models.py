@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -20,7 +20,7 @@ Identifier = Annotated[
 ]
 NodeName = Annotated[str, Meta(min_length=2, max_length=8, pattern=r"^n[0-9]+$(?!\n)")]
 RepositoryId = Annotated[
-    str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$(?!\n)")
+    str, Meta(min_length=1, max_length=36, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$(?!\n)")
 ]
 PgName = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[a-z_][a-z0-9_]*$(?!\n)")]
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -35,8 +35,10 @@ class _Request(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
 class _RepositoryBase(_Request, kw_only=True, tag_field="type"):
     id: RepositoryId | None = None
     base_path: ShortText | None = None
+    # pgEdge's defaults: keep the full backups of the last 7 days (and the backups and WAL
+    # they need); `"retention_full_type": "count"` keeps the last N full backups instead.
     retention_full: Annotated[int, Meta(ge=1, le=9999)] = 7
-    retention_full_type: Literal["count", "time"] = "count"
+    retention_full_type: Literal["count", "time"] = "time"
     retention_diff: Annotated[int, Meta(ge=1, le=9999)] | None = None
     storage_port: Annotated[int, Meta(ge=1, le=65535)] | None = None
     storage_ca_file: ShortText | None = None
@@ -51,9 +53,16 @@ class PosixRepository(_RepositoryBase, kw_only=True, tag="posix"):
     """A directory on the instance's host (or a mounted share); `base_path` is required."""
 
 
+class CifsRepository(_RepositoryBase, kw_only=True, tag="cifs"):
+    """A mounted CIFS/SMB share: a posix repository whose file system has no links and no
+    directory fsync (pgBackRest's `cifs` type); `base_path` is required."""
+
+
 class S3Repository(_RepositoryBase, kw_only=True, tag="s3"):
     s3_bucket: Annotated[str, Meta(min_length=3, max_length=63)]
-    s3_region: Annotated[str, Meta(min_length=1, max_length=64)]
+    # Optional as in pgEdge: without it the bucket is addressed in us-east-1 through
+    # s3.amazonaws.com, which answers for every region.
+    s3_region: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
     s3_endpoint: ShortText | None = None
     s3_key: Secret | None = None
     s3_key_secret: Secret | None = None
@@ -75,12 +84,15 @@ class AzureRepository(_RepositoryBase, kw_only=True, tag="azure"):
     azure_uri_style: Literal["host", "path"] | None = None
 
 
-Repository = PosixRepository | S3Repository | GcsRepository | AzureRepository
+Repository = PosixRepository | CifsRepository | S3Repository | GcsRepository | AzureRepository
+# Repository types that are a directory on the instance's host (bind-mounted into containers).
+FILESYSTEM_TYPES = frozenset({"posix", "cifs"})
 
 # Write-only fields per repository type: never returned, kept when omitted on update.
 SECRET_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "posix": (),
+        "cifs": (),
         "s3": ("s3_key", "s3_key_secret"),
         "gcs": ("gcs_key",),
         "azure": ("azure_key",),
@@ -88,8 +100,12 @@ SECRET_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 
+# Any text as in pgEdge (up to 64 characters); only line breaks and NUL are refused.
+ScheduleId = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
 class BackupSchedule(_Request, kw_only=True):
-    id: RepositoryId
+    id: ScheduleId
     type: BackupType
     cron_expression: Annotated[str, Meta(min_length=1, max_length=128)]
 
@@ -116,9 +132,66 @@ class DatabaseUser(_Request, kw_only=True):
     password: Secret | None = None
     db_owner: bool = False
     attributes: Annotated[list[str], Meta(max_length=16)] = field(default_factory=list)
+    # pgEdge's roles to grant the user; refused with a reason unless empty (see validation).
+    roles: Annotated[list[ShortText], Meta(max_length=16)] = field(default_factory=list)
 
 
 ConfValue = Annotated[str, Meta(max_length=1024)] | int | float | bool
+# One pg_hba.conf rule or pg_ident.conf map line per item, as in pgEdge.
+ConfLines = Annotated[list[Annotated[str, Meta(max_length=1024)]], Meta(max_length=64)]
+# pgEdge's CPU count: whole CPUs, up to three decimals, or millicpus ("500m").
+Cpus = Annotated[str, Meta(max_length=16, pattern=r"^[0-9]+(\.[0-9]{1,3}|m)?$(?!\n)")]
+# Memory in SI or IEC notation ("16GiB", "500M"); parsed in `spec.resources`.
+Memory = Annotated[str, Meta(min_length=1, max_length=16)]
+Text256 = Annotated[str, Meta(min_length=1, max_length=256)]
+PostgresVersion = Annotated[str, Meta(min_length=1, max_length=16)]
+SpockVersion = Annotated[str, Meta(min_length=1, max_length=16)]
+
+
+class ExtraVolume(_Request, kw_only=True):
+    """A host directory bind-mounted into the instance's container."""
+
+    host_path: Text256
+    destination_path: Text256
+
+
+class ExtraNetwork(_Request, kw_only=True):
+    """Another Docker network the instance's container joins."""
+
+    id: Text256
+    aliases: Annotated[list[Text256], Meta(max_length=8)] = field(default_factory=list)
+    driver_opts: Annotated[dict[str, ShortText], Meta(max_length=16)] = field(default_factory=dict)
+
+
+class SwarmOpts(_Request, kw_only=True):
+    """pgEdge's Docker options of an instance's container (applied by the docker
+    orchestrator)."""
+
+    extra_volumes: Annotated[list[ExtraVolume], Meta(max_length=16)] = field(default_factory=list)
+    extra_networks: Annotated[list[ExtraNetwork], Meta(max_length=8)] = field(default_factory=list)
+    extra_labels: Annotated[dict[str, ShortText], Meta(max_length=64)] = field(default_factory=dict)
+    image: Text256 | None = None
+
+
+class OrchestratorOpts(_Request, kw_only=True):
+    swarm: SwarmOpts | None = None
+
+
+SqlScript = Annotated[
+    list[Annotated[str, Meta(min_length=1, max_length=1024)]], Meta(max_length=256)
+]
+
+
+class DatabaseScripts(_Request, kw_only=True):
+    """pgEdge's SQL run once at create; refused with a reason unless empty."""
+
+    post_init: SqlScript = field(default_factory=list)
+    post_database_create: SqlScript = field(default_factory=list)
+
+
+# pgEdge's service instances (MCP, PostgREST, RAG): taken as any object so that a spec holding
+# them is refused with a reason, not as malformed.
+ServiceSpec = dict[str, Any]
 
 
 MAX_INSTANCES_PER_NODE = 5
@@ -134,7 +207,20 @@ class NodeSpec(_Request, kw_only=True):
     # A node with replicas: commits wait until a replica has them too (Patroni's
     # synchronous_mode), so a failover loses no acknowledged commit, at the price of latency.
     synchronous_mode: bool = False
+    # "15" or "15.<minor>" as in pgEdge; overrides the database's (both must say 15).
+    postgres_version: PostgresVersion | None = None
     port: Port | None = None
+    patroni_port: Port | None = None
+    cpus: Cpus | None = None
+    memory: Memory | None = None
+    # Merged over the database's postgresql_conf (the node's value wins).
+    postgresql_conf: Annotated[dict[str, ConfValue], Meta(max_length=256)] = field(
+        default_factory=dict
+    )
+    # Placed before the database's rules, so they match first (as in pgEdge).
+    pg_hba_conf: ConfLines = field(default_factory=list)
+    pg_ident_conf: ConfLines = field(default_factory=list)
+    orchestrator_opts: OrchestratorOpts | None = None
     backup_config: BackupConfig | None = None
     restore_config: RestoreConfig | None = None
     source_node: NodeName | None = None
@@ -142,12 +228,25 @@ class NodeSpec(_Request, kw_only=True):
 
 class DatabaseSpec(_Request, kw_only=True):
     database_name: PgName
-    postgres_version: Literal["15"] = "15"
+    # "15" or "15.<minor>" (pgEdge's form); the minor is the installed one.
+    postgres_version: PostgresVersion = "15"
+    # pgEdge's Spock major; the mesh here is pglogical 2 whatever it says (see validation).
+    spock_version: SpockVersion | None = None
+    # pgEdge's tenant (the database's owner); the request's top-level `tenant_id` lands here.
+    tenant_id: Identifier | None = None
     port: Port = 0
+    patroni_port: Port | None = None
+    cpus: Cpus | None = None
+    memory: Memory | None = None
     database_users: Annotated[list[DatabaseUser], Meta(max_length=64)] = field(default_factory=list)
     postgresql_conf: Annotated[dict[str, ConfValue], Meta(max_length=256)] = field(
         default_factory=dict
     )
+    pg_hba_conf: ConfLines = field(default_factory=list)
+    pg_ident_conf: ConfLines = field(default_factory=list)
+    orchestrator_opts: OrchestratorOpts | None = None
+    services: Annotated[list[ServiceSpec], Meta(max_length=16)] = field(default_factory=list)
+    scripts: DatabaseScripts | None = None
     backup_config: BackupConfig | None = None
     restore_config: RestoreConfig | None = None
     nodes: Annotated[list[NodeSpec], Meta(min_length=1, max_length=16)]
@@ -157,6 +256,8 @@ class DatabaseRequest(_Request, kw_only=True):
     """Body of create (`id` optional) and of update (full desired spec)."""
 
     id: Identifier | None = None
+    # pgEdge's owner of the database: stored in the spec, immutable after create.
+    tenant_id: Identifier | None = None
     spec: DatabaseSpec
 
 
@@ -165,13 +266,17 @@ AnnotationValue = Annotated[str, Meta(max_length=256)]
 
 
 class BackupRequest(_Request, kw_only=True):
-    """Body of a manual node backup: type, user annotations and an optional repository."""
+    """Body of a manual node backup: type, user annotations, an optional repository and
+    pgBackRest options for this backup (`backup_options`, from an allow-list)."""
 
     type: BackupType = "full"
     annotations: Annotated[dict[AnnotationKey, AnnotationValue], Meta(max_length=16)] = field(
         default_factory=dict
     )
     repository_id: RepositoryId | None = None
+    backup_options: Annotated[dict[str, ShortText], Meta(max_length=16)] = field(
+        default_factory=dict
+    )
 
 
 class RestoreRequest(_Request, kw_only=True):
@@ -190,6 +295,26 @@ def to_builtins(value: object) -> object:
 def repository_id(repository: Repository) -> str:
     """The repository's id: the explicit `id`, else its type (unique per backup_config)."""
     return repository.id or type_of(repository)
+
+
+def is_filesystem(repository: Repository) -> bool:
+    """True for a repository that is a directory on the host (posix, cifs)."""
+    return type_of(repository) in FILESYSTEM_TYPES
+
+
+def node_postgresql_conf(spec: DatabaseSpec, node: NodeSpec) -> dict[str, ConfValue]:
+    """The user's postgresql.conf settings of one node: the database's, then the node's."""
+    return {**spec.postgresql_conf, **node.postgresql_conf}
+
+
+def node_hba_rules(spec: DatabaseSpec, node: NodeSpec) -> list[str]:
+    """The node's pg_hba.conf rules, then the database's (first match wins, as in pgEdge)."""
+    return [*node.pg_hba_conf, *spec.pg_hba_conf]
+
+
+def node_ident_maps(spec: DatabaseSpec, node: NodeSpec) -> list[str]:
+    """The node's pg_ident.conf lines, then the database's."""
+    return [*node.pg_ident_conf, *spec.pg_ident_conf]
 
 
 def type_of(repository: Repository) -> str:

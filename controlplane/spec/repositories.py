@@ -7,9 +7,15 @@ from datetime import UTC, datetime
 
 from croniter import CroniterError, croniter
 
+from controlplane.pgbackrest.options import backup_option_problem
 from controlplane.spec.custom_options import check_custom_options, check_global_option_conflicts
-from controlplane.spec.models import BackupConfig, BackupSchedule, Repository, repository_id
-from controlplane.spec.models import type_of as repository_type
+from controlplane.spec.models import (
+    BackupConfig,
+    BackupSchedule,
+    Repository,
+    is_filesystem,
+    repository_id,
+)
 from controlplane.spec.paths import (
     UNSAFE_TEXT,
     Problem,
@@ -71,9 +77,9 @@ def _check_text_fields(repository: Repository, path: str) -> list[Problem]:
 
 def _check_base_path(repository: Repository, path: str) -> list[Problem]:
     base_path = repository.base_path
-    is_posix = repository_type(repository) == "posix"
+    is_posix = is_filesystem(repository)
     if base_path is None:
-        return [problem(path, "required field for posix repositories")] if is_posix else []
+        return [problem(path, "required field for posix and cifs repositories")] if is_posix else []
     if has_control_chars(base_path):
         return []  # already reported as unsafe text
     if not base_path.startswith("/"):
@@ -100,15 +106,38 @@ def _check_schedules(schedules: list[BackupSchedule], path: str) -> list[Problem
             )
         else:
             seen[schedule.id] = index
+        if has_control_chars(schedule.id):
+            errors.append(problem(field_path(schedule_path, "id"), UNSAFE_TEXT))
         reason = cron_problem(schedule.cron_expression)
         if reason is not None:
             errors.append(problem(field_path(schedule_path, "cron_expression"), reason))
     return errors
 
 
+# The descriptors pgEdge's scheduler (robfig/cron) accepts, as croniter reads them.
+CRON_DESCRIPTORS = frozenset(
+    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+)
+
+
 def cron_problem(expression: str) -> str | None:
-    """Why `expression` is not a usable 5-field cron expression, or None when it is."""
+    """Why `expression` is not a usable cron expression, or None when it is.
+
+    As in pgEdge: 5 fields (minute hour day month weekday; `?` means `*` in the day fields) or
+    a descriptor such as `@daily`; evaluated in UTC.
+    """
     fields = expression.split()
+    if expression.startswith("@"):
+        if expression.strip() in CRON_DESCRIPTORS:
+            return None
+        if fields and fields[0] == "@every":
+            return (
+                "@every intervals are not supported: write the schedule as 5 cron fields "
+                "(e.g. '*/30 * * * *' for every 30 minutes)"
+            )
+        return (
+            f"unknown cron descriptor {expression!r} (one of {', '.join(sorted(CRON_DESCRIPTORS))})"
+        )
     if len(fields) != 5:
         return (
             f"cron expression must have 5 fields (minute hour day month weekday), got {len(fields)}"
@@ -124,3 +153,13 @@ def cron_problem(expression: str) -> str | None:
     except (CroniterError, ValueError):
         return f"cron expression {expression!r} never fires"
     return None
+
+
+def check_backup_options(options: dict[str, str], path: str) -> list[Problem]:
+    """Problems with a backup request's `backup_options` (pgBackRest options, allow-listed)."""
+    errors: list[Problem] = []
+    for key, value in options.items():
+        reason = backup_option_problem(key, value)
+        if reason is not None:
+            errors.append(problem(field_path(path, key), reason))
+    return errors

@@ -15,6 +15,7 @@ from typing import TypeVar
 import msgspec
 
 from controlplane.errors import InvalidInputError, MalformedRequestError
+from controlplane.spec.client_auth import check_hba_rules, check_ident_maps
 from controlplane.spec.models import (
     BackupRequest,
     DatabaseRequest,
@@ -33,9 +34,16 @@ from controlplane.spec.paths import (
 )
 from controlplane.spec.pg_settings import SettingRules
 from controlplane.spec.postgresql_conf import check_postgresql_conf
-from controlplane.spec.repositories import check_backup_config
+from controlplane.spec.repositories import check_backup_config, check_backup_options
+from controlplane.spec.resources import (
+    check_postgres_version,
+    check_resources,
+    check_spock_version,
+    major_of,
+)
 from controlplane.spec.restore_options import check_restore_config
 from controlplane.spec.shape import shape_errors, validation_message
+from controlplane.spec.unsupported import check_unsupported
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -56,11 +64,18 @@ RESERVED_DATABASES = frozenset({"template0", "template1", "postgres", "cp_detach
 _FIRST_UNPRIVILEGED_PORT = 1024
 
 
-def parse_request(body: bytes | str, model: type[T], *, rules: SettingRules | None = None) -> T:
+def parse_request(
+    body: bytes | str,
+    model: type[T],
+    *,
+    rules: SettingRules | None = None,
+    orchestrator: str | None = None,
+) -> T:
     """Decode a JSON body into `model`, raising InvalidInputError with every problem found.
 
     A body that is not JSON, or not a JSON object, raises MalformedRequestError. `rules` (the
-    installed server's settings) make postgresql_conf values checked too.
+    installed server's settings) make postgresql_conf values checked too; `orchestrator` (its
+    name) makes container options checked against what it applies.
     """
     try:
         document = msgspec.json.decode(body)
@@ -75,22 +90,24 @@ def parse_request(body: bytes | str, model: type[T], *, rules: SettingRules | No
         request = msgspec.convert(document, model)
     except msgspec.ValidationError as exc:  # the shape pass should have caught it already
         raise InvalidInputError([problem(_error_path(exc), validation_message(exc))]) from None
-    errors = validate_request(request, rules=rules)
+    errors = validate_request(request, rules=rules, orchestrator=orchestrator)
     if errors:
         raise InvalidInputError(errors)
     return request
 
 
 def parse_database_request(
-    body: bytes | str, *, rules: SettingRules | None = None
+    body: bytes | str, *, rules: SettingRules | None = None, orchestrator: str | None = None
 ) -> DatabaseRequest:
     """Parse and validate the body of a database create or update.
 
     With `rules` (built once at start-up from the installed server, `Services.setting_rules`)
     every postgresql_conf value is checked against the server's own rules; without them only
     the control plane's rules apply and the server's are met when the configuration is applied.
+    With `orchestrator` (`local`, `docker`) pgEdge's container options are checked against what
+    that orchestrator applies. The request's `tenant_id` is kept in its spec.
     """
-    return parse_request(body, DatabaseRequest, rules=rules)
+    return parse_request(body, DatabaseRequest, rules=rules, orchestrator=orchestrator)
 
 
 def parse_backup_request(body: bytes | str) -> BackupRequest:
@@ -104,11 +121,15 @@ def parse_restore_request(body: bytes | str) -> RestoreRequest:
 
 
 def validate_request(
-    request: msgspec.Struct, *, rules: SettingRules | None = None
+    request: msgspec.Struct,
+    *,
+    rules: SettingRules | None = None,
+    orchestrator: str | None = None,
 ) -> list[Problem]:
     """Semantic problems of an already well-shaped request (paths relative to the body)."""
     if isinstance(request, DatabaseRequest):
-        return validate_database_spec(request.spec, rules=rules)
+        errors = _adopt_tenant(request)
+        return errors + validate_database_spec(request.spec, rules=rules, orchestrator=orchestrator)
     if isinstance(request, BackupRequest):
         return validate_backup_request(request)
     if isinstance(request, RestoreRequest):
@@ -117,20 +138,31 @@ def validate_request(
 
 
 def validate_database_spec(
-    spec: DatabaseSpec, *, rules: SettingRules | None = None
+    spec: DatabaseSpec, *, rules: SettingRules | None = None, orchestrator: str | None = None
 ) -> list[Problem]:
-    """Semantic problems of a database spec, with paths prefixed `spec.`."""
+    """Semantic problems of a database spec, with paths prefixed `spec.`.
+
+    `orchestrator` (its name) also checks container options against what it applies.
+    """
     errors = _check_database_name(spec.database_name)
     errors += _check_nodes(spec)
     errors += _check_ports(spec)
     errors += _check_users(spec.database_users, "spec.database_users")
     errors += check_postgresql_conf(spec.postgresql_conf, "spec.postgresql_conf", rules)
+    errors += check_postgres_version(spec.postgres_version, "spec.postgres_version")
+    if spec.spock_version is not None:
+        errors += check_spock_version(spec.spock_version, "spec.spock_version")
+    errors += check_hba_rules(spec.pg_hba_conf, "spec.pg_hba_conf")
+    errors += check_ident_maps(spec.pg_ident_conf, "spec.pg_ident_conf")
+    errors += check_resources(spec, orchestrator)
+    errors += check_unsupported(spec)
     if spec.backup_config is not None:
         errors += check_backup_config(spec.backup_config, "spec.backup_config")
     if spec.restore_config is not None:
         errors += check_restore_config(spec.restore_config, "spec.restore_config")
     for index, node in enumerate(spec.nodes):
         node_path = item_path("spec.nodes", index)
+        errors += _check_node_fields(spec, node, node_path, rules)
         if node.backup_config is not None:
             errors += check_backup_config(node.backup_config, f"{node_path}.backup_config")
         if node.restore_config is not None:
@@ -138,9 +170,37 @@ def validate_database_spec(
     return errors
 
 
-def validate_backup_request(request: BackupRequest) -> list[Problem]:
-    """Semantic problems of a manual backup request (its annotations)."""
+def _adopt_tenant(request: DatabaseRequest) -> list[Problem]:
+    """pgEdge sends `tenant_id` beside `spec`; it is stored in the spec (as pgEdge does)."""
+    wrapper, inner = request.tenant_id, request.spec.tenant_id
+    if wrapper is not None and inner is not None and wrapper != inner:
+        return [problem("tenant_id", f"differs from spec.tenant_id ({inner})")]
+    request.spec.tenant_id = wrapper or inner
+    return []
+
+
+def _check_node_fields(
+    spec: DatabaseSpec, node: NodeSpec, path: str, rules: SettingRules | None
+) -> list[Problem]:
+    """A node's own postgres_version, postgresql_conf, pg_hba_conf and pg_ident_conf."""
     errors: list[Problem] = []
+    if node.postgres_version is not None:
+        version_path = f"{path}.postgres_version"
+        errors += check_postgres_version(node.postgres_version, version_path)
+        if not errors and major_of(node.postgres_version) != major_of(spec.postgres_version):
+            message = (
+                f"a node runs the database's PostgreSQL major ({major_of(spec.postgres_version)})"
+            )
+            errors.append(problem(version_path, message))
+    errors += check_postgresql_conf(node.postgresql_conf, f"{path}.postgresql_conf", rules)
+    errors += check_hba_rules(node.pg_hba_conf, f"{path}.pg_hba_conf")
+    errors += check_ident_maps(node.pg_ident_conf, f"{path}.pg_ident_conf")
+    return errors
+
+
+def validate_backup_request(request: BackupRequest) -> list[Problem]:
+    """Semantic problems of a manual backup request (its annotations and backup_options)."""
+    errors = check_backup_options(request.backup_options, "backup_options")
     for key, value in request.annotations.items():
         path = field_path("annotations", key)
         if key == RESERVED_ANNOTATION:

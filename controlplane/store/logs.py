@@ -32,19 +32,34 @@ async def read_entries(
 ) -> list[LogEntry]:
     """The next `limit` entries after the cursor, oldest first."""
     records = await db.fetch(
-        "SELECT entry_id, ts, level, message, fields FROM task_log"
+        f"SELECT {_ENTRY_COLUMNS} FROM task_log"
         " WHERE task_id = $1 AND entry_id > $2 ORDER BY entry_id LIMIT $3",
         task_id,
         after_entry_id,
         limit,
     )
-    return [
-        LogEntry(
-            entry_id=r["entry_id"],
-            timestamp=r["ts"],
-            level=r["level"],
-            message=r["message"],
-            fields=r["fields"],
-        )
-        for r in records
-    ]
+    return [_entry(r) for r in records]
+
+
+async def read_newest_entries(db: Executor, task_id: uuid.UUID, *, limit: int) -> list[LogEntry]:
+    """The newest `limit` entries (a tail, as pgEdge answers a page without a cursor), oldest
+    first, so the last one's id is the cursor for what follows."""
+    records = await db.fetch(
+        f"SELECT {_ENTRY_COLUMNS} FROM task_log WHERE task_id = $1 ORDER BY entry_id DESC LIMIT $2",
+        task_id,
+        limit,
+    )
+    return [_entry(r) for r in reversed(records)]
+
+
+_ENTRY_COLUMNS = "entry_id, ts, level, message, fields"
+
+
+def _entry(record: Any) -> LogEntry:
+    return LogEntry(
+        entry_id=record["entry_id"],
+        timestamp=record["ts"],
+        level=record["level"],
+        message=record["message"],
+        fields=record["fields"],
+    )

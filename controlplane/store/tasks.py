@@ -35,7 +35,10 @@ _LOCKING_INDEXES = {"tasks_one_operation_per_database", "tasks_one_backup_per_no
 # with the index's exact predicate, and the blocking-task look-up uses the same words.
 _ACTIVE = "status IN ('pending', 'running', 'canceling')"
 _NODE_LOCK_TYPES = "type IN ('node_backup', 'verify', 'expire')"
-_DATABASE_LOCK_TYPES = "type IN ('create', 'update', 'delete', 'restore')"
+_DATABASE_LOCK_TYPES = (
+    "type IN ('create', 'update', 'delete', 'restore', 'switchover', 'failover',"
+    " 'restart_instance', 'stop_instance', 'start_instance')"
+)
 
 
 class TaskRow(Struct, kw_only=True):
@@ -282,38 +285,18 @@ async def get_steps(db: Executor, task_id: uuid.UUID) -> list[StepRow]:
     return [StepRow(**dict(r.items())) for r in records]
 
 
-def to_task(row: TaskRow, steps: list[StepRow]) -> Task:
-    """The API view of a task."""
-    return Task(
-        task_id=str(row.task_id),
-        parent_id=str(row.parent_id) if row.parent_id else None,
-        database_id=row.database_id,
-        node_name=row.node_name,
-        type=row.type,
-        status=row.status,
-        trigger=row.trigger,
-        actor=row.actor,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
-        error=row.error,
-        result=row.result,
-        steps=[
-            TaskStep(
-                name=s.name, status=s.status, started_at=s.started_at, completed_at=s.completed_at
-            )
-            for s in steps
-        ],
-    )
-
-
 async def get_task(db: Executor, task_id: str, *, database_id: str | None = None) -> Task:
     """A task with its steps; NotFoundError if absent (or of another database)."""
     parsed = parse_task_id(task_id)
-    row = await get_task_row(db, parsed) if parsed else None
-    if row is None or (database_id is not None and row.database_id != database_id):
+    record = (
+        await db.fetchrow(f"SELECT {_VIEW_COLUMNS} FROM {_VIEW_FROM} WHERE t.task_id = $1", parsed)
+        if parsed
+        else None
+    )
+    if record is None or (database_id is not None and record["database_id"] != database_id):
         raise NotFoundError(f"task {task_id} not found", details={"task_id": task_id})
-    return to_task(row, await get_steps(db, row.task_id))
+    steps = await _step_views(db, [record["task_id"]])
+    return _task_view(record, steps.get(record["task_id"], []))
 
 
 def parse_task_id(text: str) -> uuid.UUID | None:
@@ -338,10 +321,10 @@ async def list_tasks(
     the columns the API shows (no input, no lease, no step state)."""
     compare = "<" if descending else ">"
     records = await db.fetch(
-        f"SELECT {_VIEW_COLUMNS} FROM tasks WHERE ($1::text IS NULL OR database_id = $1)"
-        " AND ($2::uuid IS NULL OR parent_id = $2) AND ($3::text IS NULL OR status = $3)"
-        f" AND ($4::text IS NULL OR type = $4) AND ($5::uuid IS NULL OR task_id {compare} $5)"
-        f" ORDER BY task_id {'DESC' if descending else 'ASC'} LIMIT $6",
+        f"SELECT {_VIEW_COLUMNS} FROM {_VIEW_FROM} WHERE ($1::text IS NULL OR t.database_id = $1)"
+        " AND ($2::uuid IS NULL OR t.parent_id = $2) AND ($3::text IS NULL OR t.status = $3)"
+        f" AND ($4::text IS NULL OR t.type = $4) AND ($5::uuid IS NULL OR t.task_id {compare} $5)"
+        f" ORDER BY t.task_id {'DESC' if descending else 'ASC'} LIMIT $6",
         database_id,
         parent_id,
         status,
@@ -353,10 +336,19 @@ async def list_tasks(
     return [_task_view(r, steps.get(r["task_id"], [])) for r in records]
 
 
-# What the API shows of a task (to_task), read straight from the row.
+# What the API shows of a task, read straight from the row, with where a node's task acts: the
+# instance its input names (instance actions), else the node's primary.
 _VIEW_COLUMNS = (
-    "task_id, parent_id, database_id, node_name, type, status, trigger, actor, result, error,"
-    " created_at, started_at, completed_at"
+    "t.task_id, t.parent_id, t.database_id, t.node_name, t.type, t.status, t.trigger, t.actor,"
+    " t.result, t.error, t.created_at, t.started_at, t.completed_at,"
+    " placed.id AS instance_id, placed.host_id"
+)
+_VIEW_FROM = (
+    "tasks t LEFT JOIN LATERAL (SELECT i.id, i.host_id FROM instances i"
+    "   WHERE t.node_name IS NOT NULL AND i.database_id = t.database_id"
+    "   AND i.node_name = t.node_name"
+    "   AND (t.input->>'instance_id' IS NULL OR i.id = t.input->>'instance_id')"
+    "   ORDER BY i.role = 'replica', i.host_id LIMIT 1) placed ON true"
 )
 
 
@@ -364,8 +356,12 @@ def _task_view(record: asyncpg.Record, steps: list[TaskStep]) -> Task:
     return Task(
         task_id=str(record["task_id"]),
         parent_id=str(record["parent_id"]) if record["parent_id"] else None,
+        scope="database",
+        entity_id=record["database_id"],
         database_id=record["database_id"],
         node_name=record["node_name"],
+        host_id=record["host_id"],
+        instance_id=record["instance_id"],
         type=record["type"],
         status=record["status"],
         trigger=record["trigger"],

@@ -34,6 +34,8 @@ class BackupInput(TaskInput, kw_only=True):
     type: BackupType = "full"
     annotations: dict[str, str] = field(default_factory=dict)
     repository_id: str | None = None
+    # pgBackRest options for this backup (a request's allow-listed `backup_options`).
+    options: dict[str, str] = field(default_factory=dict)
     # A scheduled tick's: which schedule, and the tick (RFC 3339) it was due at.
     schedule_id: str | None = None
     tick_at: str | None = None
@@ -60,6 +62,23 @@ class NodeRestoreInput(SealedInput, kw_only=True):
     pre_restore_backup: bool = False
     target_nodes: list[str] = field(default_factory=list)
     join_source: str | None = None
+
+
+class NodeActionInput(TaskInput, kw_only=True):
+    """switchover and failover: the replica to hand over to (else the best one), when (RFC 3339;
+    switchover only), and whether a failover may go ahead although the primary is healthy."""
+
+    candidate_instance_id: str | None = None
+    scheduled_at: str | None = None
+    skip_validation: bool = False
+
+
+class InstanceActionInput(TaskInput, kw_only=True):
+    """restart_instance, stop_instance and start_instance: the instance, and when (RFC 3339;
+    restart only)."""
+
+    instance_id: str
+    scheduled_at: str | None = None
 
 
 def restore_plans(value: TaskInput) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from controlplane.errors import ControlPlaneError, ExternalCommandError, TaskCan
 from controlplane.store import task_runs, tasks
 from controlplane.store.tasks import TaskRow
 from controlplane.tasks.context import Services, StepContext
+from controlplane.tasks.log_context import bind_task
 from controlplane.tasks.logger import TaskLogger
 from controlplane.tasks.workflow import Workflow
 
@@ -84,6 +85,8 @@ class Worker:
             await task_runs.expire_leases_of(self._services.pool, self.worker_id)
 
     async def _execute(self, row: TaskRow) -> None:
+        # This asyncio task's own context: what it (and the tasks it starts) logs names the task.
+        bind_task(str(row.task_id), row.database_id, row.node_name)
         try:
             await _TaskRun(self, row).run()
         except Exception:
@@ -106,7 +109,13 @@ class _TaskRun:
     async def run(self) -> None:
         workflow = self.worker._workflows.get(self.row.type)
         secrets = await self.worker._secrets_for(self.services, self.row)
-        logger = await TaskLogger.open(self.services.pool, self.row.task_id, secrets)
+        logger = await TaskLogger.open(
+            self.services.pool,
+            self.row.task_id,
+            secrets,
+            database_id=self.row.database_id,
+            node=self.row.node_name,
+        )
         ctx = StepContext(services=self.services, task=self.row, log=logger)
         ctx.cancel_requested = self.row.cancel_requested_at is not None
         heartbeat = asyncio.create_task(self._heartbeat(ctx))

@@ -64,6 +64,7 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
         task_id=task_id,
         annotations=request.annotations,
         repo=setup.repo_index(request.repository_id),
+        extra=request.options,
     )
     sink = ctx.log.sink("pgbackrest")
     try:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import msgspec
+
 from controlplane.errors import ChildTaskFailedError
 from controlplane.nodes import child_tasks, mesh
-from controlplane.nodes.common import load_spec
+from controlplane.nodes.common import load_spec, unseal
+from controlplane.nodes.restore_outcome import partial_restore_note
+from controlplane.spec.models import RestoreConfig
 from controlplane.store import databases, instances, tasks
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.inputs import RestoreInput
@@ -44,12 +48,17 @@ async def finish_restore(ctx: StepContext) -> dict[str, Any]:
     _, spec = await load_spec(ctx)
     request = ctx.input_as(RestoreInput)
     targets = set(request.target_nodes)
-    others = [n.name for n in spec.nodes if n.name not in targets]
-    if others and request.point_in_time:
-        await ctx.log.warning(
-            f"only {', '.join(sorted(targets))} were restored to an earlier point: they now "
-            f"diverge from {', '.join(others)}, which kept their later rows"
-        )
+    config = msgspec.convert(unseal(ctx.services, ctx.task)["restore_config"], RestoreConfig)
+    note = partial_restore_note(
+        database_id=ctx.database_id,
+        targets=targets,
+        others=[n.name for n in spec.nodes if n.name not in targets],
+        point_in_time=request.point_in_time,
+        source_database_id=config.source_database_id,
+        restore_options=config.restore_options,
+    )
+    if note is not None:
+        await ctx.log.write(*note)
     await databases.set_state(ctx.services.pool, ctx.database_id, "available")
     return {"result": {"restored_nodes": sorted(targets)}}
 

@@ -238,3 +238,100 @@ async def test_invalid_spec_lists_every_problem(server: ServerProcess, scratch_d
     assert "spec.nodes[1].name" in [e["path"] for e in error["details"]["errors"]]
     not_a_file = await cli(server, "database create -f", str(scratch_dir))
     assert not_a_file.returncode == 2
+
+
+async def test_token_search_profiles_and_task_id_prefixes(
+    server: ServerProcess, api: httpx.AsyncClient, scratch_dir: Path
+) -> None:
+    """Without a token anywhere the error names every place looked at; a profile of the config
+    file (chosen by --profile or CONTROLPLANE_PROFILE) gives the URL and token file; a unique
+    task id prefix resolves, an ambiguous one is refused listing the matches."""
+    await create_and_wait(api, database_body("prof", backup_config=posix(scratch_dir / "repo")))
+    config_home = scratch_dir / "config"
+    bare = {k: v for k, v in cli_env(server).items() if k not in ("CONTROLPLANE_TOKEN",)}
+    bare |= {"XDG_CONFIG_HOME": str(config_home), "CONTROLPLANE_DATA_DIR": str(scratch_dir / "x")}
+    missing = await cli(server, "database list", env=bare)
+    assert missing.returncode == 1
+    for place in (
+        "CONTROLPLANE_TOKEN (unset)",
+        f"{config_home}/controlplane/config.toml (no such file)",
+        f"{scratch_dir}/x/admin-token (no such directory",
+    ):
+        assert place in missing.stderr
+    as_json = json.loads((await cli(server, "database list -o json", env=bare)).stdout)
+    assert as_json["error"]["name"] == "missing_token"
+    assert server.token not in missing.stderr + missing.stdout
+
+    (config_home / "controlplane").mkdir(parents=True)
+    (config_home / "controlplane" / "ops.token").write_text(server.token + "\n")
+    (config_home / "controlplane" / "config.toml").write_text(
+        f'[profiles.ops]\nurl = "{server.url}"\ntoken_file = "ops.token"\n'
+    )
+    no_url = {k: v for k, v in bare.items() if k != "CONTROLPLANE_URL"}
+    listed = ok(await cli(server, "--profile ops database list -o json", env=no_url))
+    assert [d["id"] for d in json.loads(listed.stdout)] == ["prof"]
+    by_env = ok(
+        await cli(server, "database list -o json", env=no_url | {"CONTROLPLANE_PROFILE": "ops"})
+    )
+    assert [d["id"] for d in json.loads(by_env.stdout)] == ["prof"]
+    unknown = await cli(server, "--profile nope database list", env=no_url)
+    assert unknown.returncode == 1
+    assert "no profile nope in" in unknown.stderr
+    assert "(profiles: ops)" in unknown.stderr
+
+    started = json.loads(ok(await cli(server, "backup start prof n1 --wait -o json")).stdout)
+    backup_id = started["task"]["task_id"]
+    [create_id] = [
+        t["task_id"]
+        for t in json.loads(ok(await cli(server, "task list prof -o json")).stdout)
+        if t["type"] == "create"
+    ]
+    shared = 0
+    while backup_id.replace("-", "")[shared] == create_id.replace("-", "")[shared]:
+        shared += 1
+    unique = backup_id.replace("-", "")[: max(shared + 1, 6)]
+    got = json.loads(ok(await cli(server, f"task get prof {unique} -o json")).stdout)
+    assert got["task_id"] == backup_id
+    if shared >= 6:
+        ambiguous = await cli(server, f"task get prof {backup_id[:6]} -o json")
+        assert ambiguous.returncode == 2
+        error = json.loads(ambiguous.stdout)["error"]
+        assert error["name"] == "ambiguous_task_id"
+        assert sorted(error["details"]["matches"]) == sorted([backup_id, create_id])
+    short = await cli(server, f"task get prof {backup_id[:5]}")
+    assert short.returncode == 2
+    assert "at least 6 hex digits" in short.stderr
+    absent = await cli(server, "task get prof ffffffffff")
+    assert absent.returncode == 1
+    assert "no task of prof has an id starting with ffffffffff" in absent.stderr
+
+
+async def test_token_commands_refuse_a_missing_store(
+    server: ServerProcess, scratch_dir: Path
+) -> None:
+    """`token create` against a data dir without a store is refused (and creates nothing)
+    unless --init; against the server's store it works without it."""
+    empty = scratch_dir / "typo"
+    env = {k: v for k, v in server.env().items() if k != "CONTROLPLANE_DATABASE_URL"}
+    env["CONTROLPLANE_DATA_DIR"] = str(empty)
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        cli_argv("token", "create", "ops", "-o", "json"),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1
+    assert f"no state store in {empty}/store" in refused.stderr
+    assert "--init" in refused.stderr
+    assert json.loads(refused.stdout)["error"]["name"] == "store_not_found"
+    assert not (empty / "store").exists()
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        cli_argv("token", "list", "-o", "json"),
+        env=server.env(),
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "admin" in [t["name"] for t in json.loads(listed.stdout)]

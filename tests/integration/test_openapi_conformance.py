@@ -41,6 +41,9 @@ async def test_every_operation_conforms_to_the_document(scratch_dir: Path) -> No
         async with server.client() as api:
             body = database_body("conformance", backup_config=posix(scratch_dir / "repo"))
             assert (await api.post("/v1/databases", json=body)).status_code == 202
+            document = (await api.get("/schema/openapi.json")).json()
+        # Every operation of the document is exercised, however many routes there are.
+        operations = sum(len(item) for item in document["paths"].values())
         config = scratch_dir / "schemathesis.toml"
         config.write_text(CONFIG)
         argv = [
@@ -71,7 +74,7 @@ async def test_every_operation_conforms_to_the_document(scratch_dir: Path) -> No
         )
         report = result.stdout[-8000:] + result.stderr[-2000:]
         assert result.returncode == 0, report
-        assert "22 selected / 22 total" in result.stdout, report
+        assert f"{operations} selected / {operations} total" in result.stdout, report
         assert " failed" not in result.stdout.split("SUMMARY")[-1], report
     finally:
         server.terminate()

@@ -94,7 +94,7 @@ async def test_hostile_path_parameters_are_not_found(target: Target) -> None:
     count = 0
     async with target.client(None) as api:
         for route in (r for r in routes if r.params):
-            headers = target.headers("read" if route.method == "GET" else "admin")
+            headers = target.headers("read" if route.scope == "read" else "admin")
             for param in route.params:
                 values = [(v, False) for v in HOSTILE_SEGMENTS]
                 values += [(v, True) for v in HOSTILE_RAW_SEGMENTS]

@@ -25,9 +25,15 @@ class ServerProcess:
     """One server on its own port and data dir, optionally on an external store."""
 
     def __init__(
-        self, data_dir: Path, *, database_url: str | None, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        *,
+        database_url: str | None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.args = args or []
         self.database_url = database_url
         self.port = free_port()
         self.extra_env = env or {}
@@ -98,7 +104,7 @@ class ServerProcess:
     def _start_once(self, timeout: float) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane", "serve"],
+            [sys.executable, "-m", "controlplane", "serve", *self.args],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -187,11 +193,15 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def serving(
-    data_dir: Path, *, database_url: str | None, env: dict[str, str] | None = None
+    data_dir: Path,
+    *,
+    database_url: str | None,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """A running server for one test: stopped with its instances afterwards, its log's tail
-    printed (pytest shows it when the test failed)."""
-    proc = ServerProcess(data_dir, database_url=database_url, env=env)
+    """A running server for one test (`serve` with `args`): stopped with its instances
+    afterwards, its log's tail printed (pytest shows it when the test failed)."""
+    proc = ServerProcess(data_dir, database_url=database_url, env=env, args=args)
     proc.start()
     try:
         yield proc

@@ -316,6 +316,8 @@ def _task(**changes: Any) -> Task:
     values: dict[str, Any] = {
         "task_id": "t1",
         "parent_id": None,
+        "scope": "database",
+        "entity_id": "db1",
         "database_id": "db1",
         "node_name": "n1",
         "type": "node_backup",

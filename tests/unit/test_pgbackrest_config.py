@@ -52,6 +52,7 @@ POSIX: dict[str, Any] = {
     "type": "posix",
     "base_path": "/backups/",
     "retention_full": 3,
+    "retention_full_type": "count",
     "retention_diff": 6,
 }
 S3: dict[str, Any] = {
@@ -440,8 +441,8 @@ def test_repo1_path_custom_option_refused_up_front() -> None:
     assert raised.value.errors == [
         {
             "path": "spec.backup_config.repositories[0].custom_options.repo1-path",
-            "message": "option repo1-path is managed by the control plane (repositories are "
-            "numbered by the control plane: write repository options as repo-<name>)",
+            "message": "option repo1-path names a repository by number; the control plane "
+            "numbers the repositories: write path and it applies to this repository",
         }
     ]
 

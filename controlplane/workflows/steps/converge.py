@@ -23,7 +23,14 @@ from controlplane.nodes.common import (
     setting_errors,
 )
 from controlplane.orchestrator.base import InstanceRef, reload_settings
-from controlplane.spec.models import DatabaseSpec, DatabaseUser, NodeSpec
+from controlplane.orchestrator.hba import write_client_rules
+from controlplane.spec.models import (
+    DatabaseSpec,
+    DatabaseUser,
+    NodeSpec,
+    node_hba_rules,
+    node_ident_maps,
+)
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
 from controlplane.system.postgres import scram_verifier
@@ -145,6 +152,10 @@ async def configure_instances(ctx: StepContext) -> dict[str, Any]:
         await keep_previous_settings(ctx, ref)
         if await ctx.services.orchestrator.write_postgresql_conf(ref, settings):
             changed.append(ref.node_name)
+        node = next(n for n in spec.nodes if n.name == ref.node_name)
+        rules, maps = node_hba_rules(spec, node), node_ident_maps(spec, node)
+        if await write_client_rules(ctx.services.orchestrator, ref, rules, maps):
+            changed.append(ref.node_name)
     if changed:
         await ctx.log.info(f"configuration written for {', '.join(changed)}")
     return {"environment_changed": env_changed}
@@ -261,6 +272,15 @@ async def create_users(ctx: StepContext) -> dict[str, Any]:
         try:
             for user in spec.database_users:
                 await _ensure_role(conn, user)
+            for user in spec.database_users:
+                for role in user.roles:  # validated: a user of the spec or a predefined role
+                    await conn.execute(
+                        await conn.fetchval(
+                            "SELECT format('GRANT %I TO %I', $1::text, $2::text)",
+                            role,
+                            user.username,
+                        )
+                    )
             owner = next((u.username for u in spec.database_users if u.db_owner), "postgres")
             exists = await conn.fetchval(
                 "SELECT 1 FROM pg_database WHERE datname = $1", spec.database_name
