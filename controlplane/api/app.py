@@ -17,6 +17,7 @@ from controlplane.api.bodies import BODY_CHECKS_AT_ONCE
 from controlplane.api.docs import docs_routes
 from controlplane.api.errors import domain_error, http_error, internal_error
 from controlplane.api.metrics import METRICS_ROUTES
+from controlplane.api.node_actions import NODE_ACTION_ROUTES
 from controlplane.api.params import check_path_params
 from controlplane.api.read_cache import ReadCache
 from controlplane.api.restore_points import RESTORE_POINT_ROUTES
@@ -50,7 +51,13 @@ def create_app(settings: Settings) -> Litestar:
         HTTPException: http_error,
         Exception: internal_error,
     }
-    api_routes = [*ROUTES, *METRICS_ROUTES, *SCHEDULE_ROUTES, *RESTORE_POINT_ROUTES]
+    api_routes = [
+        *ROUTES,
+        *METRICS_ROUTES,
+        *SCHEDULE_ROUTES,
+        *RESTORE_POINT_ROUTES,
+        *NODE_ACTION_ROUTES,
+    ]
     return Litestar(
         route_handlers=[*api_routes, *docs_routes(api_routes)],
         # The token first: a client without one learns nothing, not even which ids are valid.

@@ -19,10 +19,13 @@ back from there by the next step or task that needs them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import time
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from controlplane import replication
@@ -51,6 +54,12 @@ from controlplane.tasks.logger import TaskLogger
 REPLICATION_ROLE = "cp_replicator"
 REWIND_ROLE = "cp_rewind"
 REST_USER = "controlplane"
+# How long the primary's slots may take to move past a checkpoint (their subscribers confirm),
+# how long a replica's copy may stay behind before it is copied again (Patroni advances copies
+# once per loop, every 10 s), and how long a replica may take to hold usable copies of all.
+_SLOT_MOVE_SECONDS = 60.0
+_SLOT_ADVANCE_SECONDS = 25.0
+_SLOT_COPY_SECONDS = 180.0
 # Each member's own (Patroni places them from its configuration): not in the DCS.
 _PLACED = {"listen_addresses", "port", "cluster_name", "unix_socket_directories"}
 
@@ -125,6 +134,8 @@ async def _make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) ->
             )
             await instances.set_state_of(pool, row.id, "available")
         view = await client.cluster()
+    if slots and replicas:
+        await usable_slot_copies(services, primary, replicas, sorted(slots), ctx.log)
     await ctx.log.info(
         f"node {node.name}: " + ", ".join(f"{m.name} {m.role} {m.state}" for m in view.members),
         node=node.name,
@@ -205,6 +216,107 @@ async def forget_cluster(services: Services, database_id: str, node_name: str) -
     if services.dcs is not None:
         prefix = f"{NAMESPACE}{scope_of(database_id, node_name)}/"
         await delete_prefix(await services.dcs.start(), prefix)
+
+
+async def usable_slot_copies(
+    services: Services,
+    primary: InstanceRow,
+    replicas: list[InstanceRow],
+    slots: list[str],
+    log: TaskLogger,
+) -> None:
+    """Wait until every replica holds a copy of each logical slot that it can serve from.
+
+    Patroni copies a slot to a replica as the primary has it at that moment. A slot made
+    before the replica was cloned can still point (its restart_lsn) at WAL older than the
+    clone, which the replica never had: Patroni then cannot advance the copy, and after a
+    failover the subscriber of that slot finds its WAL "already removed". So: a checkpoint on
+    the primary, once every slot there has moved past it (its subscriber confirms, at once
+    under load), a copy behind that point is dropped on the replica, and Patroni copies it
+    again from the slot as it is now. A subscriber that stays down is reported, not waited
+    for: its slot cannot move until it is back."""
+    conn = await services.orchestrator.connect(ref_of(primary))
+    try:
+        await conn.execute("CHECKPOINT")
+        mark = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+        moved = await _slots_past(conn, slots, mark, _SLOT_MOVE_SECONDS)
+    finally:
+        await conn.close()
+    stuck = sorted(set(slots) - moved)
+    if stuck:
+        await log.warning(
+            f"node {primary.node_name}: slots {', '.join(stuck)} did not move (their "
+            "subscriber is down?): their copies on the replicas may not survive a failover",
+            node=primary.node_name,
+        )
+    for row in replicas:
+        await _refresh_copies(services, row, sorted(moved), mark, log)
+
+
+async def _slots_past(conn: Any, slots: list[str], mark: str, limit: float) -> set[str]:
+    """The slots among `slots` whose restart_lsn reached `mark` within `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        rows = await conn.fetch(
+            "SELECT slot_name FROM pg_replication_slots WHERE slot_name = ANY($1::text[])"
+            " AND restart_lsn >= $2::text::pg_lsn",
+            slots,
+            mark,
+        )
+        moved = {str(r[0]) for r in rows}
+        if moved >= set(slots) or time.monotonic() > deadline:
+            return moved
+        await asyncio.sleep(0.5)
+
+
+async def _refresh_copies(
+    services: Services, row: InstanceRow, slots: list[str], mark: str, log: TaskLogger
+) -> None:
+    """Until `row` holds a copy of each of `slots` at or past `mark`; a copy still behind it
+    after a while is dropped, so Patroni copies it again."""
+    deadline = time.monotonic() + _SLOT_COPY_SECONDS
+    behind_since: dict[str, float] = {}
+    while slots:
+        try:
+            conn = await services.orchestrator.connect(ref_of(row))
+        except (OSError, asyncpg.PostgresError):  # Patroni restarts it to load a copy
+            conn = None
+        if conn is not None:
+            try:
+                rows = await conn.fetch(
+                    "SELECT slot_name, restart_lsn >= $2::text::pg_lsn AS fresh, active"
+                    " FROM pg_replication_slots WHERE slot_name = ANY($1::text[])",
+                    slots,
+                    mark,
+                )
+                fresh = {str(r["slot_name"]) for r in rows if r["fresh"]}
+                if fresh >= set(slots):
+                    return
+                now = time.monotonic()
+                for r in rows:
+                    name = str(r["slot_name"])
+                    if r["fresh"] or r["active"]:
+                        continue
+                    if now - behind_since.setdefault(name, now) > _SLOT_ADVANCE_SECONDS:
+                        await log.info(
+                            f"node {row.node_name}: {row.id}'s copy of slot {name} is older "
+                            "than the WAL it holds; dropping it to be copied again",
+                            node=row.node_name,
+                        )
+                        await conn.execute("SELECT pg_drop_replication_slot($1)", name)
+                        behind_since.pop(name)
+            except (OSError, asyncpg.PostgresError):
+                pass
+            finally:
+                await conn.close()
+        if time.monotonic() > deadline:
+            await log.warning(
+                f"node {row.node_name}: {row.id} has no usable copy of every slot yet: a "
+                "failover to it now would leave some subscriptions down",
+                node=row.node_name,
+            )
+            return
+        await asyncio.sleep(1.0)
 
 
 def _supervised(row: InstanceRow) -> InstanceRef:

@@ -30,11 +30,13 @@ async def _quiet(line: str) -> None:
     log.debug("monitor: %s", line)
 
 
-_BUSY_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM tasks WHERE database_id = $1"
-    " AND status IN ('pending', 'running', 'canceling')"
-    " AND type IN ('create', 'update', 'delete', 'restore', 'node_restore'))"
+# Operations that make, move or stop instances: while one runs, its database is not ours.
+_OPERATING = (
+    "status IN ('pending', 'running', 'canceling') AND type IN ('create', 'update', 'delete',"
+    " 'restore', 'node_restore', 'switchover', 'failover', 'restart_instance', 'stop_instance',"
+    " 'start_instance')"
 )
+_BUSY_SQL = f"SELECT EXISTS (SELECT 1 FROM tasks WHERE database_id = $1 AND {_OPERATING})"
 _BEING_MADE = frozenset({"creating", "restoring"})
 
 
@@ -98,9 +100,7 @@ class Monitor:
             busy = {
                 r["database_id"]
                 for r in await conn.fetch(
-                    "SELECT DISTINCT database_id FROM tasks"
-                    " WHERE status IN ('pending', 'running', 'canceling')"
-                    " AND type IN ('create', 'update', 'delete', 'restore', 'node_restore')"
+                    f"SELECT DISTINCT database_id FROM tasks WHERE {_OPERATING}"
                 )
             }
             for database in await databases.list_databases(conn):

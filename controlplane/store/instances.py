@@ -166,6 +166,39 @@ async def get_instance(db: Executor, database_id: str, node_name: str) -> Instan
     return None if record is None else _row(record)
 
 
+async def find_instance(db: Executor, database_id: str, instance: str) -> InstanceRow | None:
+    """One instance of a database by its id (primary or replica)."""
+    record = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM instances WHERE database_id = $1 AND id = $2",
+        database_id,
+        instance,
+    )
+    return None if record is None else _row(record)
+
+
+async def list_node_instances(db: Executor, database_id: str, node_name: str) -> list[InstanceRow]:
+    """Every instance of one node, its primary first."""
+    records = await db.fetch(
+        f"SELECT {_COLUMNS} FROM instances WHERE database_id = $1 AND node_name = $2"
+        " ORDER BY role = 'replica', host_id",
+        database_id,
+        node_name,
+    )
+    return [_row(r) for r in records]
+
+
+async def set_desired_of(db: Executor, instance: str, desired: str, state: str) -> None:
+    """Whether one instance should run (the monitor starts only those that should), and its
+    state now."""
+    await db.execute(
+        "UPDATE instances SET desired = $2, state = $3, error = NULL, updated_at = now()"
+        " WHERE id = $1",
+        instance,
+        desired,
+        state,
+    )
+
+
 async def used_ports(db: Executor, host_id: str) -> set[int]:
     rows = await db.fetch("SELECT port FROM instances WHERE host_id = $1", host_id)
     return {r["port"] for r in rows}

@@ -11,95 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from tests.support.api import create_and_wait, database_body, fresh_view
 from tests.support.data import TABLE, on_every
 from tests.support.eventually import eventually
+from tests.support.ha import by_id, serving_hosts, slots_copied, streaming
 from tests.support.load import ids_on, writers
 from tests.support.processes import postmasters_under
-from tests.support.server import ServerProcess, serving
-
-PATRONI = (
-    {"CONTROLPLANE_PATRONI_BIN": os.environ["TEST_PATRONI_BIN"]}
-    if os.environ.get("TEST_PATRONI_BIN")
-    else {}
-)
+from tests.support.server import ServerProcess
 
 
 @pytest.fixture
 def ha_server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
-    env = {"CONTROLPLANE_LOCAL_HOSTS": "h1,h2,h3", **PATRONI}
-    with serving(scratch_dir / "cp", database_url=store_url, env=env) as proc:
-        try:
-            yield proc
-        finally:
-            _print_logs(proc)
-
-
-def _print_logs(proc: ServerProcess) -> None:
-    """The instances' errors and Patroni's own lines (pytest shows them when a test failed)."""
-    for log in sorted(proc.data_dir.glob("hosts/*/*/postgres.log")):
-        lines = [line for line in log.read_text().splitlines() if "ERROR" in line]
-        print(f"---- {log.parent.name}: postgres errors ----\n" + "\n".join(lines[-30:]))
-    for log in sorted(proc.data_dir.glob("hosts/*/*/patroni.log")):
-        lines = [line for line in log.read_text().splitlines() if " INFO: " in line]
-        print(f"---- {log.parent.name}: patroni ----\n" + "\n".join(lines[-60:]))
-
-
-def _by_id(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {i["id"]: i for i in view["instances"]}
-
-
-async def _streaming(api: httpx.AsyncClient, database_id: str) -> dict[str, Any]:
-    """The view once every replica streams (the primary sees it, with its lag)."""
-
-    async def probe() -> dict[str, Any] | None:
-        view = await fresh_view(api, database_id)
-        replicas = [i for i in view["instances"] if i["role"] == "replica"]
-        if replicas and all(i["lag_bytes"] is not None for i in replicas):
-            return view
-        return None
-
-    return await eventually(probe, timeout=120, what="replicas streaming")
-
-
-async def _logical_slots(instance: dict[str, Any]) -> set[str]:
-    info = instance["connection_info"]
-    try:
-        conn = await asyncpg.connect(
-            host=info["host"],
-            port=info["port"],
-            database=info["database"],
-            user="admin",
-            password="s3cret-pass",
-        )
-    except OSError as exc:  # a replica restarts to load a slot it copied
-        raise AssertionError(f"{instance['id']}: {exc}") from exc
-    try:
-        rows = await conn.fetch(
-            "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical'"
-        )
-    finally:
-        await conn.close()
-    return {str(r[0]) for r in rows}
-
-
-async def _slots_copied(view: dict[str, Any], node: str) -> None:
-    """Until the node's replicas hold a copy of every logical slot of its primary: before
-    that, a failover would leave the other nodes' subscriptions without their slot."""
-    members = [i for i in view["instances"] if i["node_name"] == node]
-    primary = next(i for i in members if i["role"] == "primary")
-
-    async def copied() -> bool:
-        wanted = await _logical_slots(primary)
-        assert wanted, "no logical slot on the primary"
-        for replica in (i for i in members if i["role"] == "replica"):
-            assert await _logical_slots(replica) >= wanted, replica["id"]
-        return True
-
-    await eventually(copied, timeout=60, what=f"{node}'s slots on its replicas")
+    yield from serving_hosts(scratch_dir, store_url)
 
 
 async def _mesh_report(server: ServerProcess, view: dict[str, Any]) -> str:
@@ -146,22 +71,22 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
             {"name": "n2", "host_ids": ["h3"]},
         ]
         database = await create_and_wait(api, body)
-        view = await _streaming(api, "ha")
+        view = await streaming(api, "ha")
         roles = {i["id"]: (i["node_name"], i["host_id"], i["role"]) for i in view["instances"]}
         assert roles == {
             "ha-n1": ("n1", "h1", "primary"),
             "ha-n1-h2": ("n1", "h2", "replica"),
             "ha-n2": ("n2", "h3", "primary"),
         }
-        replica = _by_id(view)["ha-n1-h2"]
+        replica = by_id(view)["ha-n1-h2"]
         assert replica["state"] == "available" and replica["lag_bytes"] >= 0
 
         await on_every(database, TABLE)
         async with writers(database) as load:
             await load.progress(50)
-            await _slots_copied(view, "n1")
+            await slots_copied(view, "n1")
             await load.progress(25)
-            old = _by_id(view)["ha-n1"]
+            old = by_id(view)["ha-n1"]
             killed_at = time.monotonic()
             # h1 is cut off: its Postgres dies, its Patroni hangs (it can neither renew the
             # leader lock nor be restarted by the monitor, which sees it alive).
@@ -172,7 +97,7 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
 
             async def promoted() -> dict[str, Any] | None:
                 now = (await api.get("/v1/databases/ha")).json()
-                mine = _by_id(now)
+                mine = by_id(now)
                 return now if mine["ha-n1-h2"]["role"] == "primary" else None
 
             await eventually(promoted, timeout=60, interval=0.5, what="the replica promoted")
@@ -211,7 +136,7 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
 
         async def rejoined() -> dict[str, Any] | None:
             now = await fresh_view(api, "ha")
-            mine = _by_id(now)
+            mine = by_id(now)
             back, new = mine["ha-n1"], mine["ha-n1-h2"]
             # In recovery again, on the new primary's timeline: rewound, and following it.
             following = back["role"] == "replica" and back["timeline"] == new["timeline"]

@@ -13,12 +13,15 @@ import httpx
 
 # Routes anyone may call (README: "the last two need no token").
 PUBLIC = {("GET", "/health"), ("GET", "/v1/version")}
-# Routes that need `admin` (README: delete, restore, expire).
+# Routes that need `admin` (README: delete, restore, expire, failover).
 ADMIN = {
     ("DELETE", "/v1/databases/{database_id}"),
     ("POST", "/v1/databases/{database_id}/restore"),
     ("DELETE", "/v1/databases/{database_id}/nodes/{node}/backups/{label}"),
+    ("POST", "/v1/databases/{database_id}/nodes/{node}/failover"),
 }
+# GET routes that change something, so need `write` (pgEdge cancels a task with a GET).
+WRITE_GETS = {("GET", "/v1/databases/{database_id}/tasks/{task_id}/cancel")}
 # Routes that must be in the document: a listing that lost them would make every check vacuous.
 EXPECTED = {
     ("POST", "/v1/databases"),
@@ -28,7 +31,10 @@ EXPECTED = {
     ("POST", "/v1/databases/{database_id}/nodes/{node}/restore-points"),
     ("GET", "/v1/databases/{database_id}/tasks/{task_id}/log"),
     ("POST", "/v1/databases/{database_id}/tasks/{task_id}/cancel"),
+    *WRITE_GETS,
     ("GET", "/metrics"),
+    ("POST", "/v1/databases/{database_id}/nodes/{node}/switchover"),
+    ("POST", "/v1/databases/{database_id}/instances/{instance_id}/restart"),
     *PUBLIC,
     *ADMIN,
 }
@@ -38,6 +44,7 @@ ABSENT = {
     "node": "n9",
     "task_id": "00000000-0000-4000-8000-000000000000",
     "label": "20990101-000000F",
+    "instance_id": "ghost-n9",
 }
 _PARAM = re.compile(r"\{([a-z_]+)(?::[a-z]+)?\}")
 
@@ -61,7 +68,7 @@ class Route:
             return None
         if key in ADMIN:
             return "admin"
-        return "read" if self.method == "GET" else "write"
+        return "read" if self.method == "GET" and key not in WRITE_GETS else "write"
 
     @property
     def takes_body(self) -> bool:

@@ -1,0 +1,123 @@
+"""Nodes with replicas in tests: a server with three local hosts, and waits for a node's
+Patroni cluster to stream and to hold the mesh's slots on every member."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.support.api import fresh_view, wait_task
+from tests.support.eventually import eventually
+from tests.support.server import ServerProcess, serving
+
+PATRONI = (
+    {"CONTROLPLANE_PATRONI_BIN": os.environ["TEST_PATRONI_BIN"]}
+    if os.environ.get("TEST_PATRONI_BIN")
+    else {}
+)
+
+
+def serving_hosts(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
+    """A server with local hosts h1, h2 and h3; the instances' logs are printed at the end
+    (pytest shows them when the test failed)."""
+    env = {"CONTROLPLANE_LOCAL_HOSTS": "h1,h2,h3", **PATRONI}
+    with serving(scratch_dir / "cp", database_url=store_url, env=env) as proc:
+        try:
+            yield proc
+        finally:
+            print_logs(proc)
+
+
+def print_logs(proc: ServerProcess) -> None:
+    """The instances' errors and Patroni's own lines."""
+    for log in sorted(proc.data_dir.glob("hosts/*/*/postgres.log")):
+        lines = [
+            line
+            for line in log.read_text().splitlines()
+            if not line.startswith(("\t", " ")) and " STATEMENT: " not in line
+        ]
+        print(f"---- {log.parent.name}: postgres ----\n" + "\n".join(lines[-60:]))
+    for log in sorted(proc.data_dir.glob("hosts/*/*/patroni.log")):
+        lines = log.read_text().splitlines()
+        ours = [line for line in lines if " INFO: " in line and "no action" not in line]
+        print(f"---- {log.parent.name}: patroni ----\n" + "\n".join(ours[-60:]))
+        # Patroni's Postgres writes its own log lines to the same file.
+        theirs = [line for line in lines if any(w in line for w in ("ERROR", "FATAL", "PANIC"))]
+        print(f"---- {log.parent.name}: its postgres errors ----\n" + "\n".join(theirs[-30:]))
+
+
+def by_id(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {i["id"]: i for i in view["instances"]}
+
+
+async def streaming(api: httpx.AsyncClient, database_id: str) -> dict[str, Any]:
+    """The view once every replica streams (the primary sees it, with its lag)."""
+
+    async def probe() -> dict[str, Any] | None:
+        view = await fresh_view(api, database_id)
+        replicas = [i for i in view["instances"] if i["role"] == "replica"]
+        if replicas and all(i["lag_bytes"] is not None for i in replicas):
+            return view
+        return None
+
+    return await eventually(probe, timeout=120, what="replicas streaming")
+
+
+async def logical_slots(instance: dict[str, Any]) -> set[str]:
+    info = instance["connection_info"]
+    try:
+        conn = await asyncpg.connect(
+            host=info["host"],
+            port=info["port"],
+            database=info["database"],
+            user="admin",
+            password="s3cret-pass",
+        )
+    except OSError as exc:  # a replica restarts to load a slot it copied
+        raise AssertionError(f"{instance['id']}: {exc}") from exc
+    try:
+        rows = await conn.fetch(
+            "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical'"
+        )
+    finally:
+        await conn.close()
+    return {str(r[0]) for r in rows}
+
+
+async def slots_copied(view: dict[str, Any], node: str) -> None:
+    """Until the node's replicas hold a copy of every logical slot of its primary: before
+    that, a failover would leave the other nodes' subscriptions without their slot."""
+    members = [i for i in view["instances"] if i["node_name"] == node]
+    primary = next(i for i in members if i["role"] == "primary")
+
+    async def copied() -> bool:
+        wanted = await logical_slots(primary)
+        assert wanted, "no logical slot on the primary"
+        for replica in (i for i in members if i["role"] == "replica"):
+            assert await logical_slots(replica) >= wanted, replica["id"]
+        return True
+
+    await eventually(copied, timeout=60, what=f"{node}'s slots on its replicas")
+
+
+async def run_action(
+    api: httpx.AsyncClient, path: str, body: dict[str, Any] | None = None, timeout: float = 300
+) -> dict[str, Any]:
+    """POST an action, expect 202, wait for its task and return it (whatever its status)."""
+    response = await api.post(path, json=body) if body is not None else await api.post(path)
+    assert response.status_code == 202, response.text
+    task = response.json()["task"]
+    return await wait_task(api, task["database_id"], task["task_id"], timeout=timeout)
+
+
+async def task_log(api: httpx.AsyncClient, task: dict[str, Any]) -> str:
+    response = await api.get(
+        f"/v1/databases/{task['database_id']}/tasks/{task['task_id']}/log", params={"limit": 500}
+    )
+    assert response.status_code == 200, response.text
+    return "\n".join(e["message"] for e in response.json()["entries"])
