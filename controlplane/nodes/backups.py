@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.errors import ExternalCommandError, InvalidInputError
+from controlplane.nodes.common import ref_of
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.orchestrator.instance_secrets import RUNNER_FILE
 from controlplane.pgbackrest import command as pgb
@@ -16,6 +17,7 @@ from controlplane.pgbackrest import info as pgb_info
 from controlplane.pgbackrest.config import (
     NOOP_ARCHIVE_COMMAND,
     InstanceLayout,
+    PgLocation,
     RepositoryPlan,
     archive_command,
     plan_repositories,
@@ -107,9 +109,15 @@ class BackupSetup:
 
 
 async def backup_setup(
-    services: Services, spec: DatabaseSpec, row: InstanceRow, ref: InstanceRef
+    services: Services,
+    spec: DatabaseSpec,
+    row: InstanceRow,
+    ref: InstanceRef,
+    *,
+    standbys: Sequence[InstanceRow] = (),
 ) -> BackupSetup:
-    """Plan the node's repositories (generation, passphrase) and render its config text."""
+    """Plan the node's repositories (generation, passphrase) and render its config text
+    (with `standbys`, the node's other instances as pg2, pg3, …)."""
     orchestrator = services.orchestrator
     setup = BackupSetup(
         ref=ref,
@@ -134,26 +142,36 @@ async def backup_setup(
         cipher_passes=passes,
     )
     process_max = min(4, os.cpu_count() or 1)
-    setup.config_text = render_config(layout(services, ref), setup.plans, process_max=process_max)
+    where = layout(services, ref, standbys)
+    setup.config_text = render_config(where, setup.plans, process_max=process_max)
     setup.env = secret_env(setup.plans)
     if len(setup.plans) > 1:
         for plan in setup.plans:
-            text = render_config(
-                layout(services, ref), setup.plans, process_max=process_max, only_repo=plan.index
-            )
+            text = render_config(where, setup.plans, process_max=process_max, only_repo=plan.index)
             path = orchestrator.file_path(ref, repository_config_file(plan.index))
             setup.repo_configs[plan.index] = (path, text)
     return setup
 
 
-def layout(services: Services, ref: InstanceRef) -> InstanceLayout:
+def layout(
+    services: Services, ref: InstanceRef, standbys: Sequence[InstanceRow] = ()
+) -> InstanceLayout:
     orchestrator = services.orchestrator
+    others = [ref_of(row) for row in standbys if row.id != ref.instance_id]
     return InstanceLayout(
         instance_dir=orchestrator.file_path(ref, ""),
         pg_data=orchestrator.data_dir(ref),
         pg_port=ref.port,
         pg_socket_dir=orchestrator.socket_dir(ref),
         pg_user="postgres",
+        standbys=tuple(
+            PgLocation(
+                pg_data=orchestrator.data_dir(other),
+                pg_port=other.port,
+                pg_socket_dir=orchestrator.socket_dir(other),
+            )
+            for other in others
+        ),
     )
 
 

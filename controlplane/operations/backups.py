@@ -97,6 +97,11 @@ async def start_backup(
     """Validate a backup request and enqueue a node_backup task."""
     request = parse_backup_request(body)
     _, _, setup = await _node(services, database_id, node)
+    if request.backup_options.get("backup-standby") == "y" and not await instances.list_replicas(
+        services.pool, database_id, node
+    ):
+        message = f"node {node} has no replica to back up from: add a host to its host_ids"
+        raise InvalidInputError([{"path": "backup_options.backup-standby", "message": message}])
     if request.repository_id is not None:
         setup.repo_index(request.repository_id)
     task_input = BackupInput(

@@ -45,14 +45,25 @@ NOOP_ARCHIVE_COMMAND = "/bin/true"
 Options = dict[str, str]
 
 
+class PgLocation(msgspec.Struct, frozen=True, kw_only=True):
+    """Another Postgres of the same node on this machine (a streaming replica)."""
+
+    pg_data: str
+    pg_port: int
+    pg_socket_dir: str
+
+
 class InstanceLayout(msgspec.Struct, frozen=True, kw_only=True):
-    """Where one Postgres instance lives; pgBackRest's own state goes under `instance_dir`."""
+    """Where one Postgres instance lives; pgBackRest's own state goes under `instance_dir`.
+    `standbys` are the node's other instances (pg2, pg3, …): with them pgBackRest finds the
+    primary among all of them and can back up from a standby (`backup-standby`)."""
 
     instance_dir: str
     pg_data: str
     pg_port: int
     pg_socket_dir: str
     pg_user: str = "postgres"
+    standbys: tuple[PgLocation, ...] = ()
 
 
 class RepositoryPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +159,13 @@ def render_config(
         "pg1-socket-path": layout.pg_socket_dir,
         "pg1-user": layout.pg_user,
     }
+    for index, standby in enumerate(layout.standbys, start=2):
+        db_options |= {
+            f"pg{index}-path": standby.pg_data,
+            f"pg{index}-port": str(standby.pg_port),
+            f"pg{index}-socket-path": standby.pg_socket_dir,
+            f"pg{index}-user": layout.pg_user,
+        }
     template = _environment().from_string(
         (files("controlplane") / "templates" / TEMPLATE_NAME).read_text(encoding="utf-8")
     )

@@ -222,6 +222,12 @@ BACKUP_REQUEST_OPTIONS = frozenset(
 )
 
 
+_BOOLEAN_BACKUP_OPTIONS = frozenset(
+    {"archive-check", "archive-copy", "backup-standby", "checksum-page", "resume", "start-fast"}
+    | {"stop-auto"}
+)
+
+
 def backup_option_problem(key: str, value: str) -> str | None:
     """Why `key=value` cannot be passed to one `pgbackrest backup`, or None when it may."""
     if key not in BACKUP_REQUEST_OPTIONS:
@@ -233,4 +239,6 @@ def backup_option_problem(key: str, value: str) -> str | None:
         )
     if not value or _has_line_break(value) or value.startswith("-"):
         return "must be a non-empty value without a newline or NUL, not starting with '-'"
+    if key in _BOOLEAN_BACKUP_OPTIONS and value not in ("y", "n"):
+        return f"{key} is y or n"
     return None

@@ -19,7 +19,10 @@ async def node_setup(ctx: StepContext) -> backups.BackupSetup:
     row = await instances.get_instance(ctx.services.pool, ctx.database_id, node)
     if row is None:
         raise PreconditionError(f"node {node} of {ctx.database_id} has no instance")
-    setup = await backups.backup_setup(ctx.services, spec, row, ref_of(row))
+    # The node's replicas too (pg2, …): pgBackRest then finds the primary among them, and a
+    # backup may come from a standby (backup-standby).
+    others = await instances.list_replicas(ctx.services.pool, ctx.database_id, node)
+    setup = await backups.backup_setup(ctx.services, spec, row, ref_of(row), standbys=others)
     if not setup.enabled:
         raise PreconditionError(f"node {node} of {ctx.database_id} has no backup_config")
     return setup

@@ -1,0 +1,73 @@
+"""Backups of a node with replicas taken from a replica (pgBackRest's backup-standby), while
+both nodes take writes, and what they restore to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import create_and_wait, database_body, wait_task
+from tests.support.data import TABLE, on_every, posix, posix_repository
+from tests.support.ha import serving_hosts, slots_copied, streaming, task_log
+from tests.support.load import ids_on, settle, writers
+from tests.support.server import ServerProcess
+
+
+@pytest.fixture
+def ha_server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
+    yield from serving_hosts(scratch_dir, store_url)
+
+
+async def test_backup_from_a_replica_restores_the_rows(
+    ha_server: ServerProcess, scratch_dir: Path
+) -> None:
+    """n1 (primary on h1, replica on h2) is backed up from its replica while both nodes write;
+    a database created from that backup, to a restore point made once the writers stopped,
+    holds exactly n1's rows. A standby backup of a node without replicas is refused first."""
+    repo = scratch_dir / "repo"
+    async with ha_server.client(timeout=60) as api:
+        body = database_body("rb", nodes=2, backup_config=posix(repo))
+        body["spec"]["nodes"] = [
+            {"name": "n1", "host_ids": ["h1", "h2"]},
+            {"name": "n2", "host_ids": ["h3"]},
+        ]
+        database = await create_and_wait(api, body)
+        view = await streaming(api, "rb")
+        await on_every(database, TABLE)
+        await slots_copied(view, "n1")
+
+        standby = {"type": "full", "backup_options": {"backup-standby": "y"}}
+        refused = await api.post("/v1/databases/rb/nodes/n2/backups", json=standby)
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["details"]["errors"][0]
+        assert error["path"] == "backup_options.backup-standby" and "no replica" in error["message"]
+
+        async with writers(database) as load:
+            await load.progress(30)
+            started = await api.post("/v1/databases/rb/nodes/n1/backups", json=standby)
+            assert started.status_code == 202, started.text
+            task = await wait_task(api, "rb", started.json()["task"]["task_id"], timeout=300)
+            log = await task_log(api, task)
+            assert task["status"] == "completed", (task, log)
+            assert " --backup-standby " in log, log
+            # pgBackRest copies the files from the standby once it has replayed the backup start.
+            assert "on the standby" in log, log
+            await load.progress(30)
+        await settle(database, timeout=120)
+        point = await api.post("/v1/databases/rb/nodes/n1/restore-points", json={"name": "done"})
+        assert point.status_code == 201, point.text
+        expected = await ids_on(database, "n1")
+        assert load.committed() <= expected
+
+        restore_config = {
+            "source_database_id": "rb",
+            "source_node_name": "n1",
+            "repository": posix_repository(repo),
+            "restore_options": {"type": "name", "target": "done"},
+        }
+        copy = database_body("rbcopy", restore_config=restore_config)
+        copy["spec"]["nodes"] = [{"name": "n1", "host_ids": ["h3"]}]
+        restored = await create_and_wait(api, copy)
+        assert await ids_on(restored, "n1") == expected
