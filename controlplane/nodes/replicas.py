@@ -74,13 +74,34 @@ def scope_of(database_id: str, node_name: str) -> str:
 
 
 async def start_replicas(ctx: StepContext) -> dict[str, Any]:
-    """For every node with replicas: its Patroni cluster, led by the node's primary, and a
-    streaming replica on each of its other hosts."""
+    """For every node: the replicas of hosts its spec no longer names removed; then, for a node
+    with replicas, its Patroni cluster, led by the node's primary, and a streaming replica on
+    each of its other hosts (a replica added by an update is cloned then)."""
     _, spec = await load_spec(ctx)
     for node in spec.nodes:
+        await _remove_dropped_replicas(ctx, node)
         if has_replicas(node):
             await _make_cluster(ctx, spec, node)
     return {}
+
+
+async def _remove_dropped_replicas(ctx: StepContext, node: NodeSpec) -> None:
+    """Stop and delete the node's replicas on hosts its spec no longer names. Its primary's
+    host was checked to stay before the update was accepted; Patroni drops the physical slot
+    a removed member leaves on the primary by itself."""
+    if not node.host_ids:
+        return
+    pool = ctx.services.pool
+    for row in await instances.list_replicas(pool, ctx.database_id, node.name):
+        if row.host_id in node.host_ids:
+            continue
+        await ctx.log.info(
+            f"node {node.name}: removing replica {row.id} on host {row.host_id}", node=node.name
+        )
+        await ctx.services.orchestrator.remove_instance(
+            ref_of(row), on_line=ctx.log.sink("patroni", node=node.name)
+        )
+        await instances.delete_instance_by_id(pool, row.id)
 
 
 async def _make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) -> None:

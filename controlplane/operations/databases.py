@@ -147,27 +147,32 @@ async def _check_replica_hosts(
     taken: set[tuple[str, int]],
     addresses: dict[str, str],
 ) -> list[dict[str, str]]:
-    """A replica's host must exist and have the node's fixed port free; an existing node keeps
-    the hosts it has (adding or removing replicas of a running node is not supported yet)."""
+    """A replica's host must exist and have the node's fixed port free. An existing node may
+    gain and lose replicas, but not the host its primary runs on now (after a failover that
+    may be any of them): a switchover moves the primary first."""
     errors: list[dict[str, str]] = []
     recorded: dict[str, set[str]] = {}
+    primaries: dict[str, str] = {}
     for row in await instances.list_instances(services.pool, database_id, replicas=True):
         recorded.setdefault(row.node_name, set()).add(row.host_id)
+        if row.role == "primary":
+            primaries[row.node_name] = row.host_id
     default = services.orchestrator.default_host()
     for i, node in enumerate(spec.nodes):
         wanted = set(node.host_ids) or {default}
+        added = set(node.host_ids[1:])
         if node.name in recorded:
-            has = recorded[node.name]
-            if wanted != has and (len(wanted) > 1 or len(has) > 1):
+            primary = primaries.get(node.name)
+            if primary is not None and primary not in wanted:
                 errors.append(
                     {
                         "path": f"spec.nodes[{i}].host_ids",
-                        "message": f"node {node.name} runs on {', '.join(sorted(has))}:"
-                        " adding or removing replicas of an existing node is not supported yet;"
-                        " create the node with its replicas",
+                        "message": f"host {primary} runs node {node.name}'s primary: keep it,"
+                        " or switch the primary over to another host first",
                     }
                 )
-            continue
+                continue
+            added = wanted - recorded[node.name]
         port = node_port(spec, node)
         if len(node.host_ids) > 1 and services.orchestrator.name != "local":
             errors.append(
@@ -178,7 +183,9 @@ async def _check_replica_hosts(
                 }
             )
             continue
-        for k, host in enumerate(node.host_ids[1:], start=1):
+        for k, host in enumerate(node.host_ids):
+            if host not in added:
+                continue
             path = f"spec.nodes[{i}].host_ids[{k}]"
             if host not in known:
                 errors.append(

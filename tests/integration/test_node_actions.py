@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.support.api import create_and_wait, database_body, fresh_view
-from tests.support.data import TABLE, on_every, write
+from tests.support.data import TABLE, on_every, update_and_wait, write
 from tests.support.eventually import eventually
 from tests.support.ha import by_id, run_action, serving_hosts, slots_copied, streaming, task_log
 from tests.support.load import assert_holds, ids_on, settle, writers
@@ -153,3 +153,39 @@ async def test_instance_restart_stop_and_start(ha_server: ServerProcess) -> None
         assert by_id(view)["ia-n1"]["state"] == "available"
         types = [t["type"] for t in (await api.get("/v1/databases/ia/tasks")).json()["tasks"]]
         assert types == ["start_instance", "stop_instance", "restart_instance", "create"], types
+
+
+async def test_update_adds_and_removes_a_replica(ha_server: ServerProcess) -> None:
+    """With writers on both nodes, an update that adds h3 to n1's host_ids makes n1 a Patroni
+    cluster with a streaming replica there (its primary adopted in place), and one that takes
+    h3 away removes the replica and its directory; no committed row is lost on the way."""
+    async with ha_server.client(timeout=60) as api:
+        body = database_body("gr", nodes=2)
+        body["spec"]["nodes"] = [
+            {"name": "n1", "host_ids": ["h1"]},
+            {"name": "n2", "host_ids": ["h2"]},
+        ]
+        database = await create_and_wait(api, body)
+        await on_every(database, TABLE)
+        async with writers(database) as load:
+            await load.progress(20)
+            body["spec"]["nodes"][0]["host_ids"] = ["h1", "h3"]
+            view = await update_and_wait(api, body)
+            assert {i["id"] for i in view["instances"]} == {"gr-n1", "gr-n1-h3", "gr-n2"}
+            view = await streaming(api, "gr")
+            assert by_id(view)["gr-n1-h3"]["role"] == "replica"
+            await load.progress(20)
+        await settle(database, timeout=120)
+        await assert_holds(database, load.committed())
+
+        home = ha_server.data_dir / "hosts" / "h3" / "gr-n1-h3"
+        assert home.is_dir()
+        async with writers(database) as load:
+            await load.progress(20)
+            body["spec"]["nodes"][0]["host_ids"] = ["h1"]
+            view = await update_and_wait(api, body)
+            assert {i["id"] for i in view["instances"]} == {"gr-n1", "gr-n2"}
+            await load.progress(20)
+        await settle(database, timeout=120)
+        await assert_holds(database, load.committed())
+        assert not home.exists()
