@@ -11,11 +11,6 @@ from datetime import UTC, datetime
 
 from controlplane.errors import ControlPlaneError, DependencyError, PreconditionError
 from controlplane.nodes.common import ref_of
-from controlplane.nodes.replicas import (
-    follow_failover,
-    restart_own_subscriptions,
-    restart_subscriptions_to,
-)
 from controlplane.orchestrator.local_patroni import CONFIG_FILE
 from controlplane.orchestrator.patroni import ClusterMember, ClusterView, Credentials, PatroniClient
 from controlplane.store import instances
@@ -141,32 +136,6 @@ def pick_candidate(view: ClusterView, wanted: str | None, node_name: str) -> Clu
         return (0 if m.role == "sync_standby" else 1, lag)
 
     return min(healthy, key=behind)
-
-
-async def follow_new_primary(
-    services: Services,
-    database_id: str,
-    database_name: str,
-    row: InstanceRow,
-    *,
-    lossy: bool,
-) -> list[str]:
-    """The mesh follows `row`, just made its node's primary, and the store records it.
-
-    After a clean handover (switchover) the new primary holds every row the old one had, so
-    subscriptions only restart at once (pglogical alone would retry after 180 s). After a
-    failover (`lossy`) it may lack what the old one had not streamed: the other nodes'
-    subscriptions restart from the new primary's slot positions (`replicas.follow_failover`).
-    Returns what was restarted, for the task log."""
-    restarted: list[str] = []
-    if lossy:
-        await follow_failover(services, row, database_name)
-    else:
-        restarted += await restart_own_subscriptions(services, row, database_name)
-        await restart_subscriptions_to(services, database_id, database_name, row.node_name)
-    async with services.pool.acquire() as conn:
-        await instances.set_primary(conn, database_id, row.node_name, row.id)
-    return restarted
 
 
 async def wait_until(ctx: StepContext, scheduled_at: str | None, what: str) -> None:

@@ -28,10 +28,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from controlplane import replication
 from controlplane.errors import PreconditionError
 from controlplane.nodes import backups
+from controlplane.nodes.cluster_settings import apply_settings
 from controlplane.nodes.common import load_spec, managed_settings, ref_of
+from controlplane.nodes.following import restart_own_subscriptions, restart_subscriptions_to
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.orchestrator.local_patroni import BIN_DIR, CONFIG_FILE
 from controlplane.orchestrator.patroni import (
@@ -169,66 +170,10 @@ async def _make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) ->
     own = await restart_own_subscriptions(services, primary, spec.database_name)
     if own:
         await ctx.log.info(f"node {node.name}: restarted {', '.join(own)}", node=node.name)
-
-
-async def restart_subscriptions_to(
-    services: Services,
-    database_id: str,
-    database_name: str,
-    node_name: str,
-    log: TaskLogger | None = None,
-) -> None:
-    """Restart, on every other node's primary, its subscriptions to `node_name`."""
-    for row in await instances.list_instances(services.pool, database_id):
-        if row.node_name == node_name or row.state != "available":
-            continue
-        conn = await services.orchestrator.connect(ref_of(row), database_name)
-        try:
-            restarted = await replication.restart_subscriptions_from(conn, node_name)
-        finally:
-            await conn.close()
-        if restarted and log is not None:
-            await log.info(
-                f"node {row.node_name}: restarted {', '.join(restarted)}", node=row.node_name
-            )
-
-
-async def follow_failover(services: Services, row: InstanceRow, database_name: str) -> None:
-    """After `row` was promoted in place of its node's primary: the other nodes' subscriptions
-    to the node restart from the new primary's slot positions, and the new primary's own
-    subscriptions restart at once (pglogical alone would wait 180 s for both)."""
-    conn = await services.orchestrator.connect(ref_of(row), database_name)
-    try:
-        positions = {
-            str(r["slot_name"]): str(r["confirmed_flush_lsn"])
-            for r in await conn.fetch(
-                "SELECT slot_name, confirmed_flush_lsn::text FROM pg_replication_slots"
-                " WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL"
-            )
-        }
-        await replication.restart_subscriptions_from(conn, None)
-    finally:
-        await conn.close()
-    for other in await instances.list_instances(services.pool, row.database_id):
-        if other.node_name == row.node_name or other.state != "available":
-            continue
-        peer = await services.orchestrator.connect(ref_of(other), database_name)
-        try:
-            await replication.follow_new_primary(peer, row.node_name, positions)
-        finally:
-            await peer.close()
-
-
-async def restart_own_subscriptions(
-    services: Services, row: InstanceRow, database_name: str
-) -> list[str]:
-    """Restart every subscription of an instance just promoted (its workers failed while it
-    was read-only, and pglogical would retry them only after 180 s)."""
-    conn = await services.orchestrator.connect(ref_of(row), database_name)
-    try:
-        return await replication.restart_subscriptions_from(conn, None)
-    finally:
-        await conn.close()
+    # 5. The node's settings as the spec has them now (an update may have changed them): last,
+    # since a restart they need may hand the primary role to a replica.
+    async with PatroniClient.for_member(leader) as client:
+        await apply_settings(ctx, node.name, leader, client, members)
 
 
 async def forget_cluster(services: Services, database_id: str, node_name: str) -> None:

@@ -114,15 +114,12 @@ async def _check_placement(services: Services, spec: DatabaseSpec, database_id: 
 async def _clustered_changes(
     services: Services, database_id: str, old: DatabaseSpec, new: DatabaseSpec
 ) -> list[dict[str, str]]:
-    """What an update may not change yet while a node has replicas: the settings every
-    instance runs on (applying them would restart the primary under Patroni's feet)."""
+    """What an update may not change yet while a node has replicas: its backup configuration
+    (new repository secrets reach archive-push only with a restart of every member)."""
     rows = await instances.list_instances(services.pool, database_id)
     if not any(r.supervisor == "patroni" for r in rows):
         return []
     errors = []
-    if new.postgresql_conf != old.postgresql_conf:
-        errors.append(("spec.postgresql_conf", "the settings"))
-    # New repository secrets reach archive-push only with a restart.
     if new.backup_config != old.backup_config:
         errors.append(("spec.backup_config", "the backup configuration"))
     before = {n.name: n.backup_config for n in old.nodes}

@@ -208,12 +208,17 @@ def dynamic_config(member: PatroniMember) -> dict[str, Any]:
             "use_slots": True,
             # A failed rewind leaves a damaged directory: clone the member again instead.
             "remove_data_directory_on_rewind_failure": True,
-            "parameters": {**_PATRONI_PARAMETERS, **member.parameters},
+            "parameters": cluster_parameters(member),
         },
     }
     if member.slots:
         config["slots"] = slots_config(member.slots)
     return config
+
+
+def cluster_parameters(member: PatroniMember) -> dict[str, Any]:
+    """The Postgres settings every member runs on, as the DCS holds them."""
+    return {**_PATRONI_PARAMETERS, **member.parameters}
 
 
 def slots_config(slots: Mapping[str, LogicalSlot]) -> dict[str, dict[str, str]]:
@@ -409,7 +414,12 @@ class PatroniClient:
 
     async def dynamic_config(self) -> dict[str, Any]:
         """The cluster-wide configuration held in the DCS."""
-        response = await self._call("GET", "/config", "configuration read")
+        for _ in range(_CONFIG_RETRIES):
+            response = await self._call("GET", "/config", "configuration read")
+            # 502 until the member has read the cluster's configuration from the DCS.
+            if response.status_code not in (502, 503):
+                break
+            await asyncio.sleep(1.0)
         self._check(response, "configuration read")
         config: dict[str, Any] = response.json()
         return config

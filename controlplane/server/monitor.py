@@ -11,7 +11,7 @@ import asyncpg
 
 from controlplane.errors import ControlPlaneError
 from controlplane.nodes.common import ref_of
-from controlplane.nodes.replicas import follow_failover
+from controlplane.nodes.following import follow_failover
 from controlplane.server.instance_facts import InstanceFactsBook, InstanceObserver
 from controlplane.store import databases, instances, task_runs
 from controlplane.store.instances import InstanceRow

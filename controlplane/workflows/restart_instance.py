@@ -9,7 +9,7 @@ from typing import Any
 from controlplane.errors import NotFoundError
 from controlplane.nodes.cluster import NodeCluster, wait_until
 from controlplane.nodes.common import load_spec, ref_of
-from controlplane.nodes.replicas import restart_own_subscriptions, restart_subscriptions_to
+from controlplane.nodes.following import restart_own_subscriptions, restart_subscriptions_to
 from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import StepContext

@@ -10,12 +10,12 @@ from controlplane.errors import DependencyError, PreconditionError
 from controlplane.nodes.cluster import (
     NodeCluster,
     describe,
-    follow_new_primary,
     pick_candidate,
     running_leader,
     wait_until,
 )
 from controlplane.nodes.common import load_spec
+from controlplane.nodes.following import follow_new_primary
 from controlplane.orchestrator.patroni import ClusterMember, ClusterView
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.inputs import NodeActionInput

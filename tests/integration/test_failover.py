@@ -154,10 +154,7 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
         error = refused.json()["details"]["errors"][0]
         assert error["path"] == "spec.nodes[0].host_ids" and "primary" in error["message"], error
         repository = {"repositories": [{"type": "posix", "base_path": "/var/tmp/ha-repo"}]}
-        for field, value in (
-            ("postgresql_conf", {"work_mem": "8MB"}),
-            ("backup_config", repository),
-        ):
+        for field, value in (("backup_config", repository),):
             changed = {**body, "spec": {**body["spec"], field: value}}
             refused = await api.post("/v1/databases/ha", json=changed)
             assert refused.status_code == 422, refused.text

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
-from tests.support.api import create_and_wait, database_body, fresh_view
+from tests.support.api import create_and_wait, database_body, fresh_view, wait_task
 from tests.support.data import TABLE, on_every, update_and_wait, write
 from tests.support.eventually import eventually
 from tests.support.ha import by_id, run_action, serving_hosts, slots_copied, streaming, task_log
@@ -50,6 +51,22 @@ async def _create(
     await eventually(both, timeout=60, what="a row from each node on the other")
     await slots_copied(view, "n1")
     return database, view
+
+
+async def query_instance(instance: dict[str, Any], sql: str) -> tuple[Any, ...]:
+    """One row of `sql` on this very instance (a replica included), as the database owner."""
+    info = instance["connection_info"]
+    conn = await asyncpg.connect(
+        host=info["host"],
+        port=info["port"],
+        database=info["database"],
+        user="admin",
+        password="s3cret-pass",
+    )
+    try:
+        return tuple(await conn.fetchrow(sql))
+    finally:
+        await conn.close()
 
 
 def _primary(view: dict[str, Any], node: str) -> str:
@@ -189,3 +206,39 @@ async def test_update_adds_and_removes_a_replica(ha_server: ServerProcess) -> No
         await settle(database, timeout=120)
         await assert_holds(database, load.committed())
         assert not home.exists()
+
+
+async def test_settings_that_need_a_restart_roll_through_the_cluster(
+    ha_server: ServerProcess,
+) -> None:
+    """With writers on both nodes, an update of n1's settings (one a reload applies, one that
+    needs a restart) goes through Patroni: the replica restarts first, then the primary hands
+    over and restarts as a replica; every member runs the new values and no committed row is
+    lost."""
+    async with ha_server.client(timeout=60) as api:
+        database, _ = await _create(api, "rs")
+        body = database_body(
+            "rs", nodes=2, postgresql_conf={"work_mem": "12MB", "shared_buffers": "48MB"}
+        )
+        body["spec"]["nodes"] = [
+            {"name": "n1", "host_ids": ["h1", "h2"]},
+            {"name": "n2", "host_ids": ["h3"]},
+        ]
+        async with writers(database) as load:
+            await load.progress(20)
+            response = await api.post("/v1/databases/rs", json=body)
+            assert response.status_code == 202, response.text
+            task = await wait_task(api, "rs", response.json()["task"]["task_id"], timeout=400)
+            log = await task_log(api, task)
+            assert task["status"] == "completed", (task, log)
+            assert "restarted rs-n1-h2 for its new settings" in log, log
+            assert "switching over to rs-n1-h2 to restart rs-n1" in log, log
+            await load.progress(20)
+        await settle(database, timeout=120)
+        await assert_holds(database, load.committed())
+        view = await streaming(api, "rs")
+        for instance in view["instances"]:
+            shown = await query_instance(
+                instance, "SELECT current_setting('shared_buffers'), current_setting('work_mem')"
+            )
+            assert shown == ("48MB", "12MB"), (instance["id"], shown)

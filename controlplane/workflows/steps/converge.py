@@ -227,6 +227,8 @@ async def apply_configuration(ctx: StepContext) -> dict[str, Any]:
     env_changed = set(ctx.state.get("environment_changed", []))
 
     async def apply(ref: InstanceRef) -> None:
+        if ref.supervisor == "patroni":
+            return  # its cluster's settings go through Patroni (`replicas.start_replicas`)
         sink = ctx.log.sink("pg_ctl", node=ref.node_name)
         await reload_settings(orchestrator, ref)
         conn = await orchestrator.connect(ref)

@@ -1,0 +1,105 @@
+"""The mesh following a node's primary when it moves or restarts: the subscriptions other nodes
+hold to it, and its own, restarted at once (pglogical alone retries a failed worker only after
+180 s), and after a failover started again from the new primary's slot positions."""
+
+from __future__ import annotations
+
+from controlplane import replication
+from controlplane.nodes.common import ref_of
+from controlplane.store import instances
+from controlplane.store.instances import InstanceRow
+from controlplane.tasks.context import Services
+from controlplane.tasks.logger import TaskLogger
+
+
+async def restart_subscriptions_to(
+    services: Services,
+    database_id: str,
+    database_name: str,
+    node_name: str,
+    log: TaskLogger | None = None,
+) -> None:
+    """Restart, on every other node's primary, its subscriptions to `node_name`."""
+    for row in await instances.list_instances(services.pool, database_id):
+        if row.node_name == node_name or not _running(row):
+            continue
+        conn = await services.orchestrator.connect(ref_of(row), database_name)
+        try:
+            restarted = await replication.restart_subscriptions_from(conn, node_name)
+        finally:
+            await conn.close()
+        if restarted and log is not None:
+            await log.info(
+                f"node {row.node_name}: restarted {', '.join(restarted)}", node=row.node_name
+            )
+
+
+async def follow_failover(services: Services, row: InstanceRow, database_name: str) -> None:
+    """After `row` was promoted in place of its node's primary: the other nodes' subscriptions
+    to the node restart from the new primary's slot positions, and the new primary's own
+    subscriptions restart at once (pglogical alone would wait 180 s for both)."""
+    conn = await services.orchestrator.connect(ref_of(row), database_name)
+    try:
+        positions = {
+            str(r["slot_name"]): str(r["confirmed_flush_lsn"])
+            for r in await conn.fetch(
+                "SELECT slot_name, confirmed_flush_lsn::text FROM pg_replication_slots"
+                " WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL"
+            )
+        }
+        await replication.restart_subscriptions_from(conn, None)
+    finally:
+        await conn.close()
+    for other in await instances.list_instances(services.pool, row.database_id):
+        if other.node_name == row.node_name or not _running(other):
+            continue
+        peer = await services.orchestrator.connect(ref_of(other), database_name)
+        try:
+            await replication.follow_new_primary(peer, row.node_name, positions)
+        finally:
+            await peer.close()
+
+
+async def restart_own_subscriptions(
+    services: Services, row: InstanceRow, database_name: str
+) -> list[str]:
+    """Restart every subscription of an instance just promoted (its workers failed while it
+    was read-only, and pglogical would retry them only after 180 s)."""
+    conn = await services.orchestrator.connect(ref_of(row), database_name)
+    try:
+        return await replication.restart_subscriptions_from(conn, None)
+    finally:
+        await conn.close()
+
+
+async def follow_new_primary(
+    services: Services,
+    database_id: str,
+    database_name: str,
+    row: InstanceRow,
+    *,
+    lossy: bool,
+) -> list[str]:
+    """The mesh follows `row`, just made its node's primary, and the store records it.
+
+    After a clean handover (switchover) the new primary holds every row the old one had, so
+    subscriptions only restart at once (pglogical alone would retry after 180 s). After a
+    failover (`lossy`) it may lack what the old one had not streamed: the other nodes'
+    subscriptions restart from the new primary's slot positions (`replicas.follow_failover`).
+    Returns what was restarted, for the task log."""
+    restarted: list[str] = []
+    if lossy:
+        await follow_failover(services, row, database_name)
+    else:
+        restarted += await restart_own_subscriptions(services, row, database_name)
+        await restart_subscriptions_to(services, database_id, database_name, row.node_name)
+    async with services.pool.acquire() as conn:
+        await instances.set_primary(conn, database_id, row.node_name, row.id)
+    return restarted
+
+
+def _running(row: InstanceRow) -> bool:
+    """Whether the instance should be up now, to act on its subscriptions. A node still being
+    created counts: its subscriptions to a node that Patroni just adopted failed during the
+    adoption, and pglogical would retry them only after 180 s."""
+    return row.desired == "running" and row.state in ("creating", "available", "backing_up")
