@@ -32,11 +32,14 @@ TaskType = Literal[
     "restart_instance",
     "stop_instance",
     "start_instance",
+    "drill",
 ]
 TaskStatus = Literal[
     "pending", "running", "canceling", "completed", "failed", "canceled", "skipped"
 ]
 BackupType = Literal["full", "diff", "incr"]
+# What a schedule starts: a backup of that type, or a restore drill of the newest set.
+ScheduleType = Literal["full", "diff", "incr", "drill"]
 TaskTrigger = Literal["manual", "scheduled", "pre_restore", "system"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "canceled", "skipped"})
 ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "running", "canceling"})
@@ -226,6 +229,21 @@ class Health(Struct, kw_only=True):
     status: Literal["ok"]
 
 
+class Drill(Struct, kw_only=True):
+    """The newest restore drill of a backup set: restored into a scratch instance, recovered,
+    checked with pg_amcheck, its rows counted per table (`row_counts`), then removed.
+    `last_success_at` is when a drill of the set last passed (kept when a later one fails)."""
+
+    task_id: str
+    status: Literal["completed", "failed"]
+    started_at: datetime
+    finished_at: datetime
+    amcheck_ok: bool | None = None
+    row_counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    last_success_at: datetime | None = None
+
+
 class BackupSet(Struct, kw_only=True):
     """One backup set of a node's catalog."""
 
@@ -248,6 +266,8 @@ class BackupSet(Struct, kw_only=True):
     task_id: str | None = None
     prior: str | None = None
     system_id: int | None = None
+    # The set's newest restore drill, when it had one.
+    last_drill: Drill | None = None
 
 
 class RecoveryWindow(Struct, kw_only=True):

@@ -13,8 +13,9 @@ if [ "${1:-}" = "--test" ] && ! command -v npm >/dev/null 2>&1; then
   packages+=(nodejs npm)
 fi
 if [ "${1:-}" = "--test" ]; then
-  # A real headless browser for the API docs page (tests/integration/test_docs_browser.py).
-  packages+=(chromium)
+  # A real headless browser for the API docs page and the dashboard, and the driver the
+  # dashboard's test steers it with (tests/integration/test_{docs,dashboard}_browser.py).
+  packages+=(chromium chromium-driver)
 fi
 missing=()
 for pkg in "${packages[@]}"; do

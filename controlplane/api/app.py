@@ -23,6 +23,7 @@ from controlplane.api.read_cache import ReadCache
 from controlplane.api.restore_points import RESTORE_POINT_ROUTES
 from controlplane.api.routes import ROUTES
 from controlplane.api.schedules import SCHEDULE_ROUTES
+from controlplane.dashboard.routes import dashboard_routes
 from controlplane.errors import ControlPlaneError
 from controlplane.server.runtime import Runtime
 from controlplane.settings import Settings
@@ -59,7 +60,7 @@ def create_app(settings: Settings) -> Litestar:
         *NODE_ACTION_ROUTES,
     ]
     return Litestar(
-        route_handlers=[*api_routes, *docs_routes(api_routes)],
+        route_handlers=[*api_routes, *docs_routes(api_routes), *dashboard_routes()],
         # The token first: a client without one learns nothing, not even which ids are valid.
         guards=[require_token, check_path_params],
         exception_handlers=handlers,

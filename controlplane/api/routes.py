@@ -34,8 +34,13 @@ from controlplane.models import (
     Version,
 )
 from controlplane.operations import backups, databases, restores
-from controlplane.spec import parse_backup_request, parse_database_request, parse_restore_request
-from controlplane.spec.models import BackupRequest, DatabaseRequest, RestoreRequest
+from controlplane.spec import (
+    parse_backup_request,
+    parse_database_request,
+    parse_restore_request,
+    parse_verify_request,
+)
+from controlplane.spec.models import BackupRequest, DatabaseRequest, RestoreRequest, VerifyRequest
 from controlplane.store import logs, tasks
 from controlplane.tasks.context import Services
 
@@ -54,6 +59,7 @@ _TASK_TYPES = {
     "restart_instance",
     "stop_instance",
     "start_instance",
+    "drill",
 }
 _TASK_STATUSES = {"pending", "running", "canceling", "completed", "failed", "canceled", "skipped"}
 # pgEdge's spellings of the sort order mean the same as ours.
@@ -154,7 +160,17 @@ CATALOG = Contract(
     returns=BackupCatalog,
     runs_commands=True,
 )
-VERIFY = Contract(summary="Verify a node's backups", returns=TaskAnswer, conflicts=True)
+VERIFY = Contract(
+    summary="Verify a node's backups, or drill a restore of one set",
+    body=VerifyRequest,
+    returns=TaskAnswer,
+    conflicts=True,
+    runs_commands=True,
+    description="An empty body runs `pgbackrest verify` of every set. With `drill: true`, a "
+    "restore drill: the set named by `set` (else the newest) is restored into a scratch "
+    "instance with archiving off, recovered, checked with pg_amcheck and its rows counted per "
+    "table, then removed; the outcome shows in the catalog as the set's `last_drill`.",
+)
 EXPIRE = Contract(
     summary="Expire a backup set and the sets that depend on it",
     returns=TaskAnswer,
@@ -415,7 +431,13 @@ async def cancel_task_alias(request: AnyRequest, database_id: str, task_id: str)
     return _json(task, 202)
 
 
-@get("/v1/databases/{database_id:str}/tasks/{task_id:str}/log", opt={"contract": TASK_LOG})
+# The route's media type is the stream's: Litestar gives a streamed answer the route's type
+# over its own (a browser's EventSource refuses any other), and a JSON page sets its own.
+@get(
+    "/v1/databases/{database_id:str}/tasks/{task_id:str}/log",
+    opt={"contract": TASK_LOG},
+    media_type="text/event-stream",
+)
 async def task_log(request: AnyRequest, database_id: str, task_id: str) -> Any:
     _known_query(request, TASK_LOG)
     pool = _services(request).pool
@@ -490,7 +512,8 @@ async def list_backups(request: AnyRequest, database_id: str, node: str) -> Resp
     status_code=202,
 )
 async def verify_backups(request: AnyRequest, database_id: str, node: str) -> Response[bytes]:
-    task = await backups.start_verify(_services(request), database_id, node, _actor(request))
+    body = await read_body(request, parse_verify_request)
+    task = await backups.start_verify(_services(request), database_id, node, body, _actor(request))
     return _json(TaskAnswer(task=task), 202)
 
 

@@ -15,20 +15,20 @@ from controlplane.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from controlplane.models import BackupCatalog, RepositoryStatus, RestorePoint, Task
+from controlplane.models import BackupCatalog, Drill, RepositoryStatus, RestorePoint, Task
 from controlplane.nodes import backups, restore_targets
 from controlplane.nodes.common import ref_of, spec_of
 from controlplane.nodes.expiry import expire_refusal
 from controlplane.nodes.restore_targets import RESTORE_POINT_ARCHIVE_SECONDS
 from controlplane.pgbackrest import info as pgb_info
-from controlplane.spec import parse_backup_request, parse_request
+from controlplane.spec import parse_backup_request, parse_request, parse_verify_request
 from controlplane.spec.models import repository_id
 from controlplane.spec.restore_options import RestorePointRequest
-from controlplane.store import databases, instances, restore_points, tasks
+from controlplane.store import databases, drills, instances, restore_points, tasks
 from controlplane.store.instances import InstanceRow
 from controlplane.store.restore_points import RestorePointRow
 from controlplane.tasks.context import Services
-from controlplane.tasks.inputs import BackupInput, ExpireInput, TaskInput
+from controlplane.tasks.inputs import BackupInput, DrillInput, ExpireInput, TaskInput
 from controlplane.workflows import all_workflows
 
 _BUSY_STATES = ("creating", "deleting", "restoring")
@@ -113,9 +113,25 @@ async def start_backup(
     return await _enqueue(services, database_id, node, "node_backup", task_input, actor)
 
 
-async def start_verify(services: Services, database_id: str, node: str, actor: str) -> Task:
-    await _node(services, database_id, node)
-    return await _enqueue(services, database_id, node, "verify", TaskInput(), actor)
+async def start_verify(
+    services: Services, database_id: str, node: str, body: bytes, actor: str
+) -> Task:
+    """Enqueue a verify of every set (empty body), or with `drill` a restore drill of one set
+    (`set`, else the newest when the drill runs). A named set is looked up first: one the
+    repositories do not hold is a 404 at once."""
+    request = parse_verify_request(body)
+    _, _, setup = await _node(services, database_id, node)
+    if not request.drill:
+        return await _enqueue(services, database_id, node, "verify", TaskInput(), actor)
+    if request.set is not None:
+        entries, _ = await _entries(services, setup)
+        if request.set not in {entry.label for entry in entries}:
+            raise NotFoundError(
+                f"backup set {request.set} of node {node} of {database_id} not found",
+                details={"set": request.set},
+            )
+    task_input = DrillInput(set_label=request.set)
+    return await _enqueue(services, database_id, node, "drill", task_input, actor)
 
 
 async def start_expire(
@@ -178,6 +194,10 @@ async def backup_catalog(services: Services, database_id: str, node: str) -> Bac
         entries, last_archived_at=await _last_archived(services, instance)
     )
     points = await restore_points.list_restore_points(services.pool, database_id, node)
+    drilled = await drills.list_drills(services.pool, database_id, node)
+    for entry in entries:
+        if entry.label in drilled:
+            entry.last_drill = _drill_view(drilled[entry.label])
     return BackupCatalog(
         backups=entries,
         recovery_window=window,
@@ -198,6 +218,19 @@ async def _last_archived(services: Services, instance: InstanceRow) -> datetime 
     finally:
         await conn.close()
     return value if isinstance(value, datetime) else None
+
+
+def _drill_view(row: drills.DrillRow) -> Drill:
+    return Drill(
+        task_id=str(row.task_id),
+        status="completed" if row.status == "completed" else "failed",
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        amcheck_ok=row.amcheck_ok,
+        row_counts=row.row_counts,
+        error=row.error,
+        last_success_at=row.last_success_at,
+    )
 
 
 def _point_view(row: RestorePointRow) -> RestorePoint:

@@ -204,6 +204,27 @@ def describe_exit(code: int, output_tail: str, *, command: str) -> str:
     return f"{text}: {last_error}" if last_error else text
 
 
+# A file a restore could not write intact: `error restoring '<path>': actual checksum '…' does
+# not match expected checksum '…'` (or a size or decompression failure in its place).
+_RESTORING = re.compile(r"error restoring '(?P<path>[^']+)': (?P<why>[^\[]+?)\s*(?:\[|$)")
+_CHECKSUM = re.compile(r"actual checksum '[0-9a-f]+' does not match expected checksum '[0-9a-f]+'")
+
+
+def damaged_file(message: str, *, pg_data: str) -> tuple[str, str] | None:
+    """The file of a backup set that a failed restore into `pg_data` names, as the set's
+    manifest names it (`pg_data/base/5/1259`), and why, in words; None when it names none."""
+    match = _RESTORING.search(message)
+    if match is None:
+        return None
+    path = match["path"]
+    prefix = pg_data.rstrip("/") + "/"
+    name = "pg_data/" + path.removeprefix(prefix) if path.startswith(prefix) else path
+    why = match["why"].strip()
+    if _CHECKSUM.search(why):
+        why = "its content does not match the checksum the backup recorded"
+    return name, why
+
+
 def is_retryable(code: int) -> bool:
     """True for failures that clear by themselves: lock held, host or Postgres unreachable."""
     return code in _RETRYABLE

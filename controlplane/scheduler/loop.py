@@ -1,4 +1,5 @@
-"""Scheduler: turns due cron ticks of every node's backup schedules into node_backup tasks.
+"""Scheduler: turns due cron ticks of every node's schedules into node_backup tasks (backup
+schedules) and drill tasks (`drill` schedules: a restore drill of the node's newest set).
 
 It only inserts tasks. Several servers may run it on one store: a tick is claimed by inserting
 its row in `schedule_ticks` (ON CONFLICT DO NOTHING) in the transaction that inserts its task,
@@ -30,7 +31,7 @@ from controlplane.store.schedules import Planned, ScheduleKey, ScheduleState
 from controlplane.store.tasks import ScheduledTask
 from controlplane.system.clock import Clock, SystemClock
 from controlplane.tasks.context import Services
-from controlplane.tasks.inputs import BackupInput
+from controlplane.tasks.inputs import BackupInput, DrillInput, TaskInput
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ MISFIRE_GRACE = timedelta(seconds=60)
 _EPSILON = timedelta(microseconds=1)
 _MIN_SLEEP = 0.01
 _BUSY_DATABASE_STATES = frozenset({"creating", "deleting", "modifying", "restoring"})
-# When ticks of several schedules of one node coincide, the fuller backup runs.
-_TYPE_ORDER = {"full": 0, "diff": 1, "incr": 2}
+# When ticks of several schedules of one node coincide, the fuller backup runs, and a drill only
+# when no backup is due (it takes the node's backup lock too).
+_TYPE_ORDER = {"full": 0, "diff": 1, "incr": 2, "drill": 3}
 
 
 def tick_at_or_after(cron_expression: str, moment: datetime) -> datetime:
@@ -144,6 +146,7 @@ class Scheduler:
         *,
         backup_steps: Sequence[str],
         config_of: ConfigOf,
+        drill_steps: Sequence[str] = (),
         clock: Clock | None = None,
         catch_up: CatchUp = "latest",
         interval: float = 1.0,
@@ -153,7 +156,7 @@ class Scheduler:
         if catch_up not in ("latest", "none"):
             raise ValueError(f"schedule catch-up must be latest or none, not {catch_up!r}")
         self._pool = pool
-        self._steps = list(backup_steps)
+        self._steps = {"node_backup": list(backup_steps), "drill": list(drill_steps)}
         self._config_of = config_of
         self._clock: Clock = clock or SystemClock()
         self._catch_up: CatchUp = catch_up
@@ -168,13 +171,19 @@ class Scheduler:
 
     @classmethod
     def from_services(
-        cls, services: Services, *, backup_steps: Sequence[str], config_of: ConfigOf
+        cls,
+        services: Services,
+        *,
+        backup_steps: Sequence[str],
+        config_of: ConfigOf,
+        drill_steps: Sequence[str] = (),
     ) -> Scheduler:
         """The scheduler `serve` runs, configured from its settings."""
         settings = services.settings
         return cls(
             services.pool,
             backup_steps=backup_steps,
+            drill_steps=drill_steps,
             config_of=config_of,
             catch_up=getattr(settings, "schedule_catch_up", "latest"),
             interval=float(getattr(settings, "schedule_interval", 1.0)),
@@ -298,13 +307,16 @@ class Scheduler:
         ids: dict[Due, uuid.UUID],
         blocked: dict[str, Busy],
     ) -> list[ScheduledTask]:
-        """A backup task for the first claimed tick of each free node; the others, and those of
-        busy nodes, become skipped tasks naming what blocks them."""
+        """A backup (or drill) task for the first claimed tick of each free node; the others,
+        and those of busy nodes, become skipped tasks naming what blocks them."""
         firsts: dict[str, Due] = {}
         for item in mine:
             if item.key.node_name not in blocked:
                 firsts.setdefault(item.key.node_name, item)
-        backups = [ScheduledTask(ids[d], d.key.node_name, _request(d)) for d in firsts.values()]
+        backups = [
+            ScheduledTask(ids[d], d.key.node_name, _request(d), type=_task_type(d))
+            for d in firsts.values()
+        ]
         inserted = await tasks.insert_backup_tasks(conn, database_id, backups, self._steps)
         lost = [b.node_name for b in backups if b.task_id not in inserted]
         if lost:  # a manual backup, verify or expire holds the node's lock
@@ -312,7 +324,7 @@ class Scheduler:
         for backup in backups:
             if backup.task_id in inserted:
                 blocked[backup.node_name] = _holder(
-                    database_id, backup.node_name, "node_backup", str(backup.task_id), "pending"
+                    database_id, backup.node_name, backup.type, str(backup.task_id), "pending"
                 )
         skipped = [
             ScheduledTask(
@@ -322,6 +334,7 @@ class Scheduler:
                 f"schedule {d.key.schedule_id} tick {rfc3339(d.tick_at)} skipped:"
                 f" {blocked[d.key.node_name].reason}",
                 blocked[d.key.node_name].task_id,
+                _task_type(d),
             )
             for d in mine
             if ids[d] not in inserted
@@ -351,18 +364,28 @@ class Scheduler:
         return fired
 
 
+def _task_type(due: Due) -> str:
+    return "drill" if due.type == "drill" else "node_backup"
+
+
 def _request(due: Due) -> dict[str, Any]:
-    """The node_backup input of a scheduled tick (annotated with the schedule's id)."""
+    """The input of a scheduled tick: a node_backup annotated with the schedule's id, or a
+    drill of the newest set."""
     schedule_id = due.key.schedule_id
-    request = msgspec.convert(
-        {
-            "type": due.type,
-            "annotations": {"schedule": schedule_id},
-            "schedule_id": schedule_id,
-            "tick_at": rfc3339(due.tick_at),
-        },
-        BackupInput,
-    )
+    tick_at = rfc3339(due.tick_at)
+    request: TaskInput
+    if due.type == "drill":
+        request = DrillInput(schedule_id=schedule_id, tick_at=tick_at)
+    else:
+        request = msgspec.convert(
+            {
+                "type": due.type,
+                "annotations": {"schedule": schedule_id},
+                "schedule_id": schedule_id,
+                "tick_at": tick_at,
+            },
+            BackupInput,
+        )
     found: dict[str, Any] = msgspec.to_builtins(request)
     return found
 

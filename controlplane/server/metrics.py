@@ -23,6 +23,7 @@ from controlplane import __version__
 from controlplane.models import DatabaseState, InstanceState, TaskStatus, TaskType
 from controlplane.server.instance_facts import InstanceFacts, InstanceFactsBook
 from controlplane.spec.models import BackupConfig, BackupType, repository_id
+from controlplane.store import drills as drill_records
 from controlplane.store.pool import Executor
 
 _DATABASE_STATES = get_args(DatabaseState)
@@ -86,6 +87,12 @@ METRICS: dict[str, MetricSpec] = {
         "gauge",
         "The first point a point-in-time restore of the node can reach: the stop time of its "
         "oldest backup set still kept (from the backups the store recorded).",
+        _NODE,
+    ),
+    "controlplane_drill_last_success_timestamp_seconds": MetricSpec(
+        "gauge",
+        "When the newest restore drill of the node that passed finished (0: none yet, with a "
+        "drill schedule).",
         _NODE,
     ),
     "controlplane_instance_up": MetricSpec(
@@ -192,6 +199,7 @@ async def collect_metrics(db: Executor, facts: InstanceFactsBook | None = None) 
         *await _queue(db),
         *await _backups(db, configs),
         await _recovery_windows(db, configs),
+        await _drills(db, configs),
         *instance_families(facts.snapshot() if facts is not None else []),
     ]
 
@@ -282,7 +290,8 @@ async def _backups(db: Executor, configs: Mapping[tuple[str, str], BackupConfig]
     # Per node, the types reported even without a backup yet: full whenever a backup_config
     # applies, and every type a schedule takes.
     expected = {
-        key: {"full"} | {s.type for s in config.schedules} for key, config in configs.items()
+        key: {"full"} | {s.type for s in config.schedules if s.type in _BACKUP_TYPES}
+        for key, config in configs.items()
     }
     done: dict[tuple[str, str, str], tuple[datetime | None, datetime, Any]] = {}
     failed: dict[tuple[str, str, str], datetime] = {}
@@ -415,6 +424,19 @@ async def _recovery_windows(
         start = recovery_window_start(sets[key], retention.get(key, {}), expired.get(key, set()))
         if start is not None:
             family.add_metric(list(key), start.timestamp())
+    return family
+
+
+async def _drills(db: Executor, configs: Mapping[tuple[str, str], BackupConfig]) -> Metric:
+    """Per node, its newest passing drill (from the drills table); 0 for a node with a drill
+    schedule that has none yet, so an alert sees it."""
+    family = _family("controlplane_drill_last_success_timestamp_seconds")
+    found = {(d, n): when.timestamp() for d, n, when in await drill_records.last_successes(db)}
+    for key, config in configs.items():
+        if any(s.type == "drill" for s in config.schedules):
+            found.setdefault(key, 0.0)
+    for key in sorted(found):
+        family.add_metric(list(key), found[key])
     return family
 
 

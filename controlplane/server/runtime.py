@@ -30,6 +30,7 @@ from controlplane.tasks.context import Services
 from controlplane.tasks.worker import Worker
 from controlplane.workflows import all_workflows
 from controlplane.workflows.backup_node import NODE_BACKUP
+from controlplane.workflows.drill_backup import DRILL
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,10 @@ class Runtime:
         self.monitor = Monitor(self.services, self.services.facts)
         self._background.append(asyncio.create_task(self.monitor.run(), name="monitor"))
         scheduler = Scheduler.from_services(
-            self.services, backup_steps=NODE_BACKUP.step_names, config_of=effective_backup_config
+            self.services,
+            backup_steps=NODE_BACKUP.step_names,
+            drill_steps=DRILL.step_names,
+            config_of=effective_backup_config,
         )
         self._background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
 

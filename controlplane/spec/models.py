@@ -10,6 +10,7 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 from controlplane.models import BackupType as BackupType  # re-exported: spec users name it here
+from controlplane.models import ScheduleType as ScheduleType
 
 # Patterns end in `$(?!\n)`: msgspec matches with Python's `re`, whose `$` also matches before a
 # final newline, so `^n[0-9]+$` alone would accept "n1\n" (a name that then lands in paths and
@@ -105,8 +106,11 @@ ScheduleId = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
 class BackupSchedule(_Request, kw_only=True):
+    """A cron schedule of the node: a backup of `type`, or (`drill`) a restore drill of the
+    newest set."""
+
     id: ScheduleId
-    type: BackupType
+    type: ScheduleType
     cron_expression: Annotated[str, Meta(min_length=1, max_length=128)]
 
 
@@ -277,6 +281,20 @@ class BackupRequest(_Request, kw_only=True):
     backup_options: Annotated[dict[str, ShortText], Meta(max_length=16)] = field(
         default_factory=dict
     )
+
+
+# pgBackRest's set labels: a full set, or a diff/incr set named after the full it builds on.
+BackupLabel = Annotated[
+    str, Meta(pattern=r"^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$(?!\n)", max_length=64)
+]
+
+
+class VerifyRequest(_Request, kw_only=True):
+    """Body of a verify (empty: `pgbackrest verify` of every set). With `drill`, one set (`set`,
+    else the newest) is restored into a scratch instance, recovered, checked and removed."""
+
+    drill: bool = False
+    set: BackupLabel | None = None
 
 
 class RestoreRequest(_Request, kw_only=True):

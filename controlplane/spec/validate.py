@@ -23,6 +23,7 @@ from controlplane.spec.models import (
     DatabaseUser,
     NodeSpec,
     RestoreRequest,
+    VerifyRequest,
 )
 from controlplane.spec.paths import (
     UNSAFE_TEXT,
@@ -115,6 +116,12 @@ def parse_backup_request(body: bytes | str) -> BackupRequest:
     return parse_request(body, BackupRequest)
 
 
+def parse_verify_request(body: bytes | str) -> VerifyRequest:
+    """Parse the body of a verify; an empty body means `{}` (verify every set)."""
+    text = body.encode() if isinstance(body, str) else body
+    return parse_request(text if text.strip() else b"{}", VerifyRequest)
+
+
 def parse_restore_request(body: bytes | str) -> RestoreRequest:
     """Parse and validate the body of an in-place restore."""
     return parse_request(body, RestoreRequest)
@@ -134,6 +141,8 @@ def validate_request(
         return validate_backup_request(request)
     if isinstance(request, RestoreRequest):
         return validate_restore_request(request)
+    if isinstance(request, VerifyRequest) and request.set is not None and not request.drill:
+        return [problem("set", "applies to a restore drill only: set drill to true")]
     return []
 
 

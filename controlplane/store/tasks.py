@@ -6,6 +6,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -30,11 +31,13 @@ _COLUMNS = (
     " cancel_requested_at"
 )
 _LOCKING_INDEXES = {"tasks_one_operation_per_database", "tasks_one_backup_per_node"}
-# The predicates of the partial unique indexes in 0001_init.sql, word for word: the batch insert
-# below names tasks_one_backup_per_node as its ON CONFLICT arbiter, which Postgres accepts only
-# with the index's exact predicate, and the blocking-task look-up uses the same words.
+# The predicates of the partial unique indexes (0007_node_actions.sql, 0008_drills.sql), word
+# for word: the batch insert below names tasks_one_backup_per_node as its ON CONFLICT arbiter,
+# which Postgres accepts only with the index's exact predicate, and the blocking-task look-up
+# uses the same words.
 _ACTIVE = "status IN ('pending', 'running', 'canceling')"
-_NODE_LOCK_TYPES = "type IN ('node_backup', 'verify', 'expire')"
+_NODE_LOCK_TYPES = "type IN ('node_backup', 'verify', 'expire', 'drill')"
+NODE_LOCK_TYPES = frozenset({"node_backup", "verify", "expire", "drill"})
 _DATABASE_LOCK_TYPES = (
     "type IN ('create', 'update', 'delete', 'restore', 'switchover', 'failover',"
     " 'restart_instance', 'stop_instance', 'start_instance')"
@@ -150,7 +153,7 @@ async def find_blocking_task(
     db: Executor, database_id: str, node_name: str | None, type: str
 ) -> TaskRow | None:
     """The active task holding the lock that a new task of `type` would need."""
-    if type in ("node_backup", "verify", "expire"):
+    if type in NODE_LOCK_TYPES:
         where = f"node_name = $2 AND {_NODE_LOCK_TYPES}"
         args: list[Any] = [database_id, node_name]
     else:
@@ -198,37 +201,46 @@ async def insert_skipped_task(
 
 
 class ScheduledTask(NamedTuple):
-    """A task for a claimed tick: a backup (`error` None) or a skipped one with the reason."""
+    """A task for a claimed tick: a backup or a drill (`type`; `error` None) or a skipped one
+    with the reason."""
 
     task_id: uuid.UUID
     node_name: str
     input: dict[str, Any]
     error: str | None = None
     blocking_task_id: str | None = None
+    type: str = "node_backup"
 
 
 async def insert_backup_tasks(
-    conn: Connection, database_id: str, backups: list[ScheduledTask], steps: list[str]
+    conn: Connection,
+    database_id: str,
+    backups: list[ScheduledTask],
+    steps: Mapping[str, Sequence[str]],
 ) -> set[uuid.UUID]:
-    """Insert pending scheduled node_backup tasks (at most one per node) with their steps; a
-    node whose backup/verify/expire lock is held gets none. Returns the ids inserted."""
+    """Insert pending scheduled node_backup and drill tasks (at most one per node) with their
+    steps (`steps` by task type); a node whose backup/verify/expire/drill lock is held gets
+    none. Returns the ids inserted."""
     if not backups:
         return set()
     records = await conn.fetch(
         "WITH task AS (INSERT INTO tasks (task_id, database_id, node_name, type, trigger, input)"
-        "   SELECT u.task_id, $1, u.node_name, 'node_backup', 'scheduled', u.input::jsonb"
-        "   FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u (task_id, node_name, input)"
+        "   SELECT u.task_id, $1, u.node_name, u.type, 'scheduled', u.input::jsonb"
+        "   FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[])"
+        "     AS u (task_id, node_name, input, type)"
         f"   ON CONFLICT (database_id, node_name) WHERE {_NODE_LOCK_TYPES} AND {_ACTIVE}"
-        "   DO NOTHING RETURNING task_id),"
+        "   DO NOTHING RETURNING task_id, type),"
         " step AS (INSERT INTO task_steps (task_id, position, name)"
         "   SELECT t.task_id, s.position - 1, s.name FROM task t"
-        "   CROSS JOIN unnest($5::text[]) WITH ORDINALITY AS s (name, position))"
+        "   CROSS JOIN LATERAL jsonb_array_elements_text($6::jsonb -> t.type)"
+        "     WITH ORDINALITY AS s (name, position))"
         " SELECT task_id FROM task",
         database_id,
         [b.task_id for b in backups],
         [b.node_name for b in backups],
         [json.dumps(b.input) for b in backups],
-        steps,
+        [b.type for b in backups],
+        {kind: list(names) for kind, names in steps.items()},
     )
     return {r["task_id"] for r in records}
 
@@ -250,24 +262,25 @@ async def active_backup_tasks(
 async def insert_skipped_tasks(
     conn: Connection, database_id: str, skipped: list[ScheduledTask]
 ) -> None:
-    """Record ticks that could not run as `skipped` node_backup tasks: the reason in `error`,
+    """Record ticks that could not run as `skipped` tasks of their type: the reason in `error`,
     the blocking task in `result` (as insert_skipped_task does for one)."""
     if not skipped:
         return
     await conn.execute(
         "INSERT INTO tasks (task_id, database_id, node_name, type, status, trigger, input, error,"
         " result, completed_at)"
-        " SELECT u.task_id, $1, u.node_name, 'node_backup', 'skipped', 'scheduled', u.input::jsonb,"
+        " SELECT u.task_id, $1, u.node_name, u.type, 'skipped', 'scheduled', u.input::jsonb,"
         " u.error, CASE WHEN u.blocking IS NULL THEN NULL"
         "   ELSE jsonb_build_object('blocking_task_id', u.blocking) END, now()"
-        " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])"
-        " AS u (task_id, node_name, input, error, blocking)",
+        " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])"
+        " AS u (task_id, node_name, input, error, blocking, type)",
         database_id,
         [t.task_id for t in skipped],
         [t.node_name for t in skipped],
         [json.dumps(t.input) for t in skipped],
         [t.error for t in skipped],
         [t.blocking_task_id for t in skipped],
+        [t.type for t in skipped],
     )
 
 

@@ -41,6 +41,15 @@ class BackupInput(TaskInput, kw_only=True):
     tick_at: str | None = None
 
 
+class DrillInput(TaskInput, kw_only=True):
+    """drill: the set to restore (None: the newest when the task runs); a scheduled tick's
+    schedule and tick (RFC 3339)."""
+
+    set_label: str | None = None
+    schedule_id: str | None = None
+    tick_at: str | None = None
+
+
 class ExpireInput(TaskInput, kw_only=True):
     """expire: the set to remove (with the sets built on it)."""
 

@@ -6,6 +6,7 @@ from controlplane.tasks.workflow import Workflow
 from controlplane.workflows.backup_node import NODE_BACKUP
 from controlplane.workflows.create_database import CREATE
 from controlplane.workflows.delete_database import DELETE
+from controlplane.workflows.drill_backup import DRILL
 from controlplane.workflows.expire_backup import EXPIRE
 from controlplane.workflows.failover_node import FAILOVER
 from controlplane.workflows.restart_instance import RESTART_INSTANCE
@@ -28,6 +29,7 @@ def all_workflows() -> dict[str, Workflow]:
             DELETE,
             NODE_BACKUP,
             VERIFY,
+            DRILL,
             EXPIRE,
             RESTORE,
             NODE_RESTORE,

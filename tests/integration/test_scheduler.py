@@ -142,6 +142,7 @@ async def test_concurrent_schedulers_claim_each_tick_once(store: Pool) -> None:
         "type": "full",
         "annotations": {"schedule": "hourly"},
         "repository_id": None,
+        "options": {},
         "schedule_id": "hourly",
         "tick_at": "2030-05-06T10:00:00Z",
     }

@@ -53,7 +53,10 @@ async def test_retention_full_count(api: httpx.AsyncClient, repo_dir: Path) -> N
     """retention_full=1 keeps only the newest full backup."""
     database = await create_and_wait(
         api,
-        database_body("keep1", backup_config=posix(repo_dir, retention_full=1)),
+        database_body(
+            "keep1",
+            backup_config=posix(repo_dir, retention_full=1, retention_full_type="count"),
+        ),
     )
     await on_every(database, TABLE)
     await write(database, "n1", range(1, 11))

@@ -1,0 +1,1 @@
+"""The read-only web dashboard: server-rendered pages of databases, backups and tasks."""
