@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from litestar import Request, Response, delete, get, post
@@ -31,6 +31,8 @@ from controlplane.models import (
     TaskAnswer,
     TaskLog,
     TasksAnswer,
+    TaskStatus,
+    TaskType,
     Version,
 )
 from controlplane.operations import backups, databases, restores
@@ -45,23 +47,8 @@ from controlplane.store import logs, tasks
 from controlplane.tasks.context import Services
 
 AnyRequest = Request[Any, Any, Any]
-_TASK_TYPES = {
-    "create",
-    "update",
-    "delete",
-    "node_backup",
-    "restore",
-    "node_restore",
-    "verify",
-    "expire",
-    "switchover",
-    "failover",
-    "restart_instance",
-    "stop_instance",
-    "start_instance",
-    "drill",
-}
-_TASK_STATUSES = {"pending", "running", "canceling", "completed", "failed", "canceled", "skipped"}
+_TASK_TYPES = set(get_args(TaskType))
+_TASK_STATUSES = set(get_args(TaskStatus))
 # pgEdge's spellings of the sort order mean the same as ours.
 _SORT_ORDERS = {
     "asc": "asc",

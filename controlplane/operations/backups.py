@@ -66,9 +66,11 @@ async def _instance(services: Services, database_id: str, node: str) -> Instance
     return instance
 
 
-async def _enqueue(
+async def enqueue_node_task(
     services: Services, database_id: str, node: str, type: str, input: TaskInput, actor: str
 ) -> Task:
+    """Queue a task on one node of a database that no operation is making, restoring or
+    removing."""
     row = await databases.get_database(services.pool, database_id)
     if row.state in _BUSY_STATES:
         raise DatabaseNotModifiableError(f"database {database_id} is {row.state}")
@@ -110,7 +112,7 @@ async def start_backup(
         repository_id=request.repository_id,
         options=request.backup_options,
     )
-    return await _enqueue(services, database_id, node, "node_backup", task_input, actor)
+    return await enqueue_node_task(services, database_id, node, "node_backup", task_input, actor)
 
 
 async def start_verify(
@@ -122,7 +124,7 @@ async def start_verify(
     request = parse_verify_request(body)
     _, _, setup = await _node(services, database_id, node)
     if not request.drill:
-        return await _enqueue(services, database_id, node, "verify", TaskInput(), actor)
+        return await enqueue_node_task(services, database_id, node, "verify", TaskInput(), actor)
     if request.set is not None:
         entries, _ = await _entries(services, setup)
         if request.set not in {entry.label for entry in entries}:
@@ -131,7 +133,7 @@ async def start_verify(
                 details={"set": request.set},
             )
     task_input = DrillInput(set_label=request.set)
-    return await _enqueue(services, database_id, node, "drill", task_input, actor)
+    return await enqueue_node_task(services, database_id, node, "drill", task_input, actor)
 
 
 async def start_expire(
@@ -149,7 +151,7 @@ async def start_expire(
                 f"not read: {', '.join(unread)}"
             )
         raise refusal
-    return await _enqueue(
+    return await enqueue_node_task(
         services, database_id, node, "expire", ExpireInput(label=label, force=force), actor
     )
 

@@ -12,13 +12,13 @@ from controlplane.errors import (
 )
 from controlplane.models import Task
 from controlplane.nodes.cluster import NodeCluster, pick_candidate, running_leader
+from controlplane.operations.backups import enqueue_node_task
 from controlplane.spec.node_actions import parse_failover, parse_restart, parse_switchover
 from controlplane.spec.paths import problem
-from controlplane.store import databases, instances, tasks
+from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
-from controlplane.tasks.inputs import InstanceActionInput, NodeActionInput, TaskInput
-from controlplane.workflows import all_workflows
+from controlplane.tasks.inputs import InstanceActionInput, NodeActionInput
 from controlplane.workflows.failover_node import healthy_primary_refusal
 
 # Databases an operation is making, restoring or removing: their instances are not ours to move.
@@ -42,7 +42,7 @@ async def start_switchover(
     task_input = NodeActionInput(
         candidate_instance_id=request.candidate_instance_id, scheduled_at=scheduled
     )
-    return await _enqueue(services, database_id, node, "switchover", task_input, actor)
+    return await enqueue_node_task(services, database_id, node, "switchover", task_input, actor)
 
 
 async def start_failover(
@@ -61,7 +61,7 @@ async def start_failover(
         candidate_instance_id=request.candidate_instance_id,
         skip_validation=request.skip_validation,
     )
-    return await _enqueue(services, database_id, node, "failover", task_input, actor)
+    return await enqueue_node_task(services, database_id, node, "failover", task_input, actor)
 
 
 async def start_instance_action(
@@ -74,7 +74,7 @@ async def start_instance_action(
         scheduled = None if at is None else at.isoformat()
     row = await _instance(services, database_id, instance_id)
     task_input = InstanceActionInput(instance_id=row.id, scheduled_at=scheduled)
-    return await _enqueue(services, database_id, row.node_name, type, task_input, actor)
+    return await enqueue_node_task(services, database_id, row.node_name, type, task_input, actor)
 
 
 async def _cluster(
@@ -114,19 +114,3 @@ async def _modifiable(services: Services, database_id: str) -> None:
     row = await databases.get_database(services.pool, database_id)
     if row.state in _BUSY_STATES:
         raise DatabaseNotModifiableError(f"database {database_id} is {row.state}")
-
-
-async def _enqueue(
-    services: Services, database_id: str, node: str, type: str, input: TaskInput, actor: str
-) -> Task:
-    async with services.pool.acquire() as conn:
-        task = await tasks.insert_task(
-            conn,
-            database_id=database_id,
-            type=type,
-            node_name=node,
-            steps=all_workflows()[type].step_names,
-            actor=actor,
-            input=input,
-        )
-    return await tasks.get_task(services.pool, str(task.task_id))
