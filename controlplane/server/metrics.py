@@ -36,6 +36,7 @@ _NODE = ("database", "node")
 # Not `instance`: Prometheus gives every scraped series the target's `instance` label, and would
 # rename ours to `exported_instance`.
 _INSTANCE = ("database", "node", "instance_id", "role")
+_REPLICA = ("database", "node", "instance_id")
 
 
 class MetricSpec(NamedTuple):
@@ -100,6 +101,17 @@ METRICS: dict[str, MetricSpec] = {
     ),
     "controlplane_instance_timeline": MetricSpec(
         "gauge", "The instance's timeline (pg_control_checkpoint).", _INSTANCE
+    ),
+    "controlplane_instance_replay_lag_bytes": MetricSpec(
+        "gauge",
+        "How far a streaming replica's replay is behind its primary's WAL (pg_stat_replication on "
+        "the primary).",
+        _REPLICA,
+    ),
+    "controlplane_instance_replay_lag_seconds": MetricSpec(
+        "gauge",
+        "A streaming replica's replay lag in time (pg_stat_replication.replay_lag).",
+        _REPLICA,
     ),
     "controlplane_instance_facts_age_seconds": MetricSpec(
         "gauge", "Seconds since the monitor last observed the instance.", _NODE
@@ -455,6 +467,10 @@ def instance_families(observed: Sequence[InstanceFacts]) -> list[Metric]:
         add("controlplane_instance_facts_age_seconds", node, facts.age())
         if facts.timeline is not None:
             add("controlplane_instance_timeline", instance, facts.timeline)
+        for standby in facts.standbys:
+            replica = (*node, standby.name)
+            add("controlplane_instance_replay_lag_bytes", replica, standby.lag_bytes)
+            add("controlplane_instance_replay_lag_seconds", replica, standby.lag_seconds)
         archiver = facts.archiver
         if archiver is not None:
             add("controlplane_archiver_archived_total", node, archiver.archived_count)

@@ -22,6 +22,7 @@ from controlplane.server.instance_facts import (
     InstanceFactsBook,
     InstanceObserver,
     SlotFacts,
+    StandbyFacts,
     SubscriptionFacts,
 )
 from controlplane.server.metrics import (
@@ -89,6 +90,15 @@ def test_instance_facts_become_labelled_series() -> None:
             SubscriptionFacts(name="cp_sub_n2_to_n1", provider="n2", status="replicating"),
             SubscriptionFacts(name="cp_sub_n3_to_n1", provider="n3", status="down"),
         ],
+        standbys=[
+            StandbyFacts(
+                name="shop-n1-h2",
+                state="streaming",
+                sync_state="async",
+                lag_bytes=4096.0,
+                lag_seconds=0.25,
+            )
+        ],
     )
     n2 = facts("n2", error="no answer within 5 s")
     n2.observed_monotonic -= 30
@@ -109,6 +119,9 @@ def test_instance_facts_become_labelled_series() -> None:
         )
         == 3
     )
+    replica = (*node1, ("instance_id", "shop-n1-h2"))
+    assert at("controlplane_instance_replay_lag_bytes", replica) == 4096
+    assert at("controlplane_instance_replay_lag_seconds", replica) == 0.25
     assert types["controlplane_archiver_failed"] == "counter"
     assert at("controlplane_archiver_archived_total", node1) == 41
     assert at("controlplane_archiver_failed_total", node1) == 7
