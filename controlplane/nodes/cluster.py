@@ -19,6 +19,10 @@ from controlplane.tasks.context import Services, StepContext
 
 # Patroni's member states of a replica that could take over now.
 _HEALTHY_REPLICA = frozenset({"streaming", "running"})
+# A switchover Patroni could not make is tried again this many times in all, each once the
+# candidate streams (within `_CANDIDATE_SECONDS`).
+_HANDOVER_ATTEMPTS = 3
+_CANDIDATE_SECONDS = 120.0
 
 
 class NodeCluster:
@@ -56,6 +60,34 @@ class NodeCluster:
             member=row.id,
             timeout=90.0,
         )
+
+    async def hand_over(self, leader: str, candidate: str) -> str:
+        """Patroni's switchover from `leader` to `candidate`, once the candidate streams.
+        Patroni reports a switchover it could not make (503, nothing changed) when the candidate
+        was busy at that moment, e.g. restarting to load a slot copy: it is tried again, up to
+        `_HANDOVER_ATTEMPTS` times. Returns Patroni's answer."""
+        row = self.row(leader)
+        if row is None:
+            raise PreconditionError(f"instance {leader} of node {self.node_name} is gone")
+
+        def streaming(view: ClusterView) -> ClusterMember | None:
+            return next(
+                (m for m in view.replicas if m.name == candidate and m.state in _HEALTHY_REPLICA),
+                None,
+            )
+
+        for attempt in range(1, _HANDOVER_ATTEMPTS + 1):
+            await self.wait_for(streaming, f"{candidate} streaming", _CANDIDATE_SECONDS)
+            async with await self.client(row) as client:
+                try:
+                    return await client.switchover(leader, candidate)
+                except DependencyError as exc:
+                    if exc.details.get("status_code") != 503 or attempt == _HANDOVER_ATTEMPTS:
+                        raise
+            leader_now = running_leader(await self.view())
+            if leader_now is not None and leader_now.name != leader:
+                return f"{leader_now.name} leads"
+        raise AssertionError("unreachable")
 
     async def view(self) -> ClusterView:
         """The cluster as the first member that answers sees it (the leader may be gone)."""

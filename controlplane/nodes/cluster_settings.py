@@ -86,7 +86,7 @@ async def apply_settings(
     await ctx.log.info(
         f"node {node}: switching over to {candidate.name} to restart {leader_now.name}", node=node
     )
-    await client.switchover(leader_now.name, candidate.name)
+    await cluster.hand_over(leader_now.name, candidate.name)
 
     def new_leader(v: ClusterView) -> ClusterMember | None:
         found = running_leader(v)

@@ -58,7 +58,7 @@ REST_USER = "controlplane"
 # How long the primary's slots may take to move past a checkpoint (their subscribers confirm),
 # how long a replica's copy may stay behind before it is copied again (Patroni advances copies
 # once per loop, every 10 s), and how long a replica may take to hold usable copies of all.
-_SLOT_MOVE_SECONDS = 60.0
+_SLOT_MOVE_SECONDS = 120.0
 _SLOT_ADVANCE_SECONDS = 25.0
 _SLOT_COPY_SECONDS = 180.0
 # Each member's own (Patroni places them from its configuration): not in the DCS.

@@ -20,6 +20,8 @@ from controlplane.tasks.workflow import Step, Workflow
 from controlplane.workflows.steps.backup_steps import node_setup, on_end, settle, write_config
 
 _LOCK_WAIT_SECONDS = 6 * 3600
+# How long a standby backup waits for a replica to stream.
+_STANDBY_SECONDS = 120.0
 # pgBackRest: [055] archive.info/backup.info missing, i.e. no stanza in this repository path.
 _MISSING_STANZA = 55
 _LABEL = re.compile(r"new backup label = (\S+)")
@@ -35,6 +37,30 @@ async def resolve_node(ctx: StepContext) -> dict[str, Any]:
     await instances.set_instance_state(pool, ctx.database_id, setup.ref.node_name, "backing_up")
     await databases.mark_backing_up(pool, ctx.database_id)
     return {}
+
+
+async def _standby_streaming(ctx: StepContext, setup: backups.BackupSetup) -> None:
+    """Until a replica streams from the node's primary: pgBackRest copies a standby backup's
+    files from it once it has replayed the backup's start, and fails on a replica that is
+    restarting (Patroni restarts one to load a slot copy) or not connected."""
+    deadline = time.monotonic() + _STANDBY_SECONDS
+    while True:
+        conn = await ctx.services.orchestrator.connect(setup.ref)
+        try:
+            streaming = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_replication"
+                " WHERE state = 'streaming' AND replay_lsn IS NOT NULL"
+            )
+        finally:
+            await conn.close()
+        if streaming:
+            return
+        if time.monotonic() > deadline:
+            raise PreconditionError(
+                f"no replica of node {setup.ref.node_name} streams: a backup from a standby "
+                "needs one (see the instances' state)"
+            )
+        await asyncio.sleep(1.0)
 
 
 async def take_backup(ctx: StepContext) -> dict[str, Any]:
@@ -58,6 +84,8 @@ async def take_backup(ctx: StepContext) -> dict[str, Any]:
                 f"backup {found.label} of this task already exists; not taking another"
             )
             return {"label": found.label}
+    if request.options.get("backup-standby") == "y":
+        await _standby_streaming(ctx, setup)
     argv = pgb.backup_argv(
         setup.config_path,
         type=request.type,

@@ -35,8 +35,7 @@ async def hand_over(ctx: StepContext) -> dict[str, Any]:
         await ctx.log.info(
             f"node {node}: {row.id} leads; switching over to {candidate.name} first", node=node
         )
-        async with await cluster.client(row) as client:
-            answer = await client.switchover(row.id, candidate.name)
+        answer = await cluster.hand_over(row.id, candidate.name)
         await ctx.log.info(f"node {node}: patroni: {answer}", node=node)
     elif row.role != "primary":
         return {}  # a replica (or a leader that already handed over and was recorded)

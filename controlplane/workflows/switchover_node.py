@@ -67,11 +67,7 @@ async def switch_over(ctx: StepContext) -> dict[str, Any]:
     if leader is not None and leader.name != ctx.state["leader"]:
         await ctx.log.info(f"node {node}: {leader.name} leads already", node=node)
         return {}
-    row = cluster.row(ctx.state["leader"])
-    if row is None:
-        raise PreconditionError(f"instance {ctx.state['leader']} of node {node} is gone")
-    async with await cluster.client(row) as client:
-        answer = await client.switchover(ctx.state["leader"], ctx.state["candidate"])
+    answer = await cluster.hand_over(ctx.state["leader"], ctx.state["candidate"])
     await ctx.log.info(f"node {node}: patroni: {answer}", node=node)
     return {}
 
