@@ -208,14 +208,29 @@ def backup_list(ctx: click.Context, database_id: str, node: str, output: str) ->
 @backup.command(name="verify")
 @click.argument("database_id")
 @click.argument("node")
+@click.option(
+    "--drill", is_flag=True, help="Restore a set into a scratch instance and check it instead."
+)
+@click.option("--set", "set_label", help="With --drill: the set (default: the newest).")
 @wait_option
 @output_option
 @click.pass_context
 @api_command
-def backup_verify(ctx: click.Context, database_id: str, node: str, wait: bool, output: str) -> None:
-    """Check every set and WAL segment of a node's repository (pgbackrest verify)."""
+def backup_verify(
+    ctx: click.Context,
+    database_id: str,
+    node: str,
+    drill: bool,
+    set_label: str | None,
+    wait: bool,
+    output: str,
+) -> None:
+    """Check every set and WAL segment of a node's repository (pgbackrest verify), or with
+    --drill restore one set into a scratch instance, check it and count its rows."""
+    if set_label is not None and not drill:
+        raise click.UsageError("--set needs --drill")
     with client_of(ctx) as client:
-        task = client.verify_backups(database_id, node)
+        task = client.verify_backups(database_id, node, drill=drill, set_label=set_label)
     task, _ = run_tasks(ctx, output, wait, task)
     conclude({"task": task}, task, output, wait, lambda: "")
 

@@ -137,8 +137,12 @@ class AsyncClient(ClientBase):
     async def list_backups(self, database_id: str, node: str) -> BackupCatalog:
         return await self._run(calls.list_backups(database_id, node))
 
-    async def verify_backups(self, database_id: str, node: str) -> Task:
-        return await self._run(calls.verify_backups(database_id, node))
+    async def verify_backups(
+        self, database_id: str, node: str, *, drill: bool = False, set_label: str | None = None
+    ) -> Task:
+        return await self._run(
+            calls.verify_backups(database_id, node, drill=drill, set_label=set_label)
+        )
 
     async def expire_backup(
         self, database_id: str, node: str, label: str, *, force: bool = False

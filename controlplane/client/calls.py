@@ -119,8 +119,18 @@ def list_backups(database_id: str, node: str) -> Call[BackupCatalog]:
     return Call("GET", _backups(database_id, node), _as(BackupCatalog))
 
 
-def verify_backups(database_id: str, node: str) -> Call[Task]:
-    return Call("POST", _backups(database_id, node, "verify"), _task)
+def verify_backups(
+    database_id: str, node: str, *, drill: bool = False, set_label: str | None = None
+) -> Call[Task]:
+    """`pgbackrest verify`, or with `drill` a restore drill of `set_label` (else the newest)."""
+    if not drill:
+        return Call("POST", _backups(database_id, node, "verify"), _task)
+    body: dict[str, Any] = {"drill": True}
+    if set_label is not None:
+        body["set"] = set_label
+    return Call(
+        "POST", _backups(database_id, node, "verify"), _task, body=msgspec.json.encode(body)
+    )
 
 
 def expire_backup(database_id: str, node: str, label: str, force: bool) -> Call[Task]:

@@ -132,8 +132,10 @@ class Client(ClientBase):
     def list_backups(self, database_id: str, node: str) -> BackupCatalog:
         return self._run(calls.list_backups(database_id, node))
 
-    def verify_backups(self, database_id: str, node: str) -> Task:
-        return self._run(calls.verify_backups(database_id, node))
+    def verify_backups(
+        self, database_id: str, node: str, *, drill: bool = False, set_label: str | None = None
+    ) -> Task:
+        return self._run(calls.verify_backups(database_id, node, drill=drill, set_label=set_label))
 
     def expire_backup(
         self, database_id: str, node: str, label: str, *, force: bool = False

@@ -93,6 +93,21 @@ async def test_full_cycle_create_backup_and_point_in_time_restore(
     assert f"backup {backup_set['label']} (full)" in backed_up.stdout
     entries = await full_log(api, "clidb", backup_set["task_id"])
     assert progress_lines(backed_up.stdout) == as_texts(entries)
+    # A restore drill of that set, from the CLI: it restores the set and counts its 100 rows.
+    drilled = json.loads(
+        ok(
+            await cli(
+                server,
+                "backup verify clidb n1 --drill --set",
+                backup_set["label"],
+                "--wait",
+                "-o",
+                "json",
+            )
+        ).stdout
+    )
+    assert drilled["task"]["type"] == "drill" and drilled["task"]["status"] == "completed"
+    assert drilled["task"]["result"]["row_counts"]["public.items"] == 100
 
     await write_rows(database, 101, 100)
     expected = await checksum(database)

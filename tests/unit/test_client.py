@@ -123,6 +123,25 @@ def test_client_sends_token_path_and_body_and_decodes_models() -> None:
     assert json.loads(request.content) == {"type": "incr", "annotations": {"why": "test"}}
 
 
+def test_verify_sends_no_body_and_a_drill_names_its_set() -> None:
+    """A plain verify posts no body (the server's verify); a drill posts drill and its set."""
+    seen: list[httpx.Request] = []
+    task = _task()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"task": json.loads(to_json(task))})
+
+    with _client(handler) as client:
+        client.verify_backups("db1", "n1")
+        client.verify_backups("db1", "n1", drill=True)
+        client.verify_backups("db1", "n1", drill=True, set_label="20261201-064912F")
+    assert [r.url.path for r in seen] == ["/v1/databases/db1/nodes/n1/backups/verify"] * 3
+    assert seen[0].content == b""
+    assert json.loads(seen[1].content) == {"drill": True}
+    assert json.loads(seen[2].content) == {"drill": True, "set": "20261201-064912F"}
+
+
 def test_client_raises_typed_errors_and_passes_filters() -> None:
     """A 404 answer raises ApiNotFound; unset task filters are not sent."""
     seen: list[httpx.Request] = []
