@@ -1,4 +1,4 @@
-"""What the API clients share: typed errors, response shapes, the SSE parser, configuration.
+"""What the API clients share: response decoding, the SSE parser and follower, configuration.
 
 `controlplane.client` (blocking) and `controlplane.client.aio` build on this; import the
 public names from `controlplane.client`.
@@ -16,41 +16,18 @@ import httpx
 import msgspec
 
 from controlplane import __version__
-from controlplane.client.errors import (
-    ApiBadRequest,
-    ApiConflict,
-    ApiError,
-    ApiForbidden,
-    ApiInvalidInput,
-    ApiNotFound,
-    ApiServerError,
-    ApiUnauthorized,
-    ApiUnreachable,
-    error_from_response,
-    unreachable,
-)
+from controlplane.client.errors import ApiError, ApiUnreachable
 from controlplane.models import LogEnd, LogEntry
 
 __all__ = [
-    "ApiBadRequest",
-    "ApiConflict",
-    "ApiError",
-    "ApiForbidden",
-    "ApiInvalidInput",
-    "ApiNotFound",
-    "ApiServerError",
-    "ApiUnauthorized",
-    "ApiUnreachable",
     "ClientBase",
     "LogFollower",
     "SseEvent",
     "SseParser",
     "decode",
-    "error_from_response",
     "resolve_token",
     "resolve_url",
     "tls_verify",
-    "unreachable",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:3000"

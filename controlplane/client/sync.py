@@ -16,10 +16,9 @@ from controlplane.client.core import (
     Body,
     ClientBase,
     LogFollower,
-    error_from_response,
     tls_verify,
-    unreachable,
 )
+from controlplane.client.errors import error_from_response, unreachable
 from controlplane.models import (
     BackupCatalog,
     Database,

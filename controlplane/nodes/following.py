@@ -85,7 +85,7 @@ async def follow_new_primary(
     After a clean handover (switchover) the new primary holds every row the old one had, so
     subscriptions only restart at once (pglogical alone would retry after 180 s). After a
     failover (`lossy`) it may lack what the old one had not streamed: the other nodes'
-    subscriptions restart from the new primary's slot positions (`replicas.follow_failover`).
+    subscriptions restart from the new primary's slot positions (`follow_failover`).
     Returns what was restarted, for the task log."""
     restarted: list[str] = []
     if lossy:

@@ -69,12 +69,6 @@ async def query_instance(instance: dict[str, Any], sql: str) -> tuple[Any, ...]:
         await conn.close()
 
 
-def _primary(view: dict[str, Any], node: str) -> str:
-    return next(
-        i["id"] for i in view["instances"] if i["node_name"] == node and i["role"] == "primary"
-    )
-
-
 async def _primary_is(api: httpx.AsyncClient, database_id: str, instance: str) -> dict[str, Any]:
     """The view once it shows `instance` as its node's primary (a stopped instance is never
     observed, so this does not wait for every instance to be seen again)."""
