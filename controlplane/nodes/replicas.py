@@ -82,7 +82,7 @@ async def start_replicas(ctx: StepContext) -> dict[str, Any]:
     for node in spec.nodes:
         await _remove_dropped_replicas(ctx, node)
         if has_replicas(node):
-            await _make_cluster(ctx, spec, node)
+            await make_cluster(ctx, spec, node)
     return {}
 
 
@@ -105,7 +105,7 @@ async def _remove_dropped_replicas(ctx: StepContext, node: NodeSpec) -> None:
         await instances.delete_instance_by_id(pool, row.id)
 
 
-async def _make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) -> None:
+async def make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) -> None:
     services, pool = ctx.services, ctx.services.pool
     primary = await instances.get_instance(pool, ctx.database_id, node.name)
     if primary is None:
@@ -156,20 +156,21 @@ async def _make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) ->
             )
             await instances.set_state_of(pool, row.id, "available")
         view = await client.cluster()
-    if slots and replicas:
-        await usable_slot_copies(services, primary, replicas, sorted(slots), ctx.log)
     await ctx.log.info(
         f"node {node.name}: " + ", ".join(f"{m.name} {m.role} {m.state}" for m in view.members),
         node=node.name,
     )
     # 4. The subscriptions to and from this node, connected now (their workers failed while
-    # Patroni restarted the primary).
+    # Patroni restarted the primary), before the slots' copies are checked: a slot moves only
+    # while its subscriber confirms.
     await restart_subscriptions_to(
         services, ctx.database_id, spec.database_name, node.name, ctx.log
     )
     own = await restart_own_subscriptions(services, primary, spec.database_name)
     if own:
         await ctx.log.info(f"node {node.name}: restarted {', '.join(own)}", node=node.name)
+    if slots and replicas:
+        await usable_slot_copies(services, primary, replicas, sorted(slots), ctx.log)
     # 5. The node's settings as the spec has them now (an update may have changed them): last,
     # since a restart they need may hand the primary role to a replica.
     async with PatroniClient.for_member(leader) as client:

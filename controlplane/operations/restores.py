@@ -10,11 +10,10 @@ import msgspec
 from controlplane.errors import (
     DatabaseNotModifiableError,
     InvalidInputError,
-    PreconditionError,
     RestoreNotAllowedError,
 )
 from controlplane.models import Database, Task
-from controlplane.nodes import restore_source
+from controlplane.nodes import restore_replicas, restore_source
 from controlplane.nodes.common import ref_of, seal, spec_of
 from controlplane.operations.databases import check_storage, database_view_of
 from controlplane.spec import normalise_restore_options, parse_restore_request
@@ -96,13 +95,8 @@ async def start_restore(
     ]
     if unknown:
         raise InvalidInputError(unknown)
-    clustered = sorted(n for n in targets if rows[n].supervisor == "patroni")
-    if clustered:
-        raise PreconditionError(
-            f"node(s) {', '.join(clustered)} have replicas: restoring a node with replicas is"
-            " not supported yet (restore into a new database with restore_config instead)",
-            details={"nodes": clustered},
-        )
+    for name in targets:  # a node with replicas is restored only from a settled primary
+        await restore_replicas.check_leader(services, rows[name])
     check_storage(services, restore_repository(request.restore_config, "restore_config"))
     config = with_known_secrets(request.restore_config, spec)
     join_source = await _join_source(services, database_id, config, targets)

@@ -14,6 +14,25 @@ from controlplane.system.process import CommandResult, LineSink
 InstanceStatus = Literal["running", "stopped", "missing"]
 
 
+class ExtraMount(Struct, frozen=True, kw_only=True, order=True):
+    """A host directory bind-mounted into an instance's containers (pgEdge's extra_volumes)."""
+
+    host_path: str
+    destination_path: str
+
+
+class ContainerOptions(Struct, frozen=True, kw_only=True):
+    """What an instance's container runs with beyond the control plane's own needs: pgEdge's
+    `cpus`, `memory` and `orchestrator_opts.swarm`, node values over the database's. Only an
+    orchestrator with containers applies them (the local one refuses them at validation)."""
+
+    image: str | None = None  # None: the orchestrator's own instance image
+    nano_cpus: int = 0  # 0: no limit
+    memory_bytes: int = 0  # 0: no limit
+    labels: tuple[tuple[str, str], ...] = ()
+    volumes: tuple[ExtraMount, ...] = ()
+
+
 class InstanceRef(Struct, frozen=True, kw_only=True):
     """What an orchestrator needs to know to place and address one instance."""
 
@@ -25,6 +44,9 @@ class InstanceRef(Struct, frozen=True, kw_only=True):
     # Who starts and stops its Postgres: the orchestrator itself ("pg_ctl"), or the instance's
     # Patroni ("patroni": the instances of a node with replicas).
     supervisor: str = "pg_ctl"
+    # The container options of the instance's node as the spec gives them now; None when the
+    # caller does not know the spec (the orchestrator then uses those it was last given).
+    container: ContainerOptions | None = None
 
 
 class Orchestrator(Protocol):
@@ -71,6 +93,12 @@ class Orchestrator(Protocol):
         """Make the instance a member of its node's Patroni cluster with `config` (rendered by
         `orchestrator.patroni.render_config`) and start its Patroni; wait until the member
         serves as `role` (primary or replica)."""
+        ...
+
+    async def release_from_patroni(self, ref: InstanceRef) -> None:
+        """Give a stopped instance's data directory back to pg_ctl: the configuration Patroni
+        had moved aside (`postgresql.base.conf`) becomes `postgresql.conf` again, and Patroni's
+        own files are removed. A no-op for an instance Patroni never ran."""
         ...
 
     async def read_file(self, ref: InstanceRef, name: str) -> str | None:

@@ -474,6 +474,9 @@ class DockerOrchestrator:
             await asyncio.sleep(0.2)
         return False
 
+    async def release_from_patroni(self, ref: InstanceRef) -> None:
+        """Patroni never runs an instance here (see start_patroni): nothing to release."""
+
     async def start_patroni(self, ref: InstanceRef, config: str, *, role: str) -> None:
         raise PreconditionError(
             "nodes with replicas run on the local orchestrator for now: the docker orchestrator"

@@ -26,7 +26,7 @@ from controlplane.orchestrator.hba import (
     client_ident,
     spec_lines,
 )
-from controlplane.orchestrator.local_patroni import PatroniProcesses
+from controlplane.orchestrator.local_patroni import PatroniProcesses, release_data_dir
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.system.files import OwnedFiles
@@ -237,6 +237,9 @@ class LocalOrchestrator:
         secrets as an open memory file (see instance_secrets), never in its environment."""
         self._ensure_dirs(ref)
         return secrets.store(self._files, self._box, self._dir(ref) / secrets.ENV_FILE, env)
+
+    async def release_from_patroni(self, ref: InstanceRef) -> None:
+        await asyncio.to_thread(release_data_dir, Path(self.data_dir(ref)))
 
     async def read_file(self, ref: InstanceRef, name: str) -> str | None:
         return self._files.read(self._dir(ref) / name)

@@ -43,6 +43,20 @@ _LAUNCH = (
     'sh "$@" >>"$LOG" 2>&1 &'
 )
 _STOP_GRACE_SECONDS = 120.0
+# The copies of the configuration files Patroni keeps in a data directory it runs.
+_PATRONI_COPIES = ("postgresql.conf.backup", "pg_hba.conf.backup", "pg_ident.conf.backup")
+
+
+def release_data_dir(pgdata: Path) -> None:
+    """A data directory Patroni ran, as pg_ctl runs it: Patroni's `postgresql.conf` replaced by
+    the one it had moved aside, and its own files (`patroni.dynamic.json`, `*.backup` copies)
+    gone. The files keep their owner (a rename within the directory)."""
+    base = pgdata / "postgresql.base.conf"
+    if base.exists():
+        os.replace(base, pgdata / "postgresql.conf")
+    for name in ("patroni.dynamic.json", *_PATRONI_COPIES):
+        with contextlib.suppress(FileNotFoundError):
+            (pgdata / name).unlink()
 
 
 def postgres_wrapper(real_postgres: Path) -> str:

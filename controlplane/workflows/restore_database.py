@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from controlplane.errors import ChildTaskFailedError
-from controlplane.nodes import child_tasks, mesh
+from controlplane.nodes import child_tasks, mesh, restore_replicas
 from controlplane.nodes.common import load_spec, unseal
 from controlplane.nodes.restore_outcome import partial_restore_note
 from controlplane.spec.models import RestoreConfig
@@ -42,6 +42,15 @@ async def recreate_subscriptions(ctx: StepContext) -> dict[str, Any]:
     """Link the restored nodes with every other node again, without copying data (nodes
     restored together from one point are identical)."""
     return await mesh.converge_replication(ctx)
+
+
+async def rebuild_replicas(ctx: StepContext) -> dict[str, Any]:
+    """The replicas of the restored nodes, made again from their restored primaries once the
+    mesh is linked (as a create makes them after its mesh)."""
+    _, spec = await load_spec(ctx)
+    targets = set(ctx.input_as(RestoreInput).target_nodes)
+    rebuilt = await restore_replicas.rebuild(ctx, spec, targets)
+    return {"replicas_rebuilt": rebuilt}
 
 
 async def finish_restore(ctx: StepContext) -> dict[str, Any]:
@@ -86,6 +95,7 @@ RESTORE = Workflow(
     steps=(
         Step("run_node_restores", run_node_restores),
         Step("recreate_subscriptions", recreate_subscriptions),
+        Step("rebuild_replicas", rebuild_replicas),
         Step("finish_restore", finish_restore),
     ),
     on_failure=_on_failure,

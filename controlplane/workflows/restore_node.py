@@ -14,6 +14,7 @@ from controlplane.nodes import (
     child_tasks,
     mesh,
     restore_join,
+    restore_replicas,
     restore_source,
     restore_targets,
 )
@@ -41,8 +42,10 @@ async def _context(ctx: StepContext) -> tuple[DatabaseSpec, InstanceRow, Restore
 
 
 async def validate_target(ctx: StepContext) -> dict[str, Any]:
-    """The set chosen when the restore was requested must still be in the repository."""
+    """The set chosen when the restore was requested must still be in the repository, and a
+    node with replicas must still have the primary it had then."""
     _, row, config = await _context(ctx)
+    await restore_replicas.check_leader(ctx.services, row)
     source = await restore_source.source_setup(ctx.services, config, ref_of(row))
     entries = await restore_source.source_catalog(ctx.services, source, config)
     plan = restore_source.RestorePlan.from_state(ctx.input_as(NodeRestoreInput).plan)
@@ -158,6 +161,15 @@ async def _drain(
     return end
 
 
+async def tear_down_replicas(ctx: StepContext) -> dict[str, Any]:
+    """A node with replicas: its replicas removed and its drained primary released from
+    Patroni; they are rebuilt once the mesh is linked again (`restore_replicas`)."""
+    _, row, _ = await _context(ctx)
+    async with mesh.mesh_lock(ctx.services, ctx.database_id):
+        torn_down = await restore_replicas.tear_down(ctx, row)
+    return {"replicas_torn_down": True} if torn_down else {}
+
+
 async def stop_instance(ctx: StepContext) -> dict[str, Any]:
     """Stop Postgres; `desired: stopped` keeps the monitor from starting it mid-restore."""
     _, row, _ = await _context(ctx)
@@ -194,6 +206,8 @@ async def restore_data(ctx: StepContext) -> dict[str, Any]:
         subject=backups.subject_of(ref, "restore"),
         on_line=ctx.log.sink("pgbackrest"),
     )
+    # A backup taken while Patroni ran the node brings Patroni's postgresql.conf back.
+    await ctx.services.orchestrator.release_from_patroni(ref)
     own = await backups.backup_setup(ctx.services, spec, row, ref)
     await backups.write_backup_files(ctx.services, own)
     # The restore brought the source's managed settings (port, archive_command): rewrite ours.
@@ -373,10 +387,9 @@ async def reenable_backups(ctx: StepContext) -> dict[str, Any]:
 
 
 async def mark_restored(ctx: StepContext) -> dict[str, Any]:
+    """The primary is back; the node's replicas, if any, wait for the parent to rebuild them."""
     _, row, _ = await _context(ctx)
-    await instances.set_instance_state(
-        ctx.services.pool, ctx.database_id, row.node_name, "available", desired="running"
-    )
+    await instances.set_desired_of(ctx.services.pool, row.id, "running", "available")
     return {
         "result": {
             "node": row.node_name,
@@ -407,6 +420,16 @@ async def _on_end(ctx: StepContext, message: str) -> None:
         await instances.set_instance_state(
             pool, ctx.database_id, node, "failed", error=message, desired="stopped"
         )
+    for replica in await instances.list_replicas(pool, ctx.database_id, node):
+        if replica.supervisor != "patroni":  # torn down for the restore
+            await instances.set_desired_of(pool, replica.id, "stopped", "failed")
+            await instances.set_state_of(
+                pool,
+                replica.id,
+                "failed",
+                error="removed for the node's restore, which failed: restore the node again "
+                "to rebuild it",
+            )
 
 
 async def _resume(ctx: StepContext, ref: InstanceRef) -> None:
@@ -425,6 +448,7 @@ NODE_RESTORE = Workflow(
         Step("validate_target", validate_target),
         Step("pre_restore_backup", pre_restore_backup),
         Step("drain_node", drain_node),
+        Step("tear_down_replicas", tear_down_replicas),
         Step("stop_instance", stop_instance),
         Step("restore_data", restore_data),
         Step("start_recovery", start_recovery),

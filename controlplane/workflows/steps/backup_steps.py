@@ -20,8 +20,10 @@ async def node_setup(ctx: StepContext) -> backups.BackupSetup:
     if row is None:
         raise PreconditionError(f"node {node} of {ctx.database_id} has no instance")
     # The node's replicas too (pg2, …): pgBackRest then finds the primary among them, and a
-    # backup may come from a standby (backup-standby).
-    others = await instances.list_replicas(ctx.services.pool, ctx.database_id, node)
+    # backup may come from a standby (backup-standby). Not those removed while the node is
+    # restored (desired stopped until they are rebuilt).
+    replicas = await instances.list_replicas(ctx.services.pool, ctx.database_id, node)
+    others = [r for r in replicas if r.desired == "running"]
     setup = await backups.backup_setup(ctx.services, spec, row, ref_of(row), standbys=others)
     if not setup.enabled:
         raise PreconditionError(f"node {node} of {ctx.database_id} has no backup_config")

@@ -1,0 +1,143 @@
+"""In-place restores of a node with replicas, as pgEdge's eight steps have them: the node's
+replicas are torn down, its primary restored, the mesh relinked and the replicas rebuilt from
+the restored primary, while every node writes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.support.api import create_and_wait, database_body, full_log, wait_task
+from tests.support.data import backup, posix, posix_repository, restore, restore_config
+from tests.support.eventually import eventually
+from tests.support.ha import by_id, serving_hosts, slots_copied, streaming
+from tests.support.load import (
+    assert_between,
+    assert_holds,
+    assert_prefix,
+    ids_on,
+    mark,
+    settle,
+    writers,
+)
+from tests.support.server import ServerProcess
+
+
+@pytest.fixture
+def ha_server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
+    yield from serving_hosts(scratch_dir, store_url)
+
+
+async def _instance_rows(server: ServerProcess, instance: dict[str, Any]) -> tuple[set[int], int]:
+    """The ids of `items` on one instance (a replica too) and its timeline, as the superuser."""
+    conn = await asyncpg.connect(
+        host=str(server.run_dir / "i" / instance["host_id"]),
+        port=instance["port"],
+        user="postgres",
+        database="app",
+    )
+    try:
+        ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
+        timeline = int(await conn.fetchval("SELECT timeline_id FROM pg_control_checkpoint()"))
+    finally:
+        await conn.close()
+    return ids, timeline
+
+
+async def _switchover(api: httpx.AsyncClient, candidate: str) -> dict[str, Any]:
+    """A switchover of n1 to `candidate`, asked again while Patroni restarts the candidate (to
+    load a slot copy it made): only a streaming replica may take over."""
+    path = "/v1/databases/rr/nodes/n1/switchover"
+
+    async def accepted() -> dict[str, Any] | None:
+        response = await api.post(path, json={"candidate_instance_id": candidate})
+        if response.status_code == 409 and "a streaming replica can" in response.text:
+            return None
+        assert response.status_code == 202, response.text
+        return dict(response.json()["task"])
+
+    task = await eventually(accepted, timeout=90, interval=2, what=f"{candidate} to stream")
+    return await wait_task(api, "rr", task["task_id"], timeout=300)
+
+
+async def test_pitr_in_place_of_a_node_with_a_replica(
+    ha_server: ServerProcess, scratch_dir: Path
+) -> None:
+    """n1 (primary on h1, replica on h2) and n2 (h3) write all along. Both nodes are restored
+    in place to a time read on n1: n1's task tears down its replica, restores the primary, the
+    mesh is relinked and the replica rebuilt. Of what was written before the restore, n1 and
+    n2 hold exactly n1's rows at the target; every row committed afterwards is on both; and the
+    rebuilt replica streams from the restored primary with the same rows, on its timeline, and
+    can take over."""
+    repo = scratch_dir / "repo"
+    async with ha_server.client(timeout=60) as api:
+        body = database_body("rr", nodes=2, backup_config=posix(repo))
+        body["spec"]["nodes"] = [
+            {"name": "n1", "host_ids": ["h1", "h2"]},
+            {"name": "n2", "host_ids": ["h3"]},
+        ]
+        database = await create_and_wait(api, body)
+        view = await streaming(api, "rr")
+        async with writers(database) as load:
+            await load.progress()
+            await slots_copied(view, "n1")
+            await backup(api, "rr", "n1")
+            await load.progress()
+            point = await mark(database, "n1")
+            await load.progress()
+            requested = time.time()
+            config = restore_config(
+                "rr", "n1", posix_repository(repo), type="time", target=point.target
+            )
+            result = await restore(api, "rr", {"restore_config": config})
+            restored = time.time()
+            await load.progress()
+        await settle(database, timeout=60)
+        found = await ids_on(database, "n1")
+        earlier = found - load.sent_after(requested)
+        assert_between(earlier, set(point.at_least), set(point.at_most), "the restored node")
+        assert_prefix(earlier, load, "the restored node")
+        await assert_holds(database, load.committed() & load.sent_after(restored))
+
+        n1_task = next(t for t in result["node_tasks"] if t["node_name"] == "n1")
+        node_log = [e["message"] for e in await full_log(api, "rr", n1_task["task_id"])]
+        assert "step tear_down_replicas started" in node_log, node_log
+        assert any("removing replica rr-n1-h2" in m for m in node_log), node_log
+        parent_log = [e["message"] for e in await full_log(api, "rr", result["task"]["task_id"])]
+        assert any("rebuilding 1 replica(s)" in m for m in parent_log), parent_log
+        assert result["task"]["result"]["restored_nodes"] == ["n1", "n2"]
+
+        # The replica streams from the restored primary and holds exactly its rows.
+        view = await streaming(api, "rr")
+        members = by_id(view)
+        assert members["rr-n1"]["role"] == "primary", members
+        assert members["rr-n1-h2"]["role"] == "replica", members
+        assert all(i["state"] == "available" for i in view["instances"]), view["instances"]
+        primary_ids, primary_timeline = await _instance_rows(ha_server, members["rr-n1"])
+
+        async def replayed() -> bool:
+            ids, timeline = await _instance_rows(ha_server, members["rr-n1-h2"])
+            assert timeline == primary_timeline, (timeline, primary_timeline)
+            assert ids == primary_ids, (len(ids), len(primary_ids))
+            return True
+
+        await eventually(replayed, timeout=60, what="the rebuilt replica to hold n1's rows")
+        assert found <= primary_ids
+
+        # It is a real member of n1's new cluster: it holds the mesh's slots and takes over,
+        # while both nodes write, with no committed row lost.
+        await slots_copied(view, "n1")
+        async with writers(database) as after:
+            await after.progress()
+            task = await _switchover(api, "rr-n1-h2")
+            assert task["status"] == "completed", task
+            await after.progress()
+        assert by_id((await api.get("/v1/databases/rr")).json())["rr-n1-h2"]["role"] == "primary"
+        await settle(database, timeout=120)
+        await assert_holds(database, after.committed())
