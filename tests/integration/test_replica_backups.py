@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.support.api import create_and_wait, database_body, wait_task
 from tests.support.data import TABLE, on_every, posix, posix_repository
+from tests.support.eventually import eventually
 from tests.support.ha import serving_hosts, slots_copied, streaming, task_log
 from tests.support.load import ids_on, settle, writers
 from tests.support.server import ServerProcess
@@ -68,6 +70,30 @@ async def test_backup_from_a_replica_restores_the_rows(
             "restore_options": {"type": "name", "target": "done"},
         }
         copy = database_body("rbcopy", restore_config=restore_config)
-        copy["spec"]["nodes"] = [{"name": "n1", "host_ids": ["h3"]}]
+        # Made from the backup with a replica of its own: cloned from the restored primary.
+        copy["spec"]["nodes"] = [{"name": "n1", "host_ids": ["h3", "h1"]}]
         restored = await create_and_wait(api, copy)
         assert await ids_on(restored, "n1") == expected
+        view = await streaming(api, "rbcopy")
+        roles = {i["id"]: (i["host_id"], i["role"]) for i in view["instances"]}
+        assert roles == {"rbcopy-n1": ("h3", "primary"), "rbcopy-n1-h1": ("h1", "replica")}
+        replica = next(i for i in view["instances"] if i["role"] == "replica")
+        info = replica["connection_info"]
+
+        async def replayed() -> bool:
+            conn = await asyncpg.connect(
+                host=info["host"],
+                port=info["port"],
+                database=info["database"],
+                user="admin",
+                password="s3cret-pass",
+            )
+            try:
+                ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
+                assert await conn.fetchval("SELECT pg_is_in_recovery()")
+            finally:
+                await conn.close()
+            assert ids == expected, (len(ids), len(expected))
+            return True
+
+        await eventually(replayed, timeout=60, what="the new database's replica to hold its rows")
