@@ -44,7 +44,7 @@ def stack(work_dir: Path, docker_url: str) -> Iterator[tuple[str, Path, Path]]:
         shutil.copytree(REPO / name, context / name, symlinks=True)
     # Wheels built here: the image may not trust the proxy this machine reaches PyPI through.
     pip = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(context / "wheels")]
-    _run([*pip, str(context)])
+    _run([*pip, f"{context}[server]"])
     instance_image = os.environ["CONTROLPLANE_INSTANCE_IMAGE"]
     env = {
         **os.environ,

@@ -49,5 +49,5 @@ if [ "${1:-}" = "--test" ]; then
     tests/support/install-object-storage.sh .venv
   fi
 else
-  .venv/bin/pip install -q -e .
+  .venv/bin/pip install -q -e '.[server]'
 fi

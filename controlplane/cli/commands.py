@@ -9,7 +9,7 @@ import click
 
 from controlplane.cli.changes import OPERATION_COMMANDS
 from controlplane.cli.errors import JsonErrorGroup
-from controlplane.cli.local import LOCAL_COMMANDS, settings_of
+from controlplane.cli.local import LOCAL_COMMANDS, server_modules, settings_of
 from controlplane.cli.queries import INSPECTION_COMMANDS
 from controlplane.cli.status import status
 
@@ -63,11 +63,12 @@ def serve(
     ctx: click.Context, host: str | None, port: int | None, log_level: str, log_format: str
 ) -> None:
     """Run the API, task worker, scheduler and monitor in one process."""
-    import uvicorn
+    with server_modules():
+        import uvicorn
 
-    from controlplane.api.access_log import AccessLog
-    from controlplane.api.app import create_app
-    from controlplane.api.log_lines import configure_logging
+        from controlplane.api.access_log import AccessLog
+        from controlplane.api.app import create_app
+        from controlplane.api.log_lines import configure_logging
 
     settings = settings_of(ctx, host=host, port=port)
     # One formatter for every record (ours, uvicorn's, Litestar's): what a client sends cannot

@@ -1,6 +1,10 @@
 """Commands that work on this machine's state store directly, not over the API: `migrate` and
 `token create|list|revoke`.
 
+These commands, and `serve`, need the server's dependencies (`controlplane[server]`); the
+package alone is the API client and its commands. Without them they fail with the CLI's error
+`server_not_installed`, naming the missing module, instead of a traceback.
+
 A token command never creates a state store by accident (a mistyped `--data-dir` would
 otherwise start an empty one and print a token no server knows): it refuses unless the store
 exists, or `token create --init` says to make one.
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,6 +30,25 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 SCOPES = ("read", "write", "admin")  # as controlplane.store.tokens.SCOPES (asyncpg-free here)
+SERVER_HINT = "pip install 'controlplane[server]'"
+
+
+@contextlib.contextmanager
+def server_modules() -> Iterator[None]:
+    """Around the imports of the server's modules: a third-party module missing from this
+    install (the client alone) becomes the CLI error `server_not_installed`."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not missing or missing.partition(".")[0] == "controlplane":
+            raise  # our own package incomplete: a bug, not a missing extra
+        raise CliError(
+            f"this command needs the server's dependencies (no module named {missing!r}):"
+            f" {SERVER_HINT}",
+            name="server_not_installed",
+            details={"missing_module": missing, "hint": SERVER_HINT},
+        ) from None
 
 
 def settings_of(ctx: click.Context, **overrides: Any) -> Settings:
@@ -43,9 +66,10 @@ def settings_of(ctx: click.Context, **overrides: Any) -> Settings:
 async def local_store(settings: Settings, *, init: bool) -> AsyncIterator[Pool]:
     """A migrated pool on the configured store, starting (then stopping) the embedded one if
     needed; a store that does not exist yet is made only when `init`."""
-    from controlplane.store.embedded import EmbeddedStore
-    from controlplane.store.migrate import migrate
-    from controlplane.store.pool import create_pool
+    with server_modules():
+        from controlplane.store.embedded import EmbeddedStore
+        from controlplane.store.migrate import migrate
+        from controlplane.store.pool import create_pool
 
     embedded = None
     dsn = settings.database_url
@@ -122,7 +146,8 @@ def token() -> None:
 @click.pass_context
 def token_create(ctx: click.Context, name: str, scope: str, init: bool, output: str) -> None:
     """Create a token and print it (shown once)."""
-    from controlplane.store import tokens
+    with server_modules():
+        from controlplane.store import tokens
 
     async def go() -> str:
         async with local_store(settings_of(ctx), init=init) as pool:
@@ -138,7 +163,8 @@ def token_create(ctx: click.Context, name: str, scope: str, init: bool, output: 
 @click.pass_context
 def token_list(ctx: click.Context, output: str) -> None:
     """List token names and scopes (never the tokens)."""
-    from controlplane.store import tokens
+    with server_modules():
+        from controlplane.store import tokens
 
     async def go() -> list[tokens.TokenInfo]:
         async with local_store(settings_of(ctx), init=False) as pool:
@@ -157,7 +183,8 @@ def token_list(ctx: click.Context, output: str) -> None:
 @click.pass_context
 def token_revoke(ctx: click.Context, name: str, output: str) -> None:
     """Revoke a token by name."""
-    from controlplane.store import tokens
+    with server_modules():
+        from controlplane.store import tokens
 
     async def go() -> None:
         async with local_store(settings_of(ctx), init=False) as pool:
