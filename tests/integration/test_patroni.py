@@ -286,6 +286,15 @@ async def test_permanent_logical_slot_follows_the_leader(cluster: PatroniHarness
 
     # Patroni copies the slot to the replica and restarts the replica's Postgres to load it.
     await eventually(copied, timeout=60, what="app_slot copied to n1b")
+
+    async def safe() -> bool:
+        # Until then Patroni may drop the copy on promotion and make the slot anew, at the
+        # end of WAL (its changes gone): it says so once the copy has caught up.
+        return "Logical slot app_slot is safe to be used after a failover" in (
+            cluster.members["n1b"].log_path.read_text(errors="replace")
+        )
+
+    await eventually(safe, timeout=90, interval=1, what="n1b's copy of app_slot usable")
     await cluster.wait_for_streaming("n1b")
     async with cluster.client("n1a") as client:
         await client.switchover(leader="n1a", candidate="n1b")
