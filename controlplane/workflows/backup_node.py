@@ -34,7 +34,8 @@ async def resolve_node(ctx: StepContext) -> dict[str, Any]:
     if status != "running":
         raise PreconditionError(f"node {setup.ref.node_name} of {ctx.database_id} is {status}")
     pool = ctx.services.pool
-    await instances.set_instance_state(pool, ctx.database_id, setup.ref.node_name, "backing_up")
+    # The primary only: a replica keeps its own state (a stopped one stays stopped).
+    await instances.set_state_of(pool, setup.ref.instance_id, "backing_up")
     await databases.mark_backing_up(pool, ctx.database_id)
     return {}
 

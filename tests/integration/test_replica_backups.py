@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 
 from tests.support.api import create_and_wait, database_body, wait_task
-from tests.support.data import TABLE, on_every, posix, posix_repository
+from tests.support.data import TABLE, backup, on_every, posix, posix_repository
 from tests.support.eventually import eventually
-from tests.support.ha import serving_hosts, slots_copied, streaming, task_log
+from tests.support.ha import run_action, serving_hosts, slots_copied, streaming, task_log
 from tests.support.load import ids_on, settle, writers
 from tests.support.server import ServerProcess
 
@@ -97,3 +97,14 @@ async def test_backup_from_a_replica_restores_the_rows(
             return True
 
         await eventually(replayed, timeout=60, what="the new database's replica to hold its rows")
+
+        # A replica stopped by an operator stays stopped through a backup of its node (the
+        # backup marks and clears the primary only).
+        stopped = await run_action(api, "/v1/databases/rb/instances/rb-n1-h2/stop-instance")
+        assert stopped["status"] == "completed", (stopped, await task_log(api, stopped))
+        await backup(api, "rb", "n1")
+        states = {
+            i["id"]: i["state"] for i in (await api.get("/v1/databases/rb")).json()["instances"]
+        }
+        assert states["rb-n1-h2"] == "stopped", states
+        assert states["rb-n1"] == "available", states

@@ -43,7 +43,7 @@ async def settle(ctx: StepContext, message: str | None = None) -> None:
     node = ctx.task.node_name or ""
     row = await instances.get_instance(pool, ctx.database_id, node)
     if row is not None and row.state == "backing_up":
-        await instances.set_instance_state(pool, ctx.database_id, node, "available")
+        await instances.set_state_of(pool, row.id, "available")
     await databases.clear_backing_up(pool, ctx.database_id, ctx.task.task_id)
 
 
