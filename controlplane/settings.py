@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lease_seconds: float = 30.0
     poll_interval: float = 1.0
     monitor_interval: float = 10.0
+    # How long (seconds) archiving must keep failing, or a subscription stay down, before the
+    # monitor marks the database `degraded`: a restart or a brief retry does not flap its state.
+    health_grace: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     task_retention_days: int = 30
     cancel_grace_seconds: float = 10.0
     retry_backoff_seconds: float = 2.0

@@ -163,7 +163,10 @@ def render_database(database: DatabaseStatus) -> RenderableType:
         (database.id, "bold"), "  ", _state(database.state), f"  database {database.database_name}"
     )
     parts: list[RenderableType] = [title]
-    if database.error:
+    if database.error and database.state == "degraded":
+        # The monitor's reasons: instances down, archiving failing, subscriptions down.
+        parts.append(Text(f"degraded: {database.error}", style="yellow"))
+    elif database.error:
         parts.append(Text(f"error: {database.error}", style="red"))
     parts.append(_instances(database) if database.instances else Text("no instances"))
     if database.subscriptions:

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
 import time
 from collections.abc import Iterable
 from datetime import datetime
 
 import asyncpg
+import msgspec
 from msgspec import Struct, field
 
 from controlplane.errors import ControlPlaneError
 from controlplane.nodes.common import ref_of
+from controlplane.orchestrator.base import InstanceRef
+from controlplane.pgbackrest.config import STANZA
 from controlplane.replication.subscriptions import subscription_status
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
@@ -65,6 +69,13 @@ FROM pg_stat_replication
 WHERE application_name <> '' ORDER BY application_name
 """
 
+# The tail of a pgBackRest log file (NULL when it does not exist).
+_LOG_TAIL_SQL = """
+SELECT pg_read_file($1, greatest(0, (pg_stat_file($1, true)).size - 16384), 16384, true)
+"""
+_ERROR_MARK = "ERROR: "
+_ERROR_CHARS = 400
+
 
 class StandbyFacts(Struct, frozen=True, kw_only=True):
     """One streaming standby as its primary sees it (pg_stat_replication)."""
@@ -100,6 +111,18 @@ class ArchiverFacts(Struct, frozen=True, kw_only=True):
     last_failed_time: datetime | None
     last_failed_wal: str | None
     ready_files: int
+    # While archiving fails: pgBackRest's newest error from its archive-push logs, when the
+    # instance could read them (None otherwise).
+    last_error: str | None = None
+
+    @property
+    def failing(self) -> bool:
+        """True when the newest attempt failed and WAL still waits: the last failure is newer
+        than the last success (or nothing was ever archived)."""
+        failed, archived = self.last_failed_time, self.last_archived_time
+        if failed is None or self.ready_files <= 0:
+            return False
+        return archived is None or failed > archived
 
 
 class InstanceFacts(Struct, kw_only=True):
@@ -248,6 +271,10 @@ class InstanceObserver:
         facts.up = True
         try:
             await _read_instance(conn, facts)
+            if facts.archiver is not None and facts.archiver.failing:
+                facts.archiver = msgspec.structs.replace(
+                    facts.archiver, last_error=await self._archive_error(conn, ref)
+                )
             if database_name != "postgres":
                 facts.subscriptions = [
                     SubscriptionFacts(
@@ -263,6 +290,26 @@ class InstanceObserver:
             if not conn.is_closed():
                 conn.terminate()
 
+    async def _archive_error(self, conn: asyncpg.Connection, ref: InstanceRef) -> str | None:
+        """pgBackRest's newest `ERROR:` line in its archive-push logs, read by the instance
+        itself (the logs are its OS user's): None when none is found or they cannot be read."""
+        log_dir = posixpath.join(
+            self._services.orchestrator.file_path(ref, ""), "pgbackrest", "log"
+        )
+        found: list[str] = []
+        for name in (f"{STANZA}-archive-push-async.log", f"{STANZA}-archive-push.log"):
+            try:
+                text = await conn.fetchval(_LOG_TAIL_SQL, posixpath.join(log_dir, name))
+            except asyncpg.PostgresError:
+                return None  # not allowed to read files: the error stays unknown
+            found += error_entries(text or "")
+        # Entries start with their time ("2026-01-02 03:04:05.678"): the greatest is the newest.
+        newest = max(found, key=lambda entry: entry[:23], default=None)
+        if newest is None:
+            return None
+        message = " ".join(newest.split(_ERROR_MARK, 1)[1].split())
+        return message if len(message) <= _ERROR_CHARS else message[: _ERROR_CHARS - 1] + "…"
+
     def _note_archive_failures(self, facts: InstanceFacts) -> None:
         """Say in the server log when archiving fails anew (once per observed increase)."""
         before = self._book.get(facts.instance)
@@ -276,6 +323,18 @@ class InstanceObserver:
             now.failed_count,
             now.ready_files,
         )
+
+
+def error_entries(log: str) -> list[str]:
+    """The `ERROR:` entries of a pgBackRest log, each with its continuation lines (a message
+    over several lines goes on in lines indented under the first)."""
+    entries: list[list[str]] = []
+    for line in log.splitlines():
+        if line[:1].isspace() and entries:
+            entries[-1].append(line)
+        elif line[:1].isdigit():
+            entries.append([line])
+    return ["\n".join(e) for e in entries if _ERROR_MARK in e[0]]
 
 
 async def _read_instance(conn: asyncpg.Connection, facts: InstanceFacts) -> None:

@@ -53,6 +53,12 @@ METRICS: dict[str, MetricSpec] = {
         "gauge", "Always 1; the version of the control plane serving the scrape.", ("version",)
     ),
     "controlplane_databases": MetricSpec("gauge", "Databases by state.", ("state",)),
+    "controlplane_database_degraded": MetricSpec(
+        "gauge",
+        "1 while the database is degraded (instances down, archiving failing or a subscription"
+        " down for longer than the health grace; its error says why), else 0.",
+        ("database",),
+    ),
     "controlplane_instances": MetricSpec("gauge", "Instances by state.", ("state",)),
     "controlplane_tasks": MetricSpec(
         "gauge",
@@ -206,6 +212,7 @@ async def collect_metrics(db: Executor, facts: InstanceFactsBook | None = None) 
     return [
         _info(),
         await _counted(db, "SELECT state, count(*) FROM databases GROUP BY state", "databases"),
+        await _degraded(db),
         await _counted(db, "SELECT state, count(*) FROM instances GROUP BY state", "instances"),
         await _tasks(db),
         *await _queue(db),
@@ -247,6 +254,13 @@ async def _counted(db: Executor, sql: str, what: Literal["databases", "instances
     counts = {str(r[0]): int(r[1]) for r in await db.fetch(sql)}
     for value in sorted(set(known) | set(counts)):
         family.add_metric([value], counts.get(value, 0))
+    return family
+
+
+async def _degraded(db: Executor) -> Metric:
+    family = _family("controlplane_database_degraded")
+    for record in await db.fetch("SELECT id, state FROM databases ORDER BY id"):
+        family.add_metric([str(record["id"])], 1 if record["state"] == "degraded" else 0)
     return family
 
 

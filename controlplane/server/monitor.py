@@ -1,5 +1,6 @@
-"""Instance monitor: reconcile instances with their desired state, derive database health, and
-observe every running instance's health facts (kept in memory for `/metrics`)."""
+"""Instance monitor: reconcile instances with their desired state, derive database health (down
+instances, failing archiving, subscriptions that are down), and observe every running
+instance's health facts (kept in memory for `/metrics`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import asyncpg
 from controlplane.errors import ControlPlaneError
 from controlplane.nodes.common import ref_of
 from controlplane.nodes.following import follow_failover
+from controlplane.server.health import Since, assess
 from controlplane.server.instance_facts import InstanceFactsBook, InstanceObserver
 from controlplane.store import databases, instances, task_runs
+from controlplane.store.databases import DatabaseRow
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
 
@@ -37,6 +40,13 @@ _OPERATING = (
     " 'start_instance')"
 )
 _BUSY_SQL = f"SELECT EXISTS (SELECT 1 FROM tasks WHERE database_id = $1 AND {_OPERATING})"
+# The monitor's verdict is a compare-and-set: it lands only on the state and error it was drawn
+# from, and only while no operation holds the database (an operation sets its own state).
+_SET_HEALTH_SQL = f"""
+UPDATE databases SET state = $2, error = $3, updated_at = now()
+WHERE id = $1 AND state = $4 AND error IS NOT DISTINCT FROM $5
+  AND NOT EXISTS (SELECT 1 FROM tasks WHERE database_id = $1 AND {_OPERATING})
+"""
 _BEING_MADE = frozenset({"creating", "restoring"})
 
 
@@ -49,6 +59,8 @@ class Monitor:
         self._last_prune = 0.0
         self.facts = facts if facts is not None else InstanceFactsBook()
         self.observer = InstanceObserver(services, self.facts)
+        # Per database: the problems seen in its instances' facts, since when (see health).
+        self._since: dict[str, Since] = {}
 
     async def run(self) -> None:
         """Reconcile and observe, each on its own loop: starting an instance (slow) never
@@ -103,12 +115,18 @@ class Monitor:
                     f"SELECT DISTINCT database_id FROM tasks WHERE {_OPERATING}"
                 )
             }
-            for database in await databases.list_databases(conn):
+            listed = await databases.list_databases(conn)
+            for gone in set(self._since) - {d.id for d in listed}:
+                del self._since[gone]
+            for database in listed:
                 if database.id in busy or database.state not in _SETTLED:
+                    # An operation remakes it: what was seen before says nothing after.
+                    self._since.pop(database.id, None)
                     continue
                 # Read again now: an operation may have started on it since this sweep began
                 # (reconciling the databases before it takes a while).
                 if await conn.fetchval(_BUSY_SQL, database.id):
+                    self._since.pop(database.id, None)
                     continue
                 rows = [
                     r
@@ -116,7 +134,7 @@ class Monitor:
                     if r.state not in _BEING_MADE  # a task is making it: not ours to start
                 ]
                 healthy = [await self._reconcile(row) for row in rows]
-                await self._set_health(database.id, database.state, database.error, healthy)
+                await self._set_health(database, rows, healthy)
                 await self._follow_primaries(database.id, str(database.spec["database_name"]), rows)
 
     async def _reconcile(self, row: InstanceRow) -> bool:
@@ -175,20 +193,41 @@ class Monitor:
                 await instances.set_primary(conn, database_id, row.node_name, row.id)
 
     async def _set_health(
-        self, database_id: str, state: str, error: str | None, healthy: list[bool]
+        self, database: DatabaseRow, rows: list[InstanceRow], healthy: list[bool]
     ) -> None:
+        """Set the database's state from its instances: `failed` when none runs, `degraded`
+        (with every reason) when some are down or their facts show a problem for longer than
+        the grace, else `available`."""
         if not healthy:
             return
-        if all(healthy):
-            wanted, message = "available", None
-        elif any(healthy):
-            down = healthy.count(False)
-            wanted, message = "degraded", f"{down} of {len(healthy)} instance(s) are down"
-        else:
+        observed = [f for row in rows if (f := self.facts.get(row.id)) is not None]
+        health = assess(
+            observed,
+            self._since.get(database.id, {}),
+            grace=self._services.settings.health_grace,
+        )
+        self._since[database.id] = health.since
+        down = healthy.count(False)
+        if down == len(healthy):
             wanted, message = "failed", _ALL_DOWN
+        elif down or health.degraded:
+            reasons = [f"{down} of {len(healthy)} instance(s) are down"] if down else []
+            wanted, message = "degraded", "; ".join(reasons + health.reasons)
+        else:
+            wanted, message = "available", None
+        state, error = database.state, database.error
         if state == "failed" and error != _ALL_DOWN:
             # A failed operation keeps its error until an update converges: running nodes alone
             # do not make it whole again. Only the monitor's own verdict is undone here.
             return
-        if (wanted, message) != (state, error):
-            await databases.set_state(self._services.pool, database_id, wanted, error=message)
+        if (wanted, message) == (state, error):
+            return
+        status = await self._services.pool.execute(
+            _SET_HEALTH_SQL, database.id, wanted, message, state, error
+        )
+        if status == "UPDATE 0":
+            return  # an operation took it meanwhile: its state wins
+        if wanted == "degraded":
+            log.warning("database %s is degraded: %s", database.id, message)
+        elif state == "degraded":
+            log.info("database %s is %s again", database.id, wanted)
