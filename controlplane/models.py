@@ -297,6 +297,48 @@ class BackupCatalog(Struct, kw_only=True):
     restore_points: list[RestorePoint] = field(default_factory=list)
 
 
+class BackupOutcome(Struct, kw_only=True):
+    """A node's newest backup of one type that completed, and the newest that failed, as the
+    store recorded their tasks (None: none kept)."""
+
+    type: str
+    last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
+
+
+class ReplicaLag(Struct, kw_only=True):
+    instance_id: str
+    state: InstanceState
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+
+
+class NodeHealth(Struct, kw_only=True):
+    """What one node's recoverability and replication look like now: its primary's archiver,
+    its replicas' lag, the subscriptions it applies, its backups' outcomes per type, and the
+    span a point-in-time restore of it reaches (from its oldest kept set, as recorded, to its
+    last archived WAL)."""
+
+    node_name: str
+    primary_instance_id: str | None = None
+    archiver: Archiver | None = None
+    replicas: list[ReplicaLag] = field(default_factory=list)
+    subscriptions: list[Subscription] = field(default_factory=list)
+    backups: list[BackupOutcome] = field(default_factory=list)
+    recovery_window: RecoveryWindow | None = None
+
+
+class DatabaseHealth(Struct, kw_only=True):
+    """A database's health in one answer: its state (`degraded` with the reasons in `error`)
+    and each node's facts, from the store and the monitor's last observation (it never runs
+    pgBackRest and never waits on an instance)."""
+
+    database_id: str
+    state: DatabaseState
+    error: str | None = None
+    nodes: list[NodeHealth] = field(default_factory=list)
+
+
 class ScheduleLastTask(Struct, kw_only=True):
     """The task a schedule's newest tick started."""
 

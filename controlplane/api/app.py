@@ -16,6 +16,7 @@ from controlplane.api.auth import TokenCache, require_token
 from controlplane.api.bodies import BODY_CHECKS_AT_ONCE
 from controlplane.api.docs import docs_routes
 from controlplane.api.errors import domain_error, http_error, internal_error
+from controlplane.api.health import HEALTH_ROUTES
 from controlplane.api.metrics import METRICS_ROUTES
 from controlplane.api.node_actions import NODE_ACTION_ROUTES
 from controlplane.api.params import check_path_params
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> Litestar:
     api_routes = [
         *ROUTES,
         *METRICS_ROUTES,
+        *HEALTH_ROUTES,
         *SCHEDULE_ROUTES,
         *RESTORE_POINT_ROUTES,
         *NODE_ACTION_ROUTES,

@@ -27,6 +27,7 @@ from controlplane.client.errors import error_from_response, unreachable
 from controlplane.models import (
     BackupCatalog,
     Database,
+    DatabaseHealth,
     DatabaseOperation,
     Host,
     LogEnd,
@@ -113,6 +114,10 @@ class AsyncClient(ClientBase):
 
     async def get_database(self, database_id: str) -> Database:
         return await self._run(calls.get_database(database_id))
+
+    async def database_health(self, database_id: str) -> DatabaseHealth:
+        """State, archiving, lag, backups and recovery window of every node, in one answer."""
+        return await self._run(calls.database_health(database_id))
 
     async def update_database(self, database_id: str, body: Body) -> DatabaseOperation:
         """Declarative update with the full desired `{spec}`."""

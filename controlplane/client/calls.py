@@ -20,6 +20,7 @@ from controlplane.client.core import (
 from controlplane.models import (
     BackupCatalog,
     Database,
+    DatabaseHealth,
     DatabaseOperation,
     DatabasesAnswer,
     Host,
@@ -90,6 +91,10 @@ def list_databases() -> Call[list[Database]]:
 
 def get_database(database_id: str) -> Call[Database]:
     return Call("GET", api_path("databases", database_id), _as(Database))
+
+
+def database_health(database_id: str) -> Call[DatabaseHealth]:
+    return Call("GET", api_path("databases", database_id, "health"), _as(DatabaseHealth))
 
 
 def update_database(database_id: str, body: Body) -> Call[DatabaseOperation]:

@@ -22,6 +22,7 @@ from controlplane.client.errors import error_from_response, unreachable
 from controlplane.models import (
     BackupCatalog,
     Database,
+    DatabaseHealth,
     DatabaseOperation,
     Host,
     LogEnd,
@@ -108,6 +109,10 @@ class Client(ClientBase):
 
     def get_database(self, database_id: str) -> Database:
         return self._run(calls.get_database(database_id))
+
+    def database_health(self, database_id: str) -> DatabaseHealth:
+        """State, archiving, lag, backups and recovery window of every node, in one answer."""
+        return self._run(calls.database_health(database_id))
 
     def update_database(self, database_id: str, body: Body) -> DatabaseOperation:
         """Declarative update with the full desired `{spec}`."""

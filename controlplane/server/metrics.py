@@ -173,9 +173,11 @@ FROM tasks WHERE status IN ('pending', 'running', 'canceling')
 # Backup queries: they belong with the tasks table's store module, kept here (read-only) while
 # metrics are their only reader. The type of a successful backup is the one pgBackRest took
 # (an incr with no prior full is taken as a full), of a failed one the type asked for.
+# Each takes $1, one database's id or NULL for all of them.
 _BACKUP_NODES = """
-SELECT i.database_id, i.node_name, d.spec
+SELECT DISTINCT i.database_id, i.node_name, d.spec
 FROM instances i JOIN databases d ON d.id = i.database_id
+WHERE $1::text IS NULL OR i.database_id = $1
 ORDER BY i.database_id, i.node_name
 """
 _BACKUP_OUTCOMES = """
@@ -186,7 +188,8 @@ SELECT DISTINCT ON (t.database_id, t.node_name, t.status, kind)
             ELSE coalesce(t.input ->> 'type', 'full') END AS kind
 FROM tasks t
 JOIN instances i ON i.database_id = t.database_id AND i.node_name = t.node_name
-WHERE t.type = 'node_backup' AND t.status IN ('completed', 'failed')
+WHERE t.type = 'node_backup' AND t.status IN ('completed', 'failed') AND i.role = 'primary'
+  AND ($1::text IS NULL OR t.database_id = $1)
 ORDER BY t.database_id, t.node_name, t.status, kind, t.completed_at DESC
 """
 _BACKUP_SETS = """
@@ -196,19 +199,20 @@ SELECT t.database_id, t.node_name, t.result ->> 'label' AS label,
 FROM tasks t
 JOIN instances i ON i.database_id = t.database_id AND i.node_name = t.node_name
 WHERE t.type = 'node_backup' AND t.status = 'completed' AND jsonb_typeof(t.result) = 'object'
+  AND i.role = 'primary' AND ($1::text IS NULL OR t.database_id = $1)
 """
 _EXPIRED_SETS = """
 SELECT t.database_id, t.node_name, jsonb_array_elements_text(t.result -> 'expired') AS label
 FROM tasks t
 WHERE t.type = 'expire' AND t.status = 'completed'
-  AND jsonb_typeof(t.result -> 'expired') = 'array'
+  AND jsonb_typeof(t.result -> 'expired') = 'array' AND ($1::text IS NULL OR t.database_id = $1)
 """
 
 
 async def collect_metrics(db: Executor, facts: InstanceFactsBook | None = None) -> list[Metric]:
     """Every family this control plane exports: the store's now, the instances' as the
     monitor last observed them (none when `facts` is None)."""
-    configs = await _backup_configs(db)
+    configs = await backup_configs(db)
     return [
         _info(),
         await _counted(db, "SELECT state, count(*) FROM databases GROUP BY state", "databases"),
@@ -298,14 +302,57 @@ def _backup_config(spec: Mapping[str, Any], node: str) -> BackupConfig | None:
         return None
 
 
-async def _backup_configs(db: Executor) -> dict[tuple[str, str], BackupConfig]:
-    """The effective backup_config of every node that has one, by (database, node)."""
+async def backup_configs(
+    db: Executor, database_id: str | None = None
+) -> dict[tuple[str, str], BackupConfig]:
+    """The effective backup_config of every node that has one (of one database, or all), by
+    (database, node)."""
     configs = {}
-    for row in await db.fetch(_BACKUP_NODES):
+    for row in await db.fetch(_BACKUP_NODES, database_id):
         config = _backup_config(row["spec"], row["node_name"])
         if config is not None:
             configs[(str(row["database_id"]), str(row["node_name"]))] = config
     return configs
+
+
+class NodeBackups(NamedTuple):
+    """A node's newest backup outcomes as its node_backup tasks recorded them, per type."""
+
+    # type -> (start, stop, result) of the newest successful set of that type
+    done: dict[str, tuple[datetime | None, datetime, Any]]
+    # type -> when the newest failed backup of that type ended
+    failed: dict[str, datetime]
+    # every type reported for the node: full whenever a backup_config applies, each type a
+    # schedule takes, and each type ever tried
+    kinds: set[str]
+
+    def newest(self) -> tuple[datetime | None, datetime, Any] | None:
+        spans = list(self.done.values())
+        return max(spans, key=lambda span: span[1]) if spans else None
+
+
+async def backup_outcomes(
+    db: Executor, configs: Mapping[tuple[str, str], BackupConfig], database_id: str | None = None
+) -> dict[tuple[str, str], NodeBackups]:
+    """Per (database, node), its backups' newest outcomes (of one database, or all)."""
+    nodes = {
+        key: NodeBackups(
+            done={},
+            failed={},
+            kinds={"full"} | {s.type for s in config.schedules if s.type in _BACKUP_TYPES},
+        )
+        for key, config in configs.items()
+    }
+    for row in await db.fetch(_BACKUP_OUTCOMES, database_id):
+        key = (str(row["database_id"]), str(row["node_name"]))
+        kind = str(row["kind"])
+        node = nodes.setdefault(key, NodeBackups(done={}, failed={}, kinds=set()))
+        node.kinds.add(kind)
+        if row["status"] == "completed":
+            node.done[kind] = (*_backup_span(row["result"], row["completed_at"]), row["result"])
+        else:
+            node.failed[kind] = row["completed_at"]
+    return nodes
 
 
 async def _backups(db: Executor, configs: Mapping[tuple[str, str], BackupConfig]) -> list[Metric]:
@@ -313,30 +360,13 @@ async def _backups(db: Executor, configs: Mapping[tuple[str, str], BackupConfig]
     failure = _family("controlplane_backup_last_failure_timestamp_seconds")
     duration = _family("controlplane_backup_last_duration_seconds")
     size = _family("controlplane_backup_last_size_bytes")
-    # Per node, the types reported even without a backup yet: full whenever a backup_config
-    # applies, and every type a schedule takes.
-    expected = {
-        key: {"full"} | {s.type for s in config.schedules if s.type in _BACKUP_TYPES}
-        for key, config in configs.items()
-    }
-    done: dict[tuple[str, str, str], tuple[datetime | None, datetime, Any]] = {}
-    failed: dict[tuple[str, str, str], datetime] = {}
-    for row in await db.fetch(_BACKUP_OUTCOMES):
-        key = (str(row["database_id"]), str(row["node_name"]), str(row["kind"]))
-        expected.setdefault(key[:2], set()).add(key[2])
-        if row["status"] == "completed":
-            done[key] = (*_backup_span(row["result"], row["completed_at"]), row["result"])
-        else:
-            failed[key] = row["completed_at"]
-    for (database, node), kinds in sorted(expected.items()):
-        newest: tuple[datetime | None, datetime, Any] | None = None
-        for kind in sorted(kinds, key=_type_order):
-            span = done.get((database, node, kind))
-            ended = failed.get((database, node, kind))
+    for (database, node), outcomes in sorted((await backup_outcomes(db, configs)).items()):
+        for kind in sorted(outcomes.kinds, key=type_order):
+            span = outcomes.done.get(kind)
+            ended = outcomes.failed.get(kind)
             success.add_metric([database, node, kind], span[1].timestamp() if span else 0)
             failure.add_metric([database, node, kind], ended.timestamp() if ended else 0)
-            if span is not None and (newest is None or span[1] > newest[1]):
-                newest = span
+        newest = outcomes.newest()
         if newest is None:
             continue
         started, stopped, result = newest
@@ -347,7 +377,7 @@ async def _backups(db: Executor, configs: Mapping[tuple[str, str], BackupConfig]
     return [success, failure, duration, size]
 
 
-def _type_order(kind: str) -> tuple[int, str]:
+def type_order(kind: str) -> tuple[int, str]:
     return (_BACKUP_TYPES.index(kind) if kind in _BACKUP_TYPES else len(_BACKUP_TYPES), kind)
 
 
@@ -422,19 +452,20 @@ def _oldest_kept(fulls: list[RecordedSet], count: int, kind: str, now: datetime)
     return older[-1].stopped_at if older else fulls[0].stopped_at
 
 
-async def _recovery_windows(
-    db: Executor, configs: Mapping[tuple[str, str], BackupConfig]
-) -> Metric:
-    family = _family("controlplane_recovery_window_start_timestamp_seconds")
+async def recovery_window_starts(
+    db: Executor, configs: Mapping[tuple[str, str], BackupConfig], database_id: str | None = None
+) -> dict[tuple[str, str], datetime]:
+    """Per (database, node) with a recorded set, the first point a restore reaches
+    (`recovery_window_start`), of one database or all."""
     retention = {
         key: {repository_id(r): (r.retention_full, r.retention_full_type) for r in c.repositories}
         for key, c in configs.items()
     }
     expired: dict[tuple[str, str], set[str]] = {}
-    for row in await db.fetch(_EXPIRED_SETS):
+    for row in await db.fetch(_EXPIRED_SETS, database_id):
         expired.setdefault((row["database_id"], row["node_name"]), set()).add(row["label"])
     sets: dict[tuple[str, str], list[RecordedSet]] = {}
-    for row in await db.fetch(_BACKUP_SETS):
+    for row in await db.fetch(_BACKUP_SETS, database_id):
         try:
             entry = RecordedSet(
                 label=str(row["label"]),
@@ -446,10 +477,20 @@ async def _recovery_windows(
         except ValueError:
             continue
         sets.setdefault((row["database_id"], row["node_name"]), []).append(entry)
+    starts = {}
     for key in sorted(sets):
         start = recovery_window_start(sets[key], retention.get(key, {}), expired.get(key, set()))
         if start is not None:
-            family.add_metric(list(key), start.timestamp())
+            starts[key] = start
+    return starts
+
+
+async def _recovery_windows(
+    db: Executor, configs: Mapping[tuple[str, str], BackupConfig]
+) -> Metric:
+    family = _family("controlplane_recovery_window_start_timestamp_seconds")
+    for key, start in (await recovery_window_starts(db, configs)).items():
+        family.add_metric(list(key), start.timestamp())
     return family
 
 

@@ -157,6 +157,33 @@ async def test_a_disabled_subscription_degrades_the_database_until_enabled(
     assert task["result"]["label"]
     assert (await view(api, "subs"))["state"] == "degraded"
 
+    # The health view says the same in one answer, with each node's backups and the span a
+    # restore of it reaches.
+    answer = await api.get("/v1/databases/subs/health")
+    assert answer.status_code == 200, answer.text
+    health = answer.json()
+    assert (health["state"], health["error"]) == ("degraded", degraded["error"])
+    nodes = {n["node_name"]: n for n in health["nodes"]}
+    assert sorted(nodes) == ["n1", "n2"]
+    n1_health, n2_health = nodes["n1"], nodes["n2"]
+    assert n1_health["primary_instance_id"] == n1["id"]
+    assert [(s["name"], s["status"]) for s in n1_health["subscriptions"]] == [(name, "disabled")]
+    [full] = n1_health["backups"]
+    stopped = at(task["result"]["stopped_at"])
+    assert full["type"] == "full" and at(full["last_success_at"]) == stopped, full
+    assert full.get("last_failure_at") is None
+    window = n1_health["recovery_window"]
+    assert at(window["earliest"]) == stopped and at(window["latest"]) >= stopped, window
+    assert n1_health["archiver"]["archived_count"] > 0
+    # n2 has a backup configuration and no backup yet: its full backup shows none, and it has
+    # no window.
+    assert n2_health["backups"] == [{"type": "full"}] or n2_health["backups"] == [
+        {"type": "full", "last_success_at": None, "last_failure_at": None}
+    ], n2_health["backups"]
+    assert n2_health.get("recovery_window") is None
+    missing = await api.get("/v1/databases/nothere/health")
+    assert missing.status_code == 404, missing.text
+
     await superuser_query(server, n1, f"SELECT pglogical.alter_subscription_enable('{name}', true)")
     healed = await state_becomes(api, "subs", "available")
     assert healed.get("error") is None

@@ -50,7 +50,8 @@ async def test_document_describes_every_route_without_a_token(
         for method, operation in methods.items()
     }
     assert ("/v1/databases/{database_id}/nodes/{node}/restore-points", "post") in operations
-    assert len(operations) == 28  # every route of the API
+    assert ("/v1/databases/{database_id}/health", "get") in operations
+    assert len(operations) == 29  # every route of the API
     error_ref = {"$ref": "#/components/schemas/ErrorBody"}
     for (path, method), operation in operations.items():
         assert path not in _DOCS

@@ -92,12 +92,26 @@ async def test_errors_are_never_kept() -> None:
 
 
 async def test_a_cancelled_build_is_rebuilt_by_its_waiters() -> None:
-    feed, build = Feed(), Builder()
+    feed = Feed()
+    started, never = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def build() -> bytes:
+        # The first build hangs until it is cancelled (no timing: a busy machine cannot let
+        # it finish first); the rebuild answers at once.
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            started.set()
+            await never.wait()
+        return f"answer {calls}".encode()
+
     cache = _cache(feed)
     first = asyncio.create_task(cache.answer("k", "tasks", build))
-    await asyncio.sleep(0.001)
+    await started.wait()
     second = asyncio.create_task(cache.answer("k", "tasks", build))
-    await asyncio.sleep(0.001)
+    for _ in range(5):  # the second read now waits on the first one's build
+        await asyncio.sleep(0)
     first.cancel()
     assert await second == b"answer 2"
     with pytest.raises(asyncio.CancelledError):
