@@ -11,6 +11,7 @@ from controlplane.errors import ExternalCommandError, SettingsRejectedError
 from controlplane.orchestrator.base import InstanceRef, reload_settings
 from controlplane.spec.models import SECRET_FIELDS, DatabaseSpec, NodeSpec, node_postgresql_conf
 from controlplane.spec.postgresql_conf import MESH_MINIMUMS, quote_conf
+from controlplane.spec.resources import container_options
 from controlplane.spec.secrets import join_secrets, secret_values
 from controlplane.store import databases, instances, repository_keys
 from controlplane.store.databases import DatabaseRow
@@ -90,7 +91,10 @@ def unseal(services: Services, task: TaskRow) -> dict[str, Any]:
     return data
 
 
-def ref_of(row: InstanceRow) -> InstanceRef:
+def ref_of(row: InstanceRow, spec: DatabaseSpec | None = None) -> InstanceRef:
+    """The instance's ref; with `spec`, carrying its node's container options (which the
+    orchestrator records, so that refs made without the spec get them too)."""
+    node = None if spec is None else next((n for n in spec.nodes if n.name == row.node_name), None)
     return InstanceRef(
         instance_id=row.id,
         database_id=row.database_id,
@@ -98,14 +102,18 @@ def ref_of(row: InstanceRow) -> InstanceRef:
         host_id=row.host_id,
         port=row.port,
         supervisor=row.supervisor,
+        container=None if spec is None or node is None else container_options(spec, node),
     )
 
 
-async def instance_refs(ctx: StepContext, nodes: list[NodeSpec] | None = None) -> list[InstanceRef]:
-    """Refs of the database's recorded instances (restricted to `nodes` when given)."""
+async def instance_refs(
+    ctx: StepContext, nodes: list[NodeSpec] | None = None, spec: DatabaseSpec | None = None
+) -> list[InstanceRef]:
+    """Refs of the database's recorded instances (restricted to `nodes` when given; with their
+    container options when `spec` is given)."""
     rows = await instances.list_instances(ctx.services.pool, ctx.database_id)
     names = None if nodes is None else {n.name for n in nodes}
-    return [ref_of(r) for r in rows if names is None or r.node_name in names]
+    return [ref_of(r, spec) for r in rows if names is None or r.node_name in names]
 
 
 async def managed_settings(

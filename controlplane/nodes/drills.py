@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from controlplane import replication
 from controlplane.errors import ExternalCommandError
 from controlplane.nodes import backups
@@ -87,6 +89,9 @@ async def restore_scratch(
     give it its own configuration and fence it."""
     services = ctx.services
     orchestrator = services.orchestrator
+    # The node's container options (its repository may be on an extra volume); the
+    # orchestrator keeps them for the scratch's later refs.
+    ref = msgspec.structs.replace(ref, container=ref_of(row, spec).container)
     setup = await backups.backup_setup(services, spec, row, ref)
     await backups.write_backup_files(services, setup)
     if not await orchestrator.has_cluster(ref):

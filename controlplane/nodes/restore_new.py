@@ -17,6 +17,7 @@ from controlplane.orchestrator.base import InstanceRef
 from controlplane.pgbackrest.config import NOOP_ARCHIVE_COMMAND
 from controlplane.spec import normalise_restore_options
 from controlplane.spec.models import DatabaseSpec, NodeSpec, RestoreConfig
+from controlplane.spec.resources import container_options
 from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services, StepContext
@@ -70,6 +71,8 @@ async def plan_new_nodes(
             node_name=node.name,
             host_id=services.orchestrator.default_host(),
             port=5432,
+            # The source may be a repository on one of the node's extra volumes.
+            container=container_options(spec, node),
         )
         try:
             setup = await restore_source.source_setup(services, config, probe)
@@ -119,7 +122,7 @@ async def restore_new_instance(
 ) -> None:
     """Restore, recover fenced, rename, take this node's identity, re-enable archiving, stop."""
     orchestrator = ctx.services.orchestrator
-    ref = ref_of(row)
+    ref = ref_of(row, spec)
     if await orchestrator.read_file(ref, RESTORED_MARKER) is not None:
         return
     plan = restore_source.RestorePlan.from_state(plan_state)

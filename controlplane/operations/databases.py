@@ -32,7 +32,7 @@ from controlplane.orchestrator.base import InstanceRef
 from controlplane.spec import parse_database_request
 from controlplane.spec.backup_roots import check_base_paths, repositories_of
 from controlplane.spec.models import DatabaseSpec, Repository
-from controlplane.spec.resources import major_of
+from controlplane.spec.resources import check_volume_roots, major_of
 from controlplane.spec.secrets import merge_secrets, secrets_to_resend, split_secrets
 from controlplane.spec.validate import check_host_ports, node_host, node_port
 from controlplane.store import databases, instances, tasks, tokens
@@ -242,13 +242,18 @@ async def _check_privileges(
         )
 
 
-def check_storage(services: Services, repositories: Iterator[tuple[str, Repository]]) -> None:
-    """Posix repositories only inside the operator's backup roots (`repositories`: each with
-    its JSON path)."""
+def check_storage(
+    services: Services,
+    repositories: Iterator[tuple[str, Repository]],
+    spec: DatabaseSpec | None = None,
+) -> None:
+    """Posix repositories (`repositories`: each with its JSON path) and the spec's extra
+    volumes only inside the operator's backup roots."""
     settings = services.settings
-    errors = check_base_paths(
-        repositories, settings.backup_root_paths, PurePosixPath(settings.data_path)
-    )
+    roots, data_dir = settings.backup_root_paths, PurePosixPath(settings.data_path)
+    errors = check_base_paths(repositories, roots, data_dir)
+    if spec is not None:
+        errors += check_volume_roots(spec, roots, data_dir)
     if errors:
         raise InvalidInputError(errors)
 
@@ -268,7 +273,7 @@ async def create_database(services: Services, body: bytes, actor: str) -> tuple[
         orchestrator=services.orchestrator.name,
     )
     database_id = request.id or str(uuid.uuid4())
-    check_storage(services, repositories_of(request.spec))
+    check_storage(services, repositories_of(request.spec), request.spec)
     await _check_privileges(services, request.spec, None, actor)
     await _check_placement(services, request.spec, database_id)
     if await databases.find_database(services.pool, database_id) is not None:
@@ -335,7 +340,7 @@ async def update_database(
     errors += [{"path": p, "message": m} for p, m in secrets_to_resend(request.spec, old)]
     if errors:
         raise InvalidInputError(errors)
-    check_storage(services, repositories_of(new))
+    check_storage(services, repositories_of(new), new)
     await _check_privileges(services, new, old, actor)
     await _check_placement(services, new, database_id)
     existing = {r.node_name for r in await instances.list_instances(services.pool, database_id)}

@@ -35,7 +35,8 @@ Interrupt = Callable[[str], Awaitable[None]]
 
 
 class ContainerSpec:
-    """What to run in a container: image, argv, labels, mounts, environment."""
+    """What to run in a container: image, argv, labels, mounts, environment, and the CPU and
+    memory limits (0: none)."""
 
     def __init__(
         self,
@@ -45,12 +46,16 @@ class ContainerSpec:
         labels: Mapping[str, str],
         mounts: Sequence[layout.MountSpec],
         environment: Mapping[str, str] | None = None,
+        nano_cpus: int = 0,
+        mem_limit: int = 0,
     ) -> None:
         self.image = image
         self.command = list(command)
         self.labels = dict(labels)
         self.mounts = list(mounts)
         self.environment = dict(environment or {})
+        self.nano_cpus = nano_cpus
+        self.mem_limit = mem_limit
 
     def create_kwargs(self, name: str) -> dict[str, Any]:
         """`containers.create` arguments shared by instance and one-off containers: host
@@ -68,6 +73,8 @@ class ContainerSpec:
                 for m in self.mounts
             ],
             "detach": True,
+            **({"nano_cpus": self.nano_cpus} if self.nano_cpus else {}),
+            **({"mem_limit": self.mem_limit} if self.mem_limit else {}),
         }
 
 

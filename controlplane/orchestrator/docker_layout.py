@@ -19,6 +19,13 @@ One instance is one container plus one named volume. Inside the container:
 - the superuser password of the database lives in `<data_dir>/secrets/<database>/` (mounted
   read-only): libpq reads it through `passfile=` so no DSN — and so no pglogical catalog row —
   ever holds it;
+- pgEdge's container options (see `orchestrator.base.ContainerOptions`) are recorded in the
+  instance directory whenever a workflow hands them over, so every later container of the
+  instance (a monitor restart, a one-off restore) gets them: extra volumes are bind mounts in
+  every container of the instance; a posix repository under an extra volume's destination is
+  reached through it (its directories are made under the volume's host path), not mounted on
+  its own; labels, image and limits apply to the instance container, whose options digest label
+  tells when it must be recreated for new ones;
 - the repository secrets Postgres needs (archive_command, restore_command) are staged for each
   start in a memory-backed host directory mounted at `/run/controlplane-secrets`; the container
   opens the file on descriptor 9 and deletes it (see instance_secrets).
@@ -35,7 +42,7 @@ from typing import Literal
 
 import msgspec
 
-from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.base import ContainerOptions, ExtraMount, InstanceRef
 from controlplane.orchestrator.instance_secrets import CONTAINER_SECRETS_FILE, SECRETS_FD
 from controlplane.system.postgres import hba, scram_verifier
 
@@ -47,6 +54,10 @@ ENTRYPOINT = ["tini", "--"]
 # Settings the image's own PostgreSQL build needs (compose/Dockerfile.postgres writes it).
 IMAGE_CONF = "/etc/controlplane/image.conf"
 LABEL = "controlplane"
+# Digest of the container options an instance container was made with (see options_digest).
+OPTIONS_LABEL = f"{LABEL}.options"
+# The container options last handed over for the instance (instance dir, see module docstring).
+OPTIONS_FILE = "container-options.json"
 ROLE_INSTANCE = "instance"
 ROLE_DATA_ONE_OFF = "data-one-off"  # mounts the data volume: at most one may run
 ROLE_TOOL_ONE_OFF = "tool-one-off"  # pgbackrest info/expire/verify with no data: may overlap
@@ -233,6 +244,74 @@ def covers(current: Mapping[str, bool], wanted: Sequence[MountSpec]) -> bool:
     """True when a container's mounts (`target -> writable`) include every wanted mount, each
     at least as writable as wanted."""
     return all(m.target in current and (m.read_only or current[m.target]) for m in wanted)
+
+
+def extra_mounts(volumes: Sequence[ExtraMount]) -> list[MountSpec]:
+    """The extra volumes as bind mounts (writable, as Docker's default)."""
+    return sorted(MountSpec(target=v.destination_path, source=v.host_path) for v in volumes)
+
+
+def volume_of(path: str, volumes: Sequence[ExtraMount]) -> ExtraMount | None:
+    """The extra volume whose destination is `path` or one of its parents (the deepest)."""
+    found = [
+        v
+        for v in volumes
+        if path == v.destination_path or path.startswith(v.destination_path.rstrip("/") + "/")
+    ]
+    return max(found, key=lambda v: len(v.destination_path), default=None)
+
+
+def host_path(path: str, volumes: Sequence[ExtraMount]) -> str:
+    """Where a path of the instance's containers lives on the host: under an extra volume's
+    host path, else at the same path (our own mounts are made at the host's paths)."""
+    volume = volume_of(path, volumes)
+    if volume is None:
+        return path
+    rest = path[len(volume.destination_path) :].lstrip("/")
+    return posixpath.join(volume.host_path, rest) if rest else volume.host_path
+
+
+def outside_volumes(mounts: Sequence[MountSpec], volumes: Sequence[ExtraMount]) -> list[MountSpec]:
+    """The mounts not already reached through an extra volume (a repository under the
+    volume's destination is written there, as in pgEdge's NFS recipe)."""
+    return [m for m in mounts if volume_of(m.target, volumes) is None]
+
+
+def clashing_volumes(volumes: Sequence[ExtraMount], own: Sequence[MountSpec]) -> list[str]:
+    """Extra volume destinations that are, or lie inside, one of the control plane's own
+    mounts (they would hide its config, secrets or data)."""
+    return sorted(
+        v.destination_path
+        for v in volumes
+        if any(
+            v.destination_path == m.target or v.destination_path.startswith(m.target + "/")
+            for m in own
+        )
+    )
+
+
+def container_labels(own: Mapping[str, str], options: ContainerOptions) -> dict[str, str]:
+    """The spec's extra labels under the control plane's own (which win)."""
+    return {**dict(options.labels), **own}
+
+
+def options_digest(image: str, options: ContainerOptions) -> str:
+    """A short digest of what an instance container is made with beyond our own needs: a
+    running container whose digest label differs is recreated to apply new options."""
+    data = msgspec.json.encode([image, options.nano_cpus, options.memory_bytes, options.labels])
+    data += msgspec.json.encode(sorted(options.volumes))
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def encode_options(options: ContainerOptions) -> str:
+    return msgspec.json.encode(options).decode() + "\n"
+
+
+def decode_options(text: str | None) -> ContainerOptions:
+    """Recorded options (none recorded: no options)."""
+    if not text:
+        return ContainerOptions()
+    return msgspec.json.decode(text, type=ContainerOptions)
 
 
 def check_start_options(options: Mapping[str, str] | None) -> list[str]:

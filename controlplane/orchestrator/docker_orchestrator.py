@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -32,7 +33,7 @@ from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.models import Host
 from controlplane.orchestrator import docker_layout as layout
 from controlplane.orchestrator import instance_secrets as staged
-from controlplane.orchestrator.base import InstanceRef, InstanceStatus
+from controlplane.orchestrator.base import ContainerOptions, InstanceRef, InstanceStatus
 from controlplane.orchestrator.docker_engine import ContainerSpec, Engine, mounted, running
 from controlplane.orchestrator.hba import (
     USER_HBA_FILE,
@@ -162,6 +163,8 @@ class DockerOrchestrator:
             path.mkdir(mode=0o700, exist_ok=True)
             self._files.chown(path)
         self._write_client_files(ref, fenced=(directory / layout.FENCE_FILE).exists())
+        if ref.container is not None:
+            self._files.write(directory / layout.OPTIONS_FILE, layout.encode_options(ref.container))
         self._files.write(directory / staged.RUNNER_FILE, staged.RUNNER, executable=True)
         self._ensure_secrets(ref.database_id)
 
@@ -179,6 +182,16 @@ class DockerOrchestrator:
         self._files.write(directory / layout.PASSWORD_SQL_FILE, layout.password_sql(password))
         # Last: its presence says the other two are complete.
         self._files.write(directory / layout.PASSWORD_FILE, password + "\n")
+
+    def _options(self, ref: InstanceRef) -> ContainerOptions:
+        """The container options the ref carries, else those last recorded for the instance
+        (a monitor restart or an in-place restore does not know the spec)."""
+        if ref.container is not None:
+            return ref.container
+        return layout.decode_options(self._files.read(self._dir(ref) / layout.OPTIONS_FILE))
+
+    def _image_of(self, options: ContainerOptions) -> str:
+        return options.image or self._image
 
     def _password(self, database_id: str) -> str | None:
         path = self._secrets_dir(database_id) / layout.PASSWORD_FILE
@@ -244,7 +257,9 @@ class DockerOrchestrator:
     async def make_dirs(self, ref: InstanceRef, paths: Sequence[str]) -> None:
         """Create the directories on the host (they are mounted at the same path); a running
         container that lacks a repository mount they need is recreated to get it."""
-        await asyncio.to_thread(self._files.make_dirs, paths)
+        volumes = self._options(ref).volumes
+        on_host = [layout.host_path(p, volumes) for p in paths]
+        await asyncio.to_thread(self._files.make_dirs, on_host)
         current = await self._engine(ref).inspect(self._name(ref))
         if current is None or not running(current):
             return
@@ -262,7 +277,8 @@ class DockerOrchestrator:
         """Mounts of the posix repositories (and CA files) named by the instance's pgBackRest
         configs (every other `pgbackrest*.conf` is a restore source); own repositories are
         created if absent, read-only sources that do not exist are left out (pgBackRest then
-        reports what is missing itself)."""
+        reports what is missing itself). A repository under an extra volume is reached through
+        that volume: its directory is made under the volume's host path, it gets no mount."""
         directory = self._dir(ref)
         own = directory / layout.OWN_PGBACKREST_CONFIG
         restores = [
@@ -271,8 +287,13 @@ class DockerOrchestrator:
             if with_restore and p.name != own.name
         ]
         mounts = layout.repository_mounts(own.read_text() if own.exists() else None, restores)
+        volumes = self._options(ref).volumes
         found = []
         for mount in mounts:
+            if layout.volume_of(mount.target, volumes) is not None:
+                if not mount.read_only:
+                    self._files.make_dirs([layout.host_path(mount.target, volumes)])
+                continue
             if not mount.read_only:
                 self._files.make_dirs([mount.source])
             elif not Path(mount.source).exists():
@@ -281,12 +302,29 @@ class DockerOrchestrator:
         return found
 
     def _mounts(self, ref: InstanceRef, *, with_data: bool) -> list[layout.MountSpec]:
-        return layout.instance_mounts(
+        """Our own mounts, the repositories not on an extra volume, and the extra volumes
+        (their host paths made if absent, owned by the OS user)."""
+        own = layout.instance_mounts(
+            instance_dir=str(self._dir(ref)),
+            secrets_dir=str(self._secrets_dir(ref.database_id)),
+            volume=self._volume(ref),
+            repositories=[],
+        )
+        volumes = self._options(ref).volumes
+        clashing = layout.clashing_volumes(volumes, own)
+        if clashing:
+            raise PreconditionError(
+                f"extra volume(s) at {', '.join(clashing)} of instance {ref.instance_id} would "
+                "hide the control plane's own mounts there: choose another destination_path"
+            )
+        self._files.make_dirs([v.host_path for v in volumes])
+        mounts = layout.instance_mounts(
             instance_dir=str(self._dir(ref)),
             secrets_dir=str(self._secrets_dir(ref.database_id)),
             volume=self._volume(ref) if with_data else None,
             repositories=self._repository_mounts(ref),
         )
+        return sorted([*mounts, *layout.extra_mounts(volumes)])
 
     # -- engine objects --------------------------------------------------------------------
     def _engine(self, ref: InstanceRef) -> Engine:
@@ -374,7 +412,15 @@ class DockerOrchestrator:
         writes, then make sure the superuser answers to this database's password."""
         extra = layout.check_start_options(options)
         engine = self._engine(ref)
-        if not await self._running(ref):
+        container = self._options(ref)
+        image = self._image_of(container)
+        digest = layout.options_digest(image, container)
+        current = await engine.inspect(self._name(ref))
+        if current is not None and running(current) and self._made_with(current) != digest:
+            await on_line(f"container {self._name(ref)}: recreating it with new container options")
+            await self.stop(ref, on_line=on_line)
+            current = None
+        if not running(current):
             await self._reap(ref)
             if not await engine.volume_exists(self._volume(ref)):
                 raise ExternalCommandError(
@@ -384,11 +430,14 @@ class DockerOrchestrator:
             self._ensure_dirs(ref)
             mounts = await asyncio.to_thread(self._mounts, ref, with_data=True)
             staged = await asyncio.to_thread(self._stage_secrets, ref)
+            own = {**self._labels(ref, layout.ROLE_INSTANCE), layout.OPTIONS_LABEL: digest}
             spec = ContainerSpec(
-                image=self._image,
+                image=image,
                 command=layout.postgres_argv(str(self._dir(ref)), extra),
-                labels=self._labels(ref, layout.ROLE_INSTANCE),
+                labels=layout.container_labels(own, container),
                 mounts=sorted([*mounts, staged]),
+                nano_cpus=container.nano_cpus,
+                mem_limit=container.memory_bytes,
             )
             try:
                 await engine.run_service(self._name(ref), spec, stop_signal="SIGINT")
@@ -403,6 +452,13 @@ class DockerOrchestrator:
         else:
             await self._wait_writable(ref)
         await self._ensure_password(ref)
+
+    def _made_with(self, attrs: dict[str, Any]) -> str:
+        """The options digest a container was made with (one made before options were applied
+        carries none: it was made with none)."""
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        found = labels.get(layout.OPTIONS_LABEL)
+        return str(found) if found else layout.options_digest(self._image, ContainerOptions())
 
     async def _wait_writable(self, ref: InstanceRef, limit: float = 600.0) -> None:
         """Postgres accepts connections during recovery: wait for pg_is_in_recovery() = f,
@@ -510,16 +566,19 @@ class DockerOrchestrator:
         without the data volume, so nothing is ever written into a container's own layer."""
         current = await self._engine(ref).inspect(self._name(ref))
         if current is not None and running(current):
-            needed = await asyncio.to_thread(self._config_mounts, argv)
+            needed = await asyncio.to_thread(self._config_mounts, ref, argv)
             if layout.covers(mounted(current), needed):
                 return await self._engine(ref).exec(self._name(ref), argv, env=env, on_line=on_line)
         return await self._one_off(ref, argv, env=env, on_line=on_line, with_data=False)
 
-    def _config_mounts(self, argv: Sequence[str]) -> list[layout.MountSpec]:
+    def _config_mounts(self, ref: InstanceRef, argv: Sequence[str]) -> list[layout.MountSpec]:
+        """The mounts the `--config` of argv needs (its repositories on an extra volume are
+        there in every container of the instance)."""
         config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
         if config is None or not Path(config).exists():
             return []
         mounts = layout.repository_mounts(None, [Path(config).read_text()])
+        mounts = layout.outside_volumes(mounts, self._options(ref).volumes)
         return [m for m in mounts if Path(m.source).exists()]
 
     async def run_one_off(
@@ -549,10 +608,13 @@ class DockerOrchestrator:
         if with_data:
             await self._reap(ref)
         role = layout.ROLE_DATA_ONE_OFF if with_data else layout.ROLE_TOOL_ONE_OFF
+        # The instance's image, labels and extra volumes (a repository may be on one); not its
+        # CPU and memory limits, which size Postgres, not a restore run while it is stopped.
+        container = self._options(ref)
         spec = ContainerSpec(
-            image=self._image,
+            image=self._image_of(container),
             command=argv,
-            labels=self._labels(ref, role),
+            labels=layout.container_labels(self._labels(ref, role), container),
             mounts=await asyncio.to_thread(self._mounts, ref, with_data=with_data),
             environment=env,
         )

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import PurePosixPath
 
+from controlplane.orchestrator.base import ContainerOptions, ExtraMount
 from controlplane.spec.models import DatabaseSpec, NodeSpec, OrchestratorOpts
 from controlplane.spec.paths import (
     UNSAFE_TEXT,
@@ -39,9 +42,9 @@ _RESERVED_MOUNTS = ("/var/lib/postgresql", "/var/run/postgresql", "/run/controlp
 LOCAL_ORCHESTRATOR = "local"
 DOCKER_ORCHESTRATOR = "docker"
 _USE_DOCKER = "the docker orchestrator applies it (CONTROLPLANE_ORCHESTRATOR=docker)"
-# What the docker orchestrator applies to an instance's container: nothing yet. The shapes are
-# validated in full; applying them (bind mounts, labels, image, nano_cpus, mem_limit) is to come.
-DOCKER_APPLIES: frozenset[str] = frozenset()
+# What the docker orchestrator applies to an instance's container: bind mounts, labels, its
+# image, nano_cpus and mem_limit. Not extra_networks: instances use the host's network.
+DOCKER_APPLIES = frozenset({"cpus", "memory", "extra_volumes", "extra_labels", "image"})
 
 
 def _not_applied(orchestrator: str | None, name: str) -> str | None:
@@ -109,6 +112,58 @@ def memory_bytes(memory: str) -> int | None:
     if unit.endswith("i"):
         return int(number * 1024 ** "kmgt".index(unit[0]) * 1024)
     return int(number * _MULTIPLIERS[unit])
+
+
+def container_options(spec: DatabaseSpec, node: NodeSpec) -> ContainerOptions:
+    """The container options of `node`'s instances, node values over the database's as in
+    pgEdge: its cpus when set and not 0, its memory when set, its orchestrator_opts whole."""
+    cpus = node.cpus if node.cpus is not None and cpu_count(node.cpus) > 0 else spec.cpus
+    memory = node.memory if node.memory is not None else spec.memory
+    opts = node.orchestrator_opts if node.orchestrator_opts is not None else spec.orchestrator_opts
+    swarm = opts.swarm if opts is not None else None
+    return ContainerOptions(
+        image=swarm.image if swarm is not None and swarm.image else None,
+        nano_cpus=nano_cpus(cpus) if cpus is not None else 0,
+        memory_bytes=(memory_bytes(memory) or 0) if memory is not None else 0,
+        labels=tuple(sorted(swarm.extra_labels.items())) if swarm is not None else (),
+        volumes=tuple(
+            ExtraMount(host_path=v.host_path, destination_path=v.destination_path)
+            for v in (swarm.extra_volumes if swarm is not None else [])
+        ),
+    )
+
+
+def check_volume_roots(
+    spec: DatabaseSpec, roots: Sequence[PurePosixPath], data_dir: PurePosixPath
+) -> list[Problem]:
+    """An extra volume's host_path lies inside one of the backup roots the operator allows and
+    outside the control plane's data directory: otherwise a database could have any host
+    directory (the control plane's own secrets included) mounted into its container."""
+    scopes: list[tuple[str, DatabaseSpec | NodeSpec]] = [("spec", spec)]
+    scopes += [(item_path("spec.nodes", i), node) for i, node in enumerate(spec.nodes)]
+    errors: list[Problem] = []
+    for path, scope in scopes:
+        opts = scope.orchestrator_opts
+        if opts is None or opts.swarm is None:
+            continue
+        volumes_path = field_path(
+            field_path(field_path(path, "orchestrator_opts"), "swarm"), "extra_volumes"
+        )
+        for index, volume in enumerate(opts.swarm.extra_volumes):
+            if not volume.host_path.startswith("/"):
+                continue  # reported by check_resources
+            where = PurePosixPath(volume.host_path)
+            host_path = field_path(item_path(volumes_path, index), "host_path")
+            if where == data_dir or data_dir in where.parents or where in data_dir.parents:
+                message = "must not be, hold or lie inside the control plane's data directory"
+                errors.append(problem(host_path, message))
+            elif not any(where == root or root in where.parents for root in roots):
+                message = (
+                    "must be inside one of the backup roots the operator allows "
+                    f"({', '.join(str(r) for r in roots)}; CONTROLPLANE_BACKUP_ROOTS)"
+                )
+                errors.append(problem(host_path, message))
+    return errors
 
 
 def check_resources(spec: DatabaseSpec, orchestrator: str | None) -> list[Problem]:
@@ -190,11 +245,15 @@ def _check_orchestrator_opts(
             f"{network.id}; reach the instance at its connection_info address instead"
         )
         errors.append(problem(item_path(field_path(swarm_path, "extra_networks"), index), message))
+    destinations: set[str] = set()
     for index, volume in enumerate(swarm.extra_volumes):
         volume_path = item_path(field_path(swarm_path, "extra_volumes"), index)
         errors += _check_mount_path(volume.host_path, field_path(volume_path, "host_path"))
         destination = field_path(volume_path, "destination_path")
         errors += _check_mount_path(volume.destination_path, destination)
+        if volume.destination_path in destinations:
+            errors.append(problem(destination, "another extra volume is mounted there"))
+        destinations.add(volume.destination_path)
         if any(
             volume.destination_path == reserved
             or volume.destination_path.startswith(reserved + "/")

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from controlplane.errors import InvalidInputError
+from controlplane.orchestrator.base import ContainerOptions, ExtraMount
 from controlplane.pgbackrest.config import (
     InstanceLayout,
     plan_repositories,
@@ -28,6 +29,7 @@ from controlplane.spec import (
     parse_restore_request,
 )
 from controlplane.spec.models import BackupRequest, DatabaseRequest, RestoreRequest
+from controlplane.spec.resources import container_options
 
 PGEDGE_FIELDS: dict[str, tuple[str, ...]] = {
     "CreateDatabaseRequest": ("id", "tenant_id", "spec"),
@@ -144,8 +146,12 @@ def restore_repo(request: DatabaseRequest) -> Any:
     return request.spec.restore_config.repository
 
 
+def _container(request: DatabaseRequest) -> ContainerOptions:
+    """The container options node n1's instances get."""
+    return container_options(request.spec, request.spec.nodes[0])
+
+
 DOCKER_ONLY = "no container"
-NOT_YET = "docker orchestrator does not apply"
 REPO_CASES: dict[str, Case] = {
     "id": Case(repo_with(id="nightly"), lambda r: "/databases/app/nightly/n1/1" in rendered(r)),
     "type": Case(repo_with(type="cifs"), lambda r: "repo1-type=cifs" in rendered(r)),
@@ -409,12 +415,14 @@ CASES: dict[str, Case] = {
     ),
     "OrchestratorOpts.swarm": Case(
         swarm_with(extra_labels={"traefik.enable": "true"}),
-        refused=("spec.nodes[0].orchestrator_opts.swarm.extra_labels", NOT_YET),
+        lambda r: _container(r).labels == (("traefik.enable", "true"),),
         orchestrator="docker",
     ),
     "SwarmOpts.extra_volumes": Case(
         swarm_with(extra_volumes=[{"host_path": "/mnt/b", "destination_path": "/backups"}]),
-        refused=("spec.nodes[0].orchestrator_opts.swarm.extra_volumes", NOT_YET),
+        lambda r: (
+            _container(r).volumes == (ExtraMount(host_path="/mnt/b", destination_path="/backups"),)
+        ),
         orchestrator="docker",
     ),
     "SwarmOpts.extra_networks": Case(
@@ -424,12 +432,12 @@ CASES: dict[str, Case] = {
     ),
     "SwarmOpts.extra_labels": Case(
         swarm_with(extra_labels={"environment": "staging"}),
-        refused=("spec.nodes[0].orchestrator_opts.swarm.extra_labels", NOT_YET),
+        lambda r: _container(r).labels == (("environment", "staging"),),
         orchestrator="docker",
     ),
     "SwarmOpts.image": Case(
         swarm_with(image="registry.local/pg:15"),
-        refused=("spec.nodes[0].orchestrator_opts.swarm.image", NOT_YET),
+        lambda r: _container(r).image == "registry.local/pg:15",
         orchestrator="docker",
     ),
     "ExtraVolumesSpec.host_path": Case(
@@ -628,9 +636,15 @@ def test_a_full_pgedge_example_spec_is_accepted_unchanged() -> None:
     request = parse_database_request(msgspec.json.encode(body), orchestrator=None)
     assert request.spec.tenant_id == "engineering"
     assert request.spec.nodes[0].orchestrator_opts is not None
-    # Where the orchestrator is known, the one field no orchestrator here applies is named.
+    # The docker orchestrator applies it: n1's containers mount the share where its
+    # repository's base_path points; n2 has no extra volume.
+    request = parse_database_request(msgspec.json.encode(body), orchestrator="docker")
+    n1, n2 = (container_options(request.spec, node) for node in request.spec.nodes)
+    assert n1.volumes == (ExtraMount(host_path="/mnt/backups", destination_path="/backups"),)
+    assert n2.volumes == ()
+    # The local orchestrator has no container to mount it in, and says so at its path.
     with pytest.raises(InvalidInputError) as raised:
-        parse_database_request(msgspec.json.encode(body), orchestrator="docker")
+        parse_database_request(msgspec.json.encode(body), orchestrator="local")
     assert [e["path"] for e in raised.value.errors] == [
         "spec.nodes[0].orchestrator_opts.swarm.extra_volumes"
     ]

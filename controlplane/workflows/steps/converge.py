@@ -115,7 +115,7 @@ async def _place(
 
 async def _spec_refs(ctx: StepContext) -> tuple[DatabaseSpec, list[InstanceRef]]:
     _, spec = await load_spec(ctx)
-    return spec, await instance_refs(ctx, spec.nodes)
+    return spec, await instance_refs(ctx, spec.nodes, spec)
 
 
 async def init_instances(ctx: StepContext) -> dict[str, Any]:
@@ -144,7 +144,7 @@ async def configure_instances(ctx: StepContext) -> dict[str, Any]:
     rows = await _spec_rows(ctx, spec)
     changed, env_changed = [], []
     for row in rows:
-        ref = ref_of(row)
+        ref = ref_of(row, spec)
         setup = await backups.backup_setup(ctx.services, spec, row, ref)
         if await backups.write_backup_files(ctx.services, setup):
             env_changed.append(ref.node_name)
