@@ -9,8 +9,10 @@ scripts/bootstrap.sh --test
 .venv/bin/mypy
 .venv/bin/pytest tests/unit "$@"
 # Each integration test runs its own server, ports and directories: they run three at a time.
-# tests/scenarios are the user scenarios, here on the local orchestrator.
-.venv/bin/pytest tests/integration tests/scenarios tests/security --orchestrator local -n 3 "$@"
+# tests/scenarios are the user scenarios, here on the local orchestrator; tests/compat holds
+# pgEdge's fields and the request bodies of its guide.
+.venv/bin/pytest tests/integration tests/scenarios tests/security tests/compat \
+  --orchestrator local -n 3 "$@"
 # The same scenarios on the Docker orchestrator against a private dockerd, plus the Docker-only
 # checks (it installs docker.io and builds the images on first run). CONTROLPLANE_SKIP_E2E=1
 # skips it.
