@@ -222,14 +222,19 @@ async def restore_data(ctx: StepContext) -> dict[str, Any]:
 async def _move_generation_if_needed(
     ctx: StepContext, spec: DatabaseSpec, row: InstanceRow, plan: restore_source.RestorePlan
 ) -> bool:
-    """Move the node's repositories to a new generation when the restored system differs from
-    the one its current stanza belongs to. Idempotent: a fresh generation has no stanza yet."""
+    """Move the node's repositories to a new generation when it is restored from backups other
+    than its own and its current stanza holds anything. A different system could not archive
+    there at all ([044]); the same system (the node was restored from that source before, or
+    the nodes were all made from one backup) would recover onto a timeline chosen from the
+    source's archive, which the node's own archive may already hold: archive-push then fails
+    on every segment ([045], "already exists … with a different checksum") and its WAL piles
+    up. Idempotent: a fresh generation has no stanza yet."""
     own = await backups.backup_setup(ctx.services, spec, row, ref_of(row))
     if not own.enabled or plan.backup_system_id is None:
         return False
     config = msgspec.convert(unseal(ctx.services, ctx.task)["restore_config"], RestoreConfig)
     if (config.source_database_id, config.source_node_name) == (row.database_id, row.node_name):
-        return False  # the node's own backups: the same system by construction
+        return False  # the node's own backups: its own timelines, the same system
     try:
         stanza = await backups.read_info(
             ctx.services, own, subject=backups.subject_of(own.ref, "reading backups")
@@ -237,16 +242,24 @@ async def _move_generation_if_needed(
     except ExternalCommandError:
         return False
     current = None if stanza.status.code == 1 else pgb_info.current_system_id(stanza)
-    if current is None or current == plan.backup_system_id:
+    if current is None:
         return False
+    if current == plan.backup_system_id:
+        reason = (
+            f"its archive may already hold the timeline it recovers onto from "
+            f"{config.source_node_name}'s backups"
+        )
+    else:
+        reason = (
+            f"the restored system ({plan.backup_system_id}) differs from the one its backups "
+            f"belong to ({current})"
+        )
     generations = {
         repo: int(row.generations.get(repo, 1)) + 1 for repo in own.repository_ids.values()
     }
     await instances.set_generations(ctx.services.pool, ctx.database_id, row.node_name, generations)
     await ctx.log.warning(
-        f"node {row.node_name}: the restored system ({plan.backup_system_id}) differs from the "
-        f"one its backups belong to ({current}); its backups move to generation(s) "
-        f"{generations}"
+        f"node {row.node_name}: {reason}; its backups move to generation(s) {generations}"
     )
     return True
 
