@@ -39,6 +39,7 @@ from tests.support.eventually import eventually
 from tests.support.load import assert_between, assert_holds, ids_on, mark, settle, writers
 from tests.support.object_storage import ObjectStorage, missing_requirements, start_s3
 from tests.support.os_user import give_to_os_user
+from tests.support.pgcluster import bind_succeeds
 from tests.support.server import ServerProcess, serving
 
 pytestmark = pytest.mark.skipif(
@@ -134,19 +135,10 @@ def ports_for_every_host() -> tuple[int, int]:
     free = [
         port
         for port in candidates
-        if all(_bindable(address, port) for address in (*ADDRESSES, "0.0.0.0"))
+        if all(bind_succeeds(address, port) for address in (*ADDRESSES, "0.0.0.0"))
     ]
     assert len(free) >= 2, "no two ports free on every host address"
     return free[0], free[1]
-
-
-def _bindable(address: str, port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")

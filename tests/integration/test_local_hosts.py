@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.api import connect, create_and_wait, database_body, fresh_view, wait_task
 from tests.support.data import TABLE, converged, on_every, write_rows
+from tests.support.pgcluster import bind_succeeds
 from tests.support.processes import postmasters_under
 from tests.support.server import ServerProcess, serving
 
@@ -84,15 +85,6 @@ def port_free_on(*addresses: str) -> int:
         if all(bind_succeeds(address, port) for address in addresses):
             return port
     raise AssertionError(f"no port free on all of {addresses}")
-
-
-def bind_succeeds(address: str, port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 async def test_one_port_on_every_host(hosts_server: ServerProcess) -> None:

@@ -9,14 +9,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from tests.support.api import create_and_wait, database_body, fresh_view, wait_task
 from tests.support.data import TABLE, on_every, update_and_wait, write
 from tests.support.eventually import eventually
-from tests.support.ha import by_id, run_action, serving_hosts, slots_copied, streaming, task_log
+from tests.support.ha import (
+    by_id,
+    query_instance,
+    run_action,
+    serving_hosts,
+    slots_copied,
+    streaming,
+    task_log,
+)
 from tests.support.load import assert_holds, ids_on, settle, writers
 from tests.support.server import ServerProcess
 
@@ -51,22 +58,6 @@ async def _create(
     await eventually(both, timeout=60, what="a row from each node on the other")
     await slots_copied(view, "n1")
     return database, view
-
-
-async def query_instance(instance: dict[str, Any], sql: str) -> tuple[Any, ...]:
-    """One row of `sql` on this very instance (a replica included), as the database owner."""
-    info = instance["connection_info"]
-    conn = await asyncpg.connect(
-        host=info["host"],
-        port=info["port"],
-        database=info["database"],
-        user="admin",
-        password="s3cret-pass",
-    )
-    try:
-        return tuple(await conn.fetchrow(sql))
-    finally:
-        await conn.close()
 
 
 async def _primary_is(api: httpx.AsyncClient, database_id: str, instance: str) -> dict[str, Any]:

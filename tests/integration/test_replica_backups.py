@@ -6,13 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.support.api import create_and_wait, database_body, wait_task
 from tests.support.data import TABLE, backup, on_every, posix, posix_repository
 from tests.support.eventually import eventually
-from tests.support.ha import run_action, serving_hosts, slots_copied, streaming, task_log
+from tests.support.ha import (
+    connect_instance,
+    run_action,
+    serving_hosts,
+    slots_copied,
+    streaming,
+    task_log,
+)
 from tests.support.load import ids_on, settle, writers
 from tests.support.server import ServerProcess
 
@@ -78,16 +84,9 @@ async def test_backup_from_a_replica_restores_the_rows(
         roles = {i["id"]: (i["host_id"], i["role"]) for i in view["instances"]}
         assert roles == {"rbcopy-n1": ("h3", "primary"), "rbcopy-n1-h1": ("h1", "replica")}
         replica = next(i for i in view["instances"] if i["role"] == "replica")
-        info = replica["connection_info"]
 
         async def replayed() -> bool:
-            conn = await asyncpg.connect(
-                host=info["host"],
-                port=info["port"],
-                database=info["database"],
-                user="admin",
-                password="s3cret-pass",
-            )
+            conn = await connect_instance(replica)
             try:
                 ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
                 assert await conn.fetchval("SELECT pg_is_in_recovery()")

@@ -68,16 +68,30 @@ async def streaming(api: httpx.AsyncClient, database_id: str) -> dict[str, Any]:
     return await eventually(probe, timeout=120, what="replicas streaming")
 
 
-async def logical_slots(instance: dict[str, Any]) -> set[str]:
+async def connect_instance(instance: dict[str, Any]) -> asyncpg.Connection:
+    """A connection to this very instance (a replica included), as the database owner."""
     info = instance["connection_info"]
+    return await asyncpg.connect(
+        host=info["host"],
+        port=info["port"],
+        database=info["database"],
+        user="admin",
+        password="s3cret-pass",
+    )
+
+
+async def query_instance(instance: dict[str, Any], sql: str) -> tuple[Any, ...]:
+    """One row of `sql` on this very instance, as the database owner."""
+    conn = await connect_instance(instance)
     try:
-        conn = await asyncpg.connect(
-            host=info["host"],
-            port=info["port"],
-            database=info["database"],
-            user="admin",
-            password="s3cret-pass",
-        )
+        return tuple(await conn.fetchrow(sql))
+    finally:
+        await conn.close()
+
+
+async def logical_slots(instance: dict[str, Any]) -> set[str]:
+    try:
+        conn = await connect_instance(instance)
     except OSError as exc:  # a replica restarts to load a slot it copied
         raise AssertionError(f"{instance['id']}: {exc}") from exc
     try:

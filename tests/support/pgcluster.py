@@ -17,6 +17,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def bind_succeeds(address: str, port: int) -> bool:
+    """True when `address:port` could be bound now (as the control plane checks a port)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
 class ScratchCluster:
     """initdb + pg_ctl start in `root` (a 0755 dir owned by the OS user), socket in `root`."""
 
