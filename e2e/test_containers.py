@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.api import create_and_wait, database_body
+from tests.support.api import create_and_wait, database_body, wait_task
 from tests.support.data import TABLE, backup, converged, on_every, posix, update_and_wait, write
 from tests.support.deployment import DockerDeployment
 
@@ -59,3 +59,23 @@ async def test_backups_enabled_later_get_their_mount(
     assert mounts[str(repo_dir / "databases" / "later-mount")] is True
     await backup(api, "later-mount")
     assert list((repo_dir / "databases" / "later-mount").rglob("backup.info"))
+
+
+async def test_a_drill_restores_a_set_in_a_scratch_container(
+    api: httpx.AsyncClient, docker_deployment: DockerDeployment, repo_dir: Path
+) -> None:
+    """A restore drill on docker restores the node's set into a scratch container, counts its
+    rows and checks it with pg_amcheck, then removes the scratch."""
+    database = await create_and_wait(api, database_body("drilled", backup_config=posix(repo_dir)))
+    await on_every(database, TABLE)
+    await write(database, "n1", range(1, 43))
+    await backup(api, "drilled")
+    response = await api.post("/v1/databases/drilled/nodes/n1/backups/verify", json={"drill": True})
+    assert response.status_code == 202, response.text
+    task = await wait_task(api, "drilled", response.json()["task"]["task_id"], timeout=300)
+    assert task["status"] == "completed", task["error"]
+    assert task["result"]["row_counts"]["public.items"] == 42, task["result"]
+    left = await asyncio.to_thread(docker_deployment.containers, database="drilled")
+    assert {c.labels["controlplane.instance"] for c in left} == {"drilled-n1"}, [
+        c.name for c in left
+    ]

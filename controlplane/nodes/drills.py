@@ -119,9 +119,9 @@ async def restore_scratch(
             pg_data = orchestrator.data_dir(ref)
             raise restore_error(exc, subject=subject, label=label, pg_data=pg_data) from None
     settings = await managed_settings(ctx, spec, ref, archive_command=NOOP_ARCHIVE_COMMAND)
-    # Only the unix socket, whose directory is private to the OS user: nothing on the network
-    # reaches the scratch.
-    settings |= {"listen_addresses": quote_conf(""), "archive_mode": "off"}
+    # Loopback only (the docker orchestrator reaches an instance over TCP on 127.0.0.1), and
+    # fenced below: nobody but the control plane's superuser logs in to the scratch.
+    settings |= {"listen_addresses": quote_conf("127.0.0.1"), "archive_mode": "off"}
     await orchestrator.write_postgresql_conf(ref, settings)
     await orchestrator.fence_clients(ref, fenced=True)
 
