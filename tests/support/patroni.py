@@ -291,10 +291,17 @@ class PatroniHarness:
 
     async def try_query(self, name: str, sql: str) -> Any:
         """Like `query`, but None while the member cannot answer it (down, starting, not yet
-        replayed the table)."""
+        replayed the table, or restarting under the query: Patroni restarts a replica to load
+        a slot copy, and asyncpg then reports its own protocol state)."""
         try:
             return await self.query(name, sql)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (
+            TimeoutError,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ):
             return None
 
     async def wait_for_leader(self, *, timeout: float = 60, among: list[str] | None = None) -> str:
