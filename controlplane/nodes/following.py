@@ -4,7 +4,13 @@ hold to it, and its own, restarted at once (pglogical alone retries a failed wor
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import asyncpg
+
 from controlplane import replication
+from controlplane.errors import DependencyError
 from controlplane.nodes.common import ref_of
 from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
@@ -87,6 +93,7 @@ async def follow_new_primary(
     failover (`lossy`) it may lack what the old one had not streamed: the other nodes'
     subscriptions restart from the new primary's slot positions (`follow_failover`).
     Returns what was restarted, for the task log."""
+    await _wait_writable(services, row)
     restarted: list[str] = []
     if lossy:
         await follow_failover(services, row, database_name)
@@ -96,6 +103,25 @@ async def follow_new_primary(
     async with services.pool.acquire() as conn:
         await instances.set_primary(conn, database_id, row.node_name, row.id)
     return restarted
+
+
+async def _wait_writable(services: Services, row: InstanceRow, limit: float = 60.0) -> None:
+    """Until `row` is out of recovery: Patroni names a leader from its promote request on,
+    and the promotion itself may take a moment longer."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            conn = await services.orchestrator.connect(ref_of(row))
+            try:
+                if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+                    return
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError):
+            pass
+        if time.monotonic() > deadline:
+            raise DependencyError(f"instance {row.id} is still in recovery after {limit:g}s")
+        await asyncio.sleep(0.2)
 
 
 def _running(row: InstanceRow) -> bool:

@@ -28,12 +28,20 @@ One instance is one container plus one named volume. Inside the container:
   tells when it must be recreated for new ones;
 - the repository secrets Postgres needs (archive_command, restore_command) are staged for each
   start in a memory-backed host directory mounted at `/run/controlplane-secrets`; the container
-  opens the file on descriptor 9 and deletes it (see instance_secrets).
+  opens the file on descriptor 9 and deletes it (see instance_secrets);
+- an instance of a node with replicas runs Patroni as its container's process, with the
+  member's configuration in the instance directory. Patroni includes our config file
+  (`custom_conf`) where it would include `postgresql.base.conf`, and points hba_file and
+  ident_file at ours, so that the image's settings and our client rules apply as for any
+  instance; its password file goes on the data volume (the instance directory is read-only).
+  Patroni starts Postgres through `bin/postgres` in the instance directory, which reopens
+  Patroni's descriptor 9 (see local_patroni): archive_command finds the secrets as usual.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
@@ -44,6 +52,7 @@ import msgspec
 
 from controlplane.orchestrator.base import ContainerOptions, ExtraMount, InstanceRef
 from controlplane.orchestrator.instance_secrets import CONTAINER_SECRETS_FILE, SECRETS_FD
+from controlplane.orchestrator.local_patroni import SECRETS_PID
 from controlplane.system.postgres import hba, scram_verifier
 
 VOLUME_TARGET = "/var/lib/postgresql/data"
@@ -75,6 +84,19 @@ PASSWORD_FILE = "password"
 PASSWORD_SQL_FILE = "superuser.sql"
 # Exit code of the init script when PGDATA already holds a cluster.
 INIT_EXISTS = 10
+PATRONI = "/usr/bin/patroni"
+# Patroni rewrites its password file: on the data volume, outside PGDATA (never copied).
+PATRONI_PGPASS = f"{VOLUME_TARGET}/patroni.pgpass"
+# The server programs Patroni runs (from the member's bin_dir).
+PATRONI_PROGRAMS = (
+    "initdb",
+    "pg_basebackup",
+    "pg_controldata",
+    "pg_ctl",
+    "pg_isready",
+    "pg_rewind",
+    "pg_waldump",
+)
 
 _START_OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$")
 _HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,35}$")
@@ -107,6 +129,15 @@ _EMPTY_SCRIPT = 'rm -rf -- "$1" "$1.init" && mkdir -m 0700 -- "$1"'
 _RUN_SCRIPT = f"""\
 if [ -f "$0" ]; then exec {SECRETS_FD}<"$0" && rm -f -- "$0"; fi
 exec "$@"
+"""
+# Patroni's PID in its environment, which it passes on to the Postgres it starts: the bin/postgres
+# wrapper reopens Patroni's descriptor 9 from there (Patroni closes the others).
+_PATRONI_SCRIPT = f'export {SECRETS_PID}=$$; exec "$@"'
+# A data directory Patroni ran, given back to a plain start (see local_patroni.release_data_dir).
+_RELEASE_SCRIPT = """\
+cd -- "$1" || exit 0
+if [ -f postgresql.base.conf ]; then mv -f postgresql.base.conf postgresql.conf; fi
+rm -f patroni.dynamic.json postgresql.conf.backup pg_hba.conf.backup pg_ident.conf.backup
 """
 # The pid file lets a cancel signal the exec'd process: the engine API cannot kill an exec.
 _EXEC_SCRIPT = 'echo "$$" > "$0" && exec "$@"'
@@ -340,6 +371,44 @@ def postgres_argv(instance_dir: str, options: Sequence[str]) -> list[str]:
     for item in options:
         argv += ["-c", item]
     return argv
+
+
+def patroni_argv(config_file: str) -> list[str]:
+    """The container's command for a Patroni member: take the staged secrets (descriptor 9),
+    then run Patroni with the member's configuration, its PID in its environment."""
+    return [
+        "sh",
+        "-c",
+        _RUN_SCRIPT,
+        CONTAINER_SECRETS_FILE,
+        "sh",
+        "-c",
+        _PATRONI_SCRIPT,
+        "sh",
+        PATRONI,
+        config_file,
+    ]
+
+
+def patroni_config(rendered: str, instance_dir: str, superuser_password: str | None) -> str:
+    """A member's rendered Patroni configuration placed in this layout: our config file
+    included instead of `postgresql.base.conf`, our hba and ident files, the password file on
+    the data volume, and the superuser's password the database's own (every container and the
+    mesh's passfile use it)."""
+    config = json.loads(rendered)
+    postgresql = config["postgresql"]
+    postgresql["custom_conf"] = posixpath.join(instance_dir, CONF_FILE)
+    postgresql["pgpass"] = PATRONI_PGPASS
+    parameters = postgresql.setdefault("parameters", {})
+    parameters["hba_file"] = posixpath.join(instance_dir, HBA_FILE)
+    parameters["ident_file"] = posixpath.join(instance_dir, IDENT_FILE)
+    if superuser_password is not None:
+        postgresql["authentication"]["superuser"]["password"] = superuser_password
+    return json.dumps(config, indent=2) + "\n"
+
+
+def release_argv() -> list[str]:
+    return ["sh", "-c", _RELEASE_SCRIPT, "sh", PGDATA]
 
 
 def init_argv(password_file: str, owner: str) -> list[str]:

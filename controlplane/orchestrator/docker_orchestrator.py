@@ -16,7 +16,9 @@ and instances listen on 127.0.0.1 of the host network.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import secrets
 import shutil
@@ -28,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
 from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.models import Host
 from controlplane.orchestrator import docker_layout as layout
 from controlplane.orchestrator import instance_secrets as staged
+from controlplane.orchestrator import local_patroni
 from controlplane.orchestrator.base import ContainerOptions, InstanceRef, InstanceStatus
 from controlplane.orchestrator.docker_engine import ContainerSpec, Engine, mounted, running
 from controlplane.orchestrator.hba import (
@@ -409,7 +413,12 @@ class DockerOrchestrator:
         self, ref: InstanceRef, *, on_line: LineSink, options: Mapping[str, str] | None = None
     ) -> None:
         """Create a fresh container on the volume and start it, wait until Postgres accepts
-        writes, then make sure the superuser answers to this database's password."""
+        writes, then make sure the superuser answers to this database's password. A Patroni
+        member gets a container running its Patroni, which starts Postgres in the role the
+        cluster gives it."""
+        if ref.supervisor == "patroni":
+            await self._start_patroni(ref, role=None, on_line=on_line)
+            return
         extra = layout.check_start_options(options)
         engine = self._engine(ref)
         container = self._options(ref)
@@ -506,11 +515,19 @@ class DockerOrchestrator:
     async def stop(self, ref: InstanceRef, *, on_line: LineSink) -> None:
         """Fast shutdown (SIGINT); if it does not finish in time (a shutdown checkpoint waits
         for archive-push while the repository is unreachable), immediate shutdown (SIGQUIT):
-        the next start runs crash recovery and loses nothing committed. Then SIGKILL."""
+        the next start runs crash recovery and loses nothing committed. Then SIGKILL. A Patroni
+        member's container gets SIGTERM (Patroni stops its Postgres, a leader hands over first),
+        then SIGKILL, which takes its Postgres down with it."""
         if not await self._running(ref):
             return
         engine, name = self._engine(ref), self._name(ref)
-        for sig, mode, wait in (("SIGINT", "fast", 120.0), ("SIGQUIT", "immediate", 60.0)):
+        steps: tuple[tuple[str, str, float], ...] = (
+            ("SIGINT", "fast", 120.0),
+            ("SIGQUIT", "immediate", 60.0),
+        )
+        if ref.supervisor == "patroni":
+            steps = (("SIGTERM", "patroni", 120.0),)
+        for sig, mode, wait in steps:
             await engine.kill(name, sig)
             if await self._wait_exit(ref, wait):
                 await on_line(f"container {name} stopped ({mode} shutdown)")
@@ -531,12 +548,144 @@ class DockerOrchestrator:
         return False
 
     async def release_from_patroni(self, ref: InstanceRef) -> None:
-        """Patroni never runs an instance here (see start_patroni): nothing to release."""
+        """In a one-off on the data volume (the instance is stopped): Patroni's postgresql.conf
+        replaced by the one it moved aside, if any, and its own files removed. Postgres itself
+        never reads the postgresql.conf in PGDATA here (see docker_layout)."""
+        await self._refuse_running(ref, "releasing the data directory from Patroni")
+        if not await self._engine(ref).volume_exists(self._volume(ref)):
+            return
+        result = await self._one_off(ref, layout.release_argv())
+        if result.exit_code != 0:
+            raise ExternalCommandError(
+                f"releasing {ref.instance_id} from Patroni failed: {result.tail(5)}",
+                exit_code=result.exit_code,
+            )
 
     async def start_patroni(self, ref: InstanceRef, config: str, *, role: str) -> None:
-        raise PreconditionError(
-            "nodes with replicas run on the local orchestrator for now: the docker orchestrator"
-            " runs one instance per node"
+        """Make the instance a Patroni member: its configuration (placed in this layout, see
+        docker_layout.patroni_config) written into the instance directory, and a container
+        whose process is Patroni; wait until the member serves as `role`. The primary's
+        superuser then answers to the database's password again (adoption set Patroni's)."""
+        self._ensure_dirs(ref)
+        placed = layout.patroni_config(config, str(self._dir(ref)), self._password(ref.database_id))
+        self._files.write(self._dir(ref) / local_patroni.CONFIG_FILE, placed)
+        await self._start_patroni(ref, role=role, on_line=_quiet)
+        if role == "primary":
+            # Patroni answers as primary from its promote request on: wait for the promotion.
+            await self._wait_writable(ref)
+            await self._ensure_password(ref)
+
+    def _prepare_patroni(self, ref: InstanceRef) -> None:
+        """The instance directory as a Patroni member's container needs it: `bin/` with the
+        image's server programs (`postgres` wrapped, see local_patroni) and our config file
+        (a replica has none of its own until a spec change writes it)."""
+        self._ensure_dirs(ref)
+        directory = self._dir(ref)
+        bin_dir = directory / local_patroni.BIN_DIR
+        self._files.private_dir(bin_dir, 0o700)
+        wrapper = local_patroni.postgres_wrapper(Path(layout.PG_BIN) / "postgres")
+        self._files.write(bin_dir / "postgres", wrapper, executable=True)
+        for program in layout.PATRONI_PROGRAMS:
+            target = bin_dir / program
+            if not target.is_symlink():
+                with contextlib.suppress(FileExistsError):
+                    target.symlink_to(f"{layout.PG_BIN}/{program}")
+        if not (directory / layout.CONF_FILE).exists():
+            text = layout.render_postgresql_conf({}, str(directory))
+            self._files.write(directory / layout.CONF_FILE, text)
+
+    def _patroni_config(self, ref: InstanceRef) -> dict[str, Any]:
+        text = self._files.read(self._dir(ref) / local_patroni.CONFIG_FILE)
+        if not text:
+            raise PreconditionError(f"instance {ref.instance_id} has no Patroni configuration")
+        parsed: dict[str, Any] = json.loads(text)
+        return parsed
+
+    async def _start_patroni(
+        self, ref: InstanceRef, *, role: str | None, on_line: LineSink
+    ) -> None:
+        """A fresh container running the member's Patroni, unless one runs; then, if `role`
+        is given, wait until the member serves as that role."""
+        engine, name = self._engine(ref), self._name(ref)
+        config = self._patroni_config(ref)
+        if not await self._running(ref):
+            await self._reap(ref)
+            await engine.create_volume(self._volume(ref), self._labels(ref, "data"))
+            await asyncio.to_thread(self._prepare_patroni, ref)
+            await self._refuse_held_lock(ref, config)
+            container = self._options(ref)
+            image = self._image_of(container)
+            mounts = await asyncio.to_thread(self._mounts, ref, with_data=True)
+            secrets_mount = await asyncio.to_thread(self._stage_secrets, ref)
+            own = {
+                **self._labels(ref, layout.ROLE_INSTANCE),
+                layout.OPTIONS_LABEL: layout.options_digest(image, container),
+            }
+            spec = ContainerSpec(
+                image=image,
+                command=layout.patroni_argv(str(self._dir(ref) / local_patroni.CONFIG_FILE)),
+                labels=layout.container_labels(own, container),
+                mounts=sorted([*mounts, secrets_mount]),
+                nano_cpus=container.nano_cpus,
+                mem_limit=container.memory_bytes,
+            )
+            try:
+                # SIGTERM: Patroni stops its Postgres, and a leader hands its lock over first.
+                await engine.run_service(name, spec, stop_signal="SIGTERM")
+                await on_line(f"container {name} started (patroni)")
+                await self._wait_patroni_started(ref)
+            finally:
+                await asyncio.to_thread(self._unstage_secrets, ref)
+        if role is not None:
+            await self._wait_role(ref, config, role)
+
+    async def _wait_patroni_started(self, ref: InstanceRef, limit: float = 30.0) -> None:
+        """Until the container has taken its staged secrets (the file is gone), or it died."""
+        staged_file = self._memory / ref.instance_id / staged.CONTAINER_SECRETS_NAME
+        deadline = time.monotonic() + limit
+        while staged_file.exists() and time.monotonic() < deadline:
+            if not await self._running(ref):
+                raise ExternalCommandError(
+                    f"patroni of {ref.instance_id} exited: "
+                    f"{await self._engine(ref).log_tail(self._name(ref), 8)}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def _refuse_held_lock(self, ref: InstanceRef, config: dict[str, Any]) -> None:
+        """A member whose container vanished while it led (its host lost) holds the leader
+        lock until it expires. Started again at once, its Patroni would take the lock back as
+        its own and no replica would take over: refuse until another member leads or the lock
+        expired (the monitor tries again on its next pass), as if the host had come back after
+        the failover; the member then rejoins as a replica."""
+        hosts = [str(h) for h in config.get("etcd3", {}).get("hosts", [])]
+        key = f"{config.get('namespace', '/service/')}{config['scope']}/leader"
+        if await _etcd_get(hosts, key) == str(config["name"]):
+            raise PreconditionError(
+                f"instance {ref.instance_id} still holds its node's leader lock (its container "
+                "was lost while it led): it starts once another member leads or the lock expires"
+            )
+
+    async def _wait_role(
+        self, ref: InstanceRef, config: dict[str, Any], role: str, limit: float = 600.0
+    ) -> None:
+        """Until the member's REST API answers 200 on /<role> (primary: the writable leader;
+        replica: running in recovery)."""
+        url = f"http://{config['restapi']['connect_address']}/{role}"
+        deadline = time.monotonic() + limit
+        async with httpx.AsyncClient(timeout=5) as client:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        return
+                if not await self._running(ref):
+                    raise ExternalCommandError(
+                        f"patroni of {ref.instance_id} stopped: "
+                        f"{await self._engine(ref).log_tail(self._name(ref), 8)}"
+                    )
+                await asyncio.sleep(0.5)
+        raise ExternalCommandError(
+            f"instance {ref.instance_id} did not become {role} in {limit:g}s: "
+            f"{await self._engine(ref).log_tail(self._name(ref), 8)}"
         )
 
     async def remove_instance(self, ref: InstanceRef, *, on_line: LineSink) -> None:
@@ -632,6 +781,21 @@ class DockerOrchestrator:
             timeout=10,
         )
         return conn
+
+
+async def _etcd_get(hosts: Sequence[str], key: str) -> str | None:
+    """One key's value through etcd's v3 JSON gateway (None: absent, or etcd unreachable)."""
+    body = {"key": base64.b64encode(key.encode()).decode()}
+    async with httpx.AsyncClient(timeout=5) as client:
+        for host in hosts:
+            try:
+                response = await client.post(f"http://{host}/v3/kv/range", json=body)
+                response.raise_for_status()
+            except httpx.HTTPError:
+                continue
+            kvs = response.json().get("kvs") or []
+            return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+    return None
 
 
 async def _quiet(line: str) -> None:
