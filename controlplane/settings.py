@@ -24,8 +24,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 3000
-    orchestrator: Literal["local", "docker"] = "local"
+    orchestrator: Literal["local", "docker", "swarm"] = "local"
     docker_url: str | None = None
+    # Swarm orchestrator: the manager's engine URL; unset means DOCKER_HOST. Hosts are the
+    # swarm's nodes labelled `controlplane.host=<host id>`.
+    swarm_url: str | None = None
     # Docker orchestrator hosts: "id=url,id2=url2", or the path of a file with one id=url per
     # line; unset means one host "local" at docker_url (or DOCKER_HOST).
     docker_hosts: str | None = None

@@ -30,8 +30,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--orchestrator",
         default=os.environ.get("CONTROLPLANE_ORCHESTRATOR", "local"),
         type=_orchestrators,
-        help="orchestrators the scenarios in tests/scenarios run on: local, docker or both "
-        "(comma-separated); docker needs the engine `e2e/run up` starts",
+        help="orchestrators the scenarios in tests/scenarios run on: local, docker, swarm "
+        "(comma-separated); docker needs the engine `e2e/run up` starts, swarm the swarm "
+        "`e2e/swarm up` starts (CONTROLPLANE_SWARM_DOCKER_HOST)",
     )
 
 

@@ -35,6 +35,8 @@ MEMORY_FILE_NAME = "controlplane-secrets"
 CONTAINER_SECRETS_DIR = "/run/controlplane-secrets"
 CONTAINER_SECRETS_NAME = "env"
 CONTAINER_SECRETS_FILE = f"{CONTAINER_SECRETS_DIR}/{CONTAINER_SECRETS_NAME}"
+# Inside a swarm task: the Swarm secret the postmaster gets them from (read-only, kept).
+SWARM_SECRET_FILE = "/run/secrets/controlplane-postmaster-env"
 
 RUNNER = f"""\
 #!/bin/sh
@@ -42,7 +44,8 @@ RUNNER = f"""\
 # the repository secrets come from the file the postmaster was started with, on descriptor
 # {SECRETS_FD}, and only when that descriptor is the one the control plane handed over.
 case "$(readlink /proc/self/fd/{SECRETS_FD} 2>/dev/null)" in
-  "/memfd:{MEMORY_FILE_NAME} (deleted)" | {CONTAINER_SECRETS_DIR}/*) . /proc/self/fd/{SECRETS_FD} ;;
+  "/memfd:{MEMORY_FILE_NAME} (deleted)" | {CONTAINER_SECRETS_DIR}/* | {SWARM_SECRET_FILE})
+    . /proc/self/fd/{SECRETS_FD} ;;
 esac
 exec pgbackrest "$@"
 """

@@ -220,6 +220,18 @@ class SwarmEngine:
 
         return await self.call(f"reading the log of service {name}", read)
 
+    async def remove_services(self, label_filters: list[str]) -> list[str]:
+        """Remove every service carrying all the labels (`key=value`); their names."""
+
+        def remove(client: Any) -> list[str]:
+            found = client.api.services(filters={"label": label_filters})
+            for item in found:
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.api.remove_service(item["ID"])
+            return [str(item["Spec"]["Name"]) for item in found]
+
+        return await self.call("removing services", remove)
+
     # -- one-off jobs ----------------------------------------------------------------------
     async def run_job(
         self, spec: layout.ServiceSpec, within: float, *, on_line: LineSink | None = None
@@ -303,6 +315,10 @@ def _service_kwargs(
                 driver_config=DriverConfig("local"),
             )
         )
+    mounts += [
+        Mount(target=b.target, source=b.source, type="bind", read_only=b.read_only)
+        for b in spec.binds
+    ]
     container = ContainerSpec(
         image=spec.image,
         command=spec.command,
@@ -319,6 +335,7 @@ def _service_kwargs(
             for r in spec.configs
         ],
         stop_grace_period=int(spec.stop_grace_seconds * 1e9),
+        stop_signal=spec.stop_signal or None,
     )
     template = TaskTemplate(
         container_spec=container,

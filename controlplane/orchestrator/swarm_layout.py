@@ -48,6 +48,14 @@ class FileRef(msgspec.Struct, frozen=True, kw_only=True):
     mode: int = 0o444
 
 
+class BindRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A directory of the node bind-mounted into a task (it must exist on the node)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
 class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One service (one task) pinned to a host: what it runs, its volume, files and limits
     (0: none). `user` is the container user (a name of the image or `uid:gid`)."""
@@ -62,11 +70,13 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True):
     volume_target: str = ""
     secrets: list[FileRef] = []
     configs: list[FileRef] = []
+    binds: list[BindRef] = []
     env: dict[str, str] = {}
     nano_cpus: int = 0
     memory: int = 0
     restart: RestartCondition = "on-failure"
     stop_grace_seconds: float = 30.0
+    stop_signal: str = ""  # empty: the image's (SIGTERM)
 
 
 class SwarmNode(msgspec.Struct, frozen=True, kw_only=True):

@@ -45,6 +45,10 @@ def make_orchestrator(settings: Settings) -> Orchestrator:
 
         hosts = load_docker_hosts(settings.docker_hosts, default_url=settings.docker_url)
         return DockerOrchestrator(settings, hosts=hosts)
+    if settings.orchestrator == "swarm":
+        from controlplane.orchestrator.swarm_orchestrator import SwarmOrchestrator
+
+        return SwarmOrchestrator(settings)
     return LocalOrchestrator(settings)
 
 

@@ -41,6 +41,7 @@ _RESERVED_MOUNTS = ("/var/lib/postgresql", "/var/run/postgresql", "/run/controlp
 
 LOCAL_ORCHESTRATOR = "local"
 DOCKER_ORCHESTRATOR = "docker"
+SWARM_ORCHESTRATOR = "swarm"
 _USE_DOCKER = "the docker orchestrator applies it (CONTROLPLANE_ORCHESTRATOR=docker)"
 # What the docker orchestrator applies to an instance's container: bind mounts, labels, its
 # image, nano_cpus and mem_limit. Not extra_networks: instances use the host's network.
@@ -57,6 +58,8 @@ def _not_applied(orchestrator: str | None, name: str) -> str | None:
         )
     if orchestrator == DOCKER_ORCHESTRATOR and name not in DOCKER_APPLIES:
         return f"the docker orchestrator does not apply {name} yet"
+    if orchestrator == SWARM_ORCHESTRATOR:
+        return f"the swarm orchestrator does not apply {name} yet; {_USE_DOCKER}"
     return None
 
 

@@ -22,7 +22,11 @@ from tests.support.processes import files_holding, instance_postmaster, secret_h
 # archive-push/archive-get that Postgres starts through the runner).
 PGBACKREST = frozenset({"pgbackrest"})
 # What descriptor 9 of a postmaster is, per orchestrator: the file handed over at its start.
-HANDED = {"local": "/memfd:controlplane-secrets", "docker": "/run/controlplane-secrets/env"}
+HANDED = {
+    "local": "/memfd:controlplane-secrets",
+    "docker": "/run/controlplane-secrets/env",
+    "swarm": "/run/secrets/controlplane-postmaster-env",
+}
 
 
 @pytest.fixture

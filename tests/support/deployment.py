@@ -7,10 +7,12 @@ asked here, once per orchestrator: local postmasters and pgBackRest processes, o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +22,11 @@ from tests.support.os_user import give_to_os_user
 from tests.support.processes import cmdlines, postmasters_under
 from tests.support.server import ServerProcess
 
-ORCHESTRATORS = ("local", "docker")
+ORCHESTRATORS = ("local", "docker", "swarm")
 E2E_ROOT = Path(os.environ.get("CONTROLPLANE_E2E_ROOT", "/var/tmp/controlplane-e2e"))
+SWARM_ROOT = Path(os.environ.get("CONTROLPLANE_SWARM_ROOT", "/var/tmp/controlplane-swarm"))
+# The host id the scenarios place every node on (the default host).
+SWARM_HOST_ID = "local"
 KEEP = bool(os.environ.get("CONTROLPLANE_E2E_KEEP"))
 
 
@@ -194,11 +199,86 @@ class DockerDeployment(Deployment):
         self.server.stop_instances()
 
 
+class SwarmDeployment(DockerDeployment):
+    """Instances are single-task services on the single-node swarm of `e2e/swarm up`
+    (CONTROLPLANE_SWARM_DOCKER_HOST), whose node is labelled as the host the scenarios use.
+    Task containers carry the instance labels, so the container questions are asked as for
+    docker; services, secrets and configs are removed at the end as well."""
+
+    orchestrator = "swarm"
+
+    def __init__(self, work_dir: Path, env: dict[str, str]) -> None:
+        import docker
+
+        url = os.environ.get("CONTROLPLANE_SWARM_DOCKER_HOST", "")
+        assert url, "CONTROLPLANE_SWARM_DOCKER_HOST is not set: start a swarm with e2e/swarm up"
+        self.docker_url = url
+        self.client = docker.DockerClient(base_url=url, version="1.41")
+        self.client.ping()
+        self._label_node()
+        image = os.environ.get("CONTROLPLANE_INSTANCE_IMAGE", "controlplane/postgres:15")
+        Deployment.__init__(
+            self,
+            work_dir,
+            {"CONTROLPLANE_SWARM_URL": url, "CONTROLPLANE_INSTANCE_IMAGE": image, **env},
+        )
+
+    def _label_node(self) -> None:
+        from controlplane.orchestrator.swarm_layout import HOST_LABEL
+
+        for node in self.client.nodes.list():
+            spec = dict(node.attrs["Spec"])
+            labels = dict(spec.get("Labels") or {})
+            if labels.get(HOST_LABEL) != SWARM_HOST_ID:
+                node.update({**spec, "Labels": {**labels, HOST_LABEL: SWARM_HOST_ID}})
+
+    def services(self, **labels: str) -> list[Any]:
+        filters = [self._namespace(), *(f"controlplane.{k}={v}" for k, v in labels.items())]
+        found: list[Any] = self.client.services.list(filters={"label": filters})
+        return found
+
+    def running_nodes(self, database_id: str) -> list[str]:
+        found = self.containers(database=database_id, role="instance")
+        return sorted({c.labels["controlplane.node"] for c in found if c.status == "running"})
+
+    def lose_instance(self, instance_id: str) -> None:
+        found = self.containers(instance=instance_id, role="instance")
+        [container] = [c for c in found if c.status == "running"]
+        container.remove(force=True)
+
+    def visible_config(self, instance_id: str) -> str:
+        inspected = [str(s.attrs["Spec"]) for s in self.services(instance=instance_id)]
+        return "\n".join([super().visible_config(instance_id), *inspected])
+
+    def remove_containers(self) -> None:
+        for service in self.services():
+            service.remove()
+        for kind in (self.client.secrets, self.client.configs):
+            for item in kind.list(filters={"label": [self._namespace()]}):
+                with contextlib.suppress(Exception):
+                    item.remove()
+        import docker.errors
+
+        labels = {"label": [self._namespace()]}
+        # The plain listing: swarm removes the tasks' containers by itself, so one listed a
+        # moment ago may be gone when it is inspected or removed.
+        for _ in range(100):
+            if not self.client.api.containers(all=True, filters=labels):
+                break
+            time.sleep(0.2)
+        for container in self.client.api.containers(all=True, filters=labels):
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.api.remove_container(container["Id"], force=True)
+        for volume in self.client.volumes.list(filters=labels):
+            with contextlib.suppress(docker.errors.NotFound):
+                volume.remove(force=True)
+
+
 def work_root(orchestrator: str) -> Path:
     """Where a deployment's directories go: /tmp locally; for Docker, next to the
     engine's own state (containers bind-mount repositories and configs from there)."""
-    if orchestrator == "docker":
-        root = E2E_ROOT / "work"
+    if orchestrator in ("docker", "swarm"):
+        root = (E2E_ROOT if orchestrator == "docker" else SWARM_ROOT) / "work"
         root.mkdir(parents=True, exist_ok=True)
         root.chmod(0o755)
         return root
@@ -211,8 +291,8 @@ def run_deployment(orchestrator: str, env: dict[str, str] | None = None) -> Iter
         raise ValueError(f"orchestrator must be one of {ORCHESTRATORS}, not {orchestrator!r}")
     work_dir = Path(tempfile.mkdtemp(prefix=f"cps-{orchestrator}-", dir=work_root(orchestrator)))
     give_to_os_user(work_dir)
-    kind = DockerDeployment if orchestrator == "docker" else LocalDeployment
-    found = kind(work_dir, env or {})
+    kinds: dict[str, type[Deployment]] = {"docker": DockerDeployment, "swarm": SwarmDeployment}
+    found = kinds.get(orchestrator, LocalDeployment)(work_dir, env or {})
     found.server.start()
     try:
         yield found
