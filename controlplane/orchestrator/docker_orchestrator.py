@@ -46,6 +46,7 @@ from controlplane.orchestrator.hba import (
     client_ident,
     spec_lines,
 )
+from controlplane.orchestrator.patroni import wait_for_role
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.system.files import OwnedFiles
@@ -665,28 +666,14 @@ class DockerOrchestrator:
                 "was lost while it led): it starts once another member leads or the lock expires"
             )
 
-    async def _wait_role(
-        self, ref: InstanceRef, config: dict[str, Any], role: str, limit: float = 600.0
-    ) -> None:
-        """Until the member's REST API answers 200 on /<role> (primary: the writable leader;
-        replica: running in recovery)."""
-        url = f"http://{config['restapi']['connect_address']}/{role}"
-        deadline = time.monotonic() + limit
-        async with httpx.AsyncClient(timeout=5) as client:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(url)).status_code == 200:
-                        return
-                if not await self._running(ref):
-                    raise ExternalCommandError(
-                        f"patroni of {ref.instance_id} stopped: "
-                        f"{await self._engine(ref).log_tail(self._name(ref), 8)}"
-                    )
-                await asyncio.sleep(0.5)
-        raise ExternalCommandError(
-            f"instance {ref.instance_id} did not become {role} in {limit:g}s: "
-            f"{await self._engine(ref).log_tail(self._name(ref), 8)}"
-        )
+    async def _wait_role(self, ref: InstanceRef, config: dict[str, Any], role: str) -> None:
+        async def alive() -> bool:
+            return await self._running(ref)
+
+        async def log_tail() -> str:
+            return await self._engine(ref).log_tail(self._name(ref), 8)
+
+        await wait_for_role(config, role, member=ref.instance_id, alive=alive, log_tail=log_tail)
 
     async def remove_instance(self, ref: InstanceRef, *, on_line: LineSink) -> None:
         """Stop, then remove every container, the volume, the instance directory, and the

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from controlplane.errors import ExternalCommandError
 from controlplane.orchestrator import instance_secrets as secrets
+from controlplane.orchestrator.patroni import wait_for_role
 from controlplane.system.files import OwnedFiles
 from controlplane.system.process import as_user, run_command
 
@@ -160,20 +159,15 @@ class PatroniProcesses:
         config = self.config(home)
         if config is None:
             raise ExternalCommandError(f"instance {home.name} has no Patroni configuration")
-        url = f"http://{config['restapi']['connect_address']}/{role}"
-        deadline = time.monotonic() + limit
-        async with httpx.AsyncClient(timeout=5) as client:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(url)).status_code == 200:
-                        return
-                if self.pid(home) is None:
-                    raise ExternalCommandError(
-                        f"patroni of {home.name} stopped: {self.log_tail(home)}"
-                    )
-                await asyncio.sleep(0.5)
-        raise ExternalCommandError(
-            f"instance {home.name} did not become {role} in {limit:g}s: {self.log_tail(home)}"
+
+        async def alive() -> bool:
+            return self.pid(home) is not None
+
+        async def log_tail() -> str:
+            return self.log_tail(home)
+
+        await wait_for_role(
+            config, role, member=home.name, alive=alive, log_tail=log_tail, limit=limit
         )
 
     def log_tail(self, home: Path, lines: int = 8) -> str:

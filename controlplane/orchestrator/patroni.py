@@ -57,16 +57,18 @@ member of a cluster has the same ones, as it has the same three database roles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 import httpx
 import msgspec
 
-from controlplane.errors import DependencyError, PreconditionError
+from controlplane.errors import DependencyError, ExternalCommandError, PreconditionError
 from controlplane.system.postgres import scram_verifier
 
 NAMESPACE = "/controlplane/"
@@ -552,3 +554,30 @@ def _reason(response: httpx.Response) -> str:
     if not text or text.startswith("<"):
         return response.reason_phrase.lower()
     return text
+
+
+async def wait_for_role(
+    config: Mapping[str, Any],
+    role: str,
+    *,
+    member: str,
+    alive: Callable[[], Awaitable[bool]],
+    log_tail: Callable[[], Awaitable[str]],
+    limit: float = 600.0,
+) -> None:
+    """Until the member of `config` (its configuration as written) answers 200 on its REST
+    API's /<role> (primary: the writable leader; replica: running in recovery); fails at once
+    when its Patroni stopped (`alive`), with the end of its log."""
+    url = f"http://{config['restapi']['connect_address']}/{role}"
+    deadline = time.monotonic() + limit
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            if not await alive():
+                raise ExternalCommandError(f"patroni of {member} stopped: {await log_tail()}")
+            await asyncio.sleep(0.5)
+    raise ExternalCommandError(
+        f"instance {member} did not become {role} in {limit:g}s: {await log_tail()}"
+    )
