@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from tests.support.api import create_and_wait, database_body, fresh_view, wait_task
+from tests.support.api import create_and_wait, fresh_view, wait_task
 from tests.support.data import TABLE, on_every
 from tests.support.deployment import DockerDeployment, run_deployment
 from tests.support.eventually import eventually
-from tests.support.ha import by_id, run_action, slots_copied, streaming, task_log
+from tests.support.ha import by_id, replica_body, run_action, slots_copied, streaming, task_log
 from tests.support.load import assert_holds, ids_on, settle, writers
 
 
@@ -63,11 +63,7 @@ async def test_lost_primary_container_fails_over_and_rejoins(
     from its volume) as a replica of the new one, a switchover back under writers loses no
     committed row, and deleting the database removes every container."""
     api = ha_api
-    body = database_body("ha", nodes=2)
-    body["spec"]["nodes"] = [
-        {"name": "n1", "host_ids": ["h1", "h2"]},
-        {"name": "n2", "host_ids": ["h3"]},
-    ]
+    body = replica_body("ha")
     database = await create_and_wait(api, body)
     view = await streaming(api, "ha")
     roles = {i["id"]: (i["node_name"], i["host_id"], i["role"]) for i in view["instances"]}

@@ -16,7 +16,7 @@ import pytest
 from tests.support.api import create_and_wait, database_body, fresh_view
 from tests.support.data import TABLE, on_every
 from tests.support.eventually import eventually
-from tests.support.ha import by_id, serving_hosts, slots_copied, streaming
+from tests.support.ha import by_id, replica_body, serving_hosts, slots_copied, streaming
 from tests.support.load import assert_holds, ids_on, settle, writers
 from tests.support.processes import postmasters_under
 from tests.support.server import ServerProcess
@@ -65,11 +65,7 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
     promoted within 30 s, the API shows it, rows written after it reach the new primary from
     both nodes at once, and the old primary comes back as a replica of the new one."""
     async with ha_server.client(timeout=60) as api:
-        body = database_body("ha", nodes=2)
-        body["spec"]["nodes"] = [
-            {"name": "n1", "host_ids": ["h1", "h2"]},
-            {"name": "n2", "host_ids": ["h3"]},
-        ]
+        body = replica_body("ha")
         database = await create_and_wait(api, body)
         view = await streaming(api, "ha")
         roles = {i["id"]: (i["node_name"], i["host_id"], i["role"]) for i in view["instances"]}
@@ -168,11 +164,7 @@ async def test_killed_postmaster_takes_writes_again_within_30_s(ha_server: Serve
     lives): n1 takes writes again within 30 s (Patroni restarts it in place, or fails over),
     and once the writers stop every committed row is on both nodes, with equal digests."""
     async with ha_server.client(timeout=60) as api:
-        body = database_body("pk", nodes=2)
-        body["spec"]["nodes"] = [
-            {"name": "n1", "host_ids": ["h1", "h2"]},
-            {"name": "n2", "host_ids": ["h3"]},
-        ]
+        body = replica_body("pk")
         database = await create_and_wait(api, body)
         view = await streaming(api, "pk")
         await on_every(database, TABLE)

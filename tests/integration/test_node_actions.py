@@ -18,6 +18,7 @@ from tests.support.eventually import eventually
 from tests.support.ha import (
     by_id,
     query_instance,
+    replica_body,
     run_action,
     serving_hosts,
     slots_copied,
@@ -37,11 +38,7 @@ async def _create(
     api: httpx.AsyncClient, database_id: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """n1 on h1 with a replica on h2, n2 on h3; the database and its view once streaming."""
-    body = database_body(database_id, nodes=2)
-    body["spec"]["nodes"] = [
-        {"name": "n1", "host_ids": ["h1", "h2"]},
-        {"name": "n2", "host_ids": ["h3"]},
-    ]
+    body = replica_body(database_id)
     database = await create_and_wait(api, body)
     view = await streaming(api, database_id)
     await on_every(database, TABLE)
@@ -202,13 +199,7 @@ async def test_settings_that_need_a_restart_roll_through_the_cluster(
     lost."""
     async with ha_server.client(timeout=60) as api:
         database, _ = await _create(api, "rs")
-        body = database_body(
-            "rs", nodes=2, postgresql_conf={"work_mem": "12MB", "shared_buffers": "48MB"}
-        )
-        body["spec"]["nodes"] = [
-            {"name": "n1", "host_ids": ["h1", "h2"]},
-            {"name": "n2", "host_ids": ["h3"]},
-        ]
+        body = replica_body("rs", postgresql_conf={"work_mem": "12MB", "shared_buffers": "48MB"})
         async with writers(database) as load:
             await load.progress(20)
             response = await api.post("/v1/databases/rs", json=body)

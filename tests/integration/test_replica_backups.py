@@ -13,6 +13,7 @@ from tests.support.data import TABLE, backup, on_every, posix, posix_repository
 from tests.support.eventually import eventually
 from tests.support.ha import (
     connect_instance,
+    replica_body,
     run_action,
     serving_hosts,
     slots_copied,
@@ -36,11 +37,7 @@ async def test_backup_from_a_replica_restores_the_rows(
     holds exactly n1's rows. A standby backup of a node without replicas is refused first."""
     repo = scratch_dir / "repo"
     async with ha_server.client(timeout=60) as api:
-        body = database_body("rb", nodes=2, backup_config=posix(repo))
-        body["spec"]["nodes"] = [
-            {"name": "n1", "host_ids": ["h1", "h2"]},
-            {"name": "n2", "host_ids": ["h3"]},
-        ]
+        body = replica_body("rb", backup_config=posix(repo))
         database = await create_and_wait(api, body)
         view = await streaming(api, "rb")
         await on_every(database, TABLE)

@@ -13,10 +13,10 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support.api import create_and_wait, database_body, full_log, wait_task
+from tests.support.api import create_and_wait, full_log, wait_task
 from tests.support.data import backup, posix, posix_repository, restore, restore_config
 from tests.support.eventually import eventually
-from tests.support.ha import by_id, serving_hosts, slots_copied, streaming
+from tests.support.ha import by_id, replica_body, serving_hosts, slots_copied, streaming
 from tests.support.load import (
     assert_between,
     assert_holds,
@@ -77,11 +77,7 @@ async def test_pitr_in_place_of_a_node_with_a_replica(
     can take over."""
     repo = scratch_dir / "repo"
     async with ha_server.client(timeout=60) as api:
-        body = database_body("rr", nodes=2, backup_config=posix(repo))
-        body["spec"]["nodes"] = [
-            {"name": "n1", "host_ids": ["h1", "h2"]},
-            {"name": "n2", "host_ids": ["h3"]},
-        ]
+        body = replica_body("rr", backup_config=posix(repo))
         database = await create_and_wait(api, body)
         view = await streaming(api, "rr")
         async with writers(database) as load:

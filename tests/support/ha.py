@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.support.api import fresh_view, wait_task
+from tests.support.api import database_body, fresh_view, wait_task
 from tests.support.eventually import eventually
 from tests.support.server import ServerProcess, serving
 
@@ -49,6 +49,17 @@ def print_logs(proc: ServerProcess) -> None:
         # Patroni's Postgres writes its own log lines to the same file.
         theirs = [line for line in lines if any(w in line for w in ("ERROR", "FATAL", "PANIC"))]
         print(f"---- {log.parent.name}: its postgres errors ----\n" + "\n".join(theirs[-30:]))
+
+
+def replica_body(database_id: str, **fields: Any) -> dict[str, Any]:
+    """A create body of two nodes: n1 on h1 with a replica on h2, n2 on h3 (more spec fields
+    as keywords, as `database_body` takes them)."""
+    body = database_body(database_id, nodes=2, **fields)
+    body["spec"]["nodes"] = [
+        {"name": "n1", "host_ids": ["h1", "h2"]},
+        {"name": "n2", "host_ids": ["h3"]},
+    ]
+    return body
 
 
 def by_id(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
