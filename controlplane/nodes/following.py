@@ -5,6 +5,7 @@ hold to it, and its own, restarted at once (pglogical alone retries a failed wor
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import asyncpg
@@ -12,10 +13,13 @@ import asyncpg
 from controlplane import replication
 from controlplane.errors import DependencyError
 from controlplane.nodes.common import ref_of
+from controlplane.replication import unstreamed
 from controlplane.store import instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
 from controlplane.tasks.logger import TaskLogger
+
+_log = logging.getLogger(__name__)
 
 
 async def restart_subscriptions_to(
@@ -40,10 +44,14 @@ async def restart_subscriptions_to(
             )
 
 
-async def follow_failover(services: Services, row: InstanceRow, database_name: str) -> None:
-    """After `row` was promoted in place of its node's primary: the other nodes' subscriptions
-    to the node restart from the new primary's slot positions, and the new primary's own
-    subscriptions restart at once (pglogical alone would wait 180 s for both)."""
+async def follow_failover(
+    services: Services, row: InstanceRow, database_name: str, log: TaskLogger | None = None
+) -> None:
+    """After `row` was promoted in place of its node's primary: the rows other nodes had from
+    the old primary and the new one lacks are copied to it (`replication.unstreamed`), the
+    other nodes' subscriptions to the node restart from the new primary's slot positions, and
+    the new primary's own subscriptions restart at once (pglogical alone would wait 180 s for
+    both)."""
     conn = await services.orchestrator.connect(ref_of(row), database_name)
     try:
         positions = {
@@ -53,17 +61,48 @@ async def follow_failover(services: Services, row: InstanceRow, database_name: s
                 " WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL"
             )
         }
-        await replication.restart_subscriptions_from(conn, None)
+        point = await unstreamed.switch_point(conn)
+        own = [s.name for s in await replication.list_subscriptions(conn)]
+        # Stopped while the rows are compared: their origins must not move meanwhile.
+        await replication.stop_workers(conn, own)
+        try:
+            for other in await instances.list_instances(services.pool, row.database_id):
+                if other.node_name == row.node_name or not _running(other):
+                    continue
+                peer = await services.orchestrator.connect(ref_of(other), database_name)
+                try:
+                    theirs = await replication.list_subscriptions(peer)
+                    await replication.stop_workers(
+                        peer, [s.name for s in theirs if s.provider == row.node_name]
+                    )
+                    copied = await unstreamed.recover(
+                        conn, peer, row.node_name, other.node_name, point
+                    )
+                    await _report_copied(copied, row, other, log)
+                    await replication.follow_new_primary(peer, row.node_name, positions)
+                finally:
+                    await peer.close()
+        finally:
+            await replication.restart_subscriptions_from(conn, None)
     finally:
         await conn.close()
-    for other in await instances.list_instances(services.pool, row.database_id):
-        if other.node_name == row.node_name or not _running(other):
-            continue
-        peer = await services.orchestrator.connect(ref_of(other), database_name)
-        try:
-            await replication.follow_new_primary(peer, row.node_name, positions)
-        finally:
-            await peer.close()
+
+
+async def _report_copied(
+    copied: unstreamed.Copied, row: InstanceRow, peer: InstanceRow, log: TaskLogger | None
+) -> None:
+    """Say what the failover would have lost but for the copy (the task log, or the server's
+    log for the monitor's failovers)."""
+    if not copied.rows and not copied.failed:
+        return
+    line = (
+        f"node {row.node_name}: rows {peer.node_name} holds and the old primary had not "
+        f"streamed to its replica; copied to {row.id}: {unstreamed.describe(copied)}"
+    )
+    if log is not None:
+        await (log.warning if copied.failed else log.info)(line, node=row.node_name)
+    else:
+        _log.warning("%s", line)
 
 
 async def restart_own_subscriptions(
@@ -85,6 +124,7 @@ async def follow_new_primary(
     row: InstanceRow,
     *,
     lossy: bool,
+    log: TaskLogger | None = None,
 ) -> list[str]:
     """The mesh follows `row`, just made its node's primary, and the store records it.
 
@@ -96,7 +136,7 @@ async def follow_new_primary(
     await _wait_writable(services, row)
     restarted: list[str] = []
     if lossy:
-        await follow_failover(services, row, database_name)
+        await follow_failover(services, row, database_name, log)
     else:
         restarted += await restart_own_subscriptions(services, row, database_name)
         await restart_subscriptions_to(services, database_id, database_name, row.node_name)

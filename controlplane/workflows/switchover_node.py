@@ -95,7 +95,7 @@ async def follow_handover(ctx: StepContext, *, lossy: bool) -> None:
     if row is None:
         raise PreconditionError(f"patroni member {leader.name} is not an instance of node {node}")
     restarted = await follow_new_primary(
-        ctx.services, ctx.database_id, spec.database_name, row, lossy=lossy
+        ctx.services, ctx.database_id, spec.database_name, row, lossy=lossy, log=ctx.log
     )
     await ctx.log.info(
         f"node {node}: {leader.name} is the primary; the mesh follows it"

@@ -27,16 +27,20 @@ def ha_server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
     yield from serving_hosts(scratch_dir, store_url)
 
 
+async def _superuser(server: ServerProcess, instance: dict[str, Any]) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host=str(server.run_dir / "i" / instance["host_id"]),
+        port=instance["port"],
+        user="postgres",
+        database="app",
+    )
+
+
 async def _mesh_report(server: ServerProcess, view: dict[str, Any]) -> str:
     """Subscriptions and slots of every primary (for failure messages), as the superuser."""
     report = []
     for node in (i for i in view["instances"] if i["role"] == "primary"):
-        conn = await asyncpg.connect(
-            host=str(server.run_dir / "i" / node["host_id"]),
-            port=node["port"],
-            user="postgres",
-            database="app",
-        )
+        conn = await _superuser(server, node)
         try:
             subs = await conn.fetch(
                 "SELECT subscription_name, status FROM pglogical.show_subscription_status()"
@@ -136,6 +140,9 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
             return now if following else None
 
         await eventually(rejoined, timeout=180, what="the old primary back as a replica")
+        # What n2 had received from the old primary and the new one had not is copied to it:
+        # every node ends with the same rows.
+        await settle(database, timeout=120)
 
         # Refused on a node with replicas, each with its reason before anything is touched.
         # h2 runs n1's primary now: the spec may not drop it.
@@ -179,3 +186,71 @@ async def test_killed_postmaster_takes_writes_again_within_30_s(ha_server: Serve
             await load.progress(30)
         await settle(database, timeout=180)
         await assert_holds(database, load.committed())
+
+
+async def test_rows_the_replica_never_got_reach_the_new_primary(ha_server: ServerProcess) -> None:
+    """n1's replica stops receiving WAL (the primary's walsender to it is frozen) while both
+    nodes write: n1's rows still reach n2 through the mesh, never the replica. n1's primary
+    host is then lost, and the replica is promoted without them. The control plane copies
+    them from n2 to the new primary: every row n2 had from n1 is on both nodes, and once the
+    writers stop every node holds the same rows and digest."""
+    async with ha_server.client(timeout=60) as api:
+        database = await create_and_wait(api, replica_body("uw"))
+        view = await streaming(api, "uw")
+        await on_every(database, TABLE)
+        await slots_copied(view, "n1")
+        old = by_id(view)["uw-n1"]
+        frozen = _patroni_pid(ha_server, old)
+        try:
+            async with writers(database) as load:
+                await load.progress(30)
+                conn = await _superuser(ha_server, old)
+                try:
+                    walsender = await conn.fetchval(
+                        "SELECT active_pid FROM pg_replication_slots"
+                        " WHERE slot_type = 'physical' AND active"
+                    )
+                finally:
+                    await conn.close()
+                assert walsender, "no walsender streams to the replica"
+                os.kill(walsender, signal.SIGSTOP)
+                cut_at = time.time()
+                await load.progress(40, "n1")
+                unstreamed = load.committed("n1") - load.committed_before(cut_at)
+
+                async def on_n2() -> bool:
+                    missing = unstreamed - await ids_on(database, "n2")
+                    assert not missing, f"n2 misses {len(missing)}"
+                    return True
+
+                await eventually(on_n2, timeout=30, what="n1's rows on n2")
+                # h1 is lost: its Patroni hangs, its Postgres dies, WAL the replica never got
+                # with it.
+                os.kill(frozen, signal.SIGSTOP)
+                for pid in postmasters_under(ha_server.data_dir / "hosts" / "h1"):
+                    os.kill(pid, signal.SIGKILL)
+                os.kill(walsender, signal.SIGKILL)
+
+                async def promoted() -> bool:
+                    now = by_id((await api.get("/v1/databases/uw")).json())
+                    return now["uw-n1-h2"]["role"] == "primary"
+
+                await eventually(promoted, timeout=60, interval=0.5, what="the replica promoted")
+                await load.progress(30)
+
+            async def copied() -> bool:
+                missing = unstreamed - await ids_on(database, "n1")
+                assert not missing, f"the new primary misses {len(missing)} of n2's rows from n1"
+                return True
+
+            await eventually(copied, timeout=60, what="n2's rows from n1 on the new primary")
+            states = await settle(database, timeout=120)
+            assert states["n1"].count >= len(unstreamed)
+            # Every row n2 wrote, and every row of n1 it had received, is on both nodes; only
+            # what n1 committed in the instant of its loss, sent to neither, may be gone.
+            await assert_holds(database, load.committed("n2") | unstreamed)
+            lost = load.committed("n1") - await ids_on(database, "n1")
+            assert len(lost) <= 25, sorted(lost)
+            assert "copied to uw-n1-h2" in ha_server.log_text()
+        finally:
+            os.kill(frozen, signal.SIGCONT)
