@@ -137,6 +137,7 @@ async def make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) -> 
     await services.orchestrator.start_patroni(
         _supervised(primary), render_config(leader), role="primary"
     )
+    ctx.failpoint("make_cluster:leader_started")
     async with PatroniClient.for_member(leader) as client:
         # 2. The mesh's slots on this node, kept by the cluster (again: a cluster adopted
         # earlier knows the slots its founder knew then).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,13 +21,29 @@ from tests.support.ha import (
     streaming,
     task_log,
 )
-from tests.support.load import ids_on, settle, writers
+from tests.support.load import assert_holds, ids_on, settle, writers
 from tests.support.server import ServerProcess
 
 
 @pytest.fixture
 def ha_server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
     yield from serving_hosts(scratch_dir, store_url)
+
+
+async def _replica_holds(replica: dict[str, Any], expected: set[int]) -> None:
+    """Until the replica, in recovery, holds exactly `expected` (the ids of `items`)."""
+
+    async def replayed() -> bool:
+        conn = await connect_instance(replica)
+        try:
+            ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
+            assert await conn.fetchval("SELECT pg_is_in_recovery()")
+        finally:
+            await conn.close()
+        assert ids == expected, (len(ids), len(expected))
+        return True
+
+    await eventually(replayed, timeout=60, what=f"{replica['id']} to hold its primary's rows")
 
 
 async def test_backup_from_a_replica_restores_the_rows(
@@ -81,18 +98,33 @@ async def test_backup_from_a_replica_restores_the_rows(
         roles = {i["id"]: (i["host_id"], i["role"]) for i in view["instances"]}
         assert roles == {"rbcopy-n1": ("h3", "primary"), "rbcopy-n1-h1": ("h1", "replica")}
         replica = next(i for i in view["instances"] if i["role"] == "replica")
+        await _replica_holds(replica, expected)
 
-        async def replayed() -> bool:
-            conn = await connect_instance(replica)
-            try:
-                ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
-                assert await conn.fetchval("SELECT pg_is_in_recovery()")
-            finally:
-                await conn.close()
-            assert ids == expected, (len(ids), len(expected))
-            return True
-
-        await eventually(replayed, timeout=60, what="the new database's replica to hold its rows")
+        # A node added from n1's backup, with a replica of its own, while n1 and n2 write.
+        body["spec"]["nodes"].append(
+            {
+                "name": "n3",
+                "host_ids": ["h2", "h3"],
+                "restore_config": {**restore_config, "restore_options": {}},
+            }
+        )
+        async with writers(database) as load:
+            await load.progress(30)
+            updated = await api.post("/v1/databases/rb", json=body)
+            assert updated.status_code == 202, updated.text
+            task = await wait_task(api, "rb", updated.json()["task"]["task_id"], timeout=400)
+            assert task["status"] == "completed", (task, await task_log(api, task))
+            assert "made from backup set" in await task_log(api, task)
+            await load.progress(30)
+        grown = (await api.get("/v1/databases/rb")).json()
+        await settle(grown, timeout=120)
+        expected = await ids_on(grown, "n3")
+        await assert_holds(grown, load.committed())
+        view = await streaming(api, "rb")
+        added = [i for i in view["instances"] if i["node_name"] == "n3"]
+        roles = {i["id"]: (i["host_id"], i["role"]) for i in added}
+        assert roles == {"rb-n3": ("h2", "primary"), "rb-n3-h3": ("h3", "replica")}, roles
+        await _replica_holds(next(i for i in added if i["role"] == "replica"), expected)
 
         # A replica stopped by an operator stays stopped through a backup of its node (the
         # backup marks and clears the primary only).

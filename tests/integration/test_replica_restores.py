@@ -4,6 +4,8 @@ the restored primary, while every node writes."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,15 @@ import httpx
 import pytest
 
 from tests.support.api import create_and_wait, full_log, wait_task
-from tests.support.data import backup, posix, posix_repository, restore, restore_config
+from tests.support.data import (
+    TABLE,
+    backup,
+    on_every,
+    posix,
+    posix_repository,
+    restore,
+    restore_config,
+)
 from tests.support.eventually import eventually
 from tests.support.ha import by_id, replica_body, serving_hosts, slots_copied, streaming
 from tests.support.load import (
@@ -48,6 +58,23 @@ async def _instance_rows(server: ServerProcess, instance: dict[str, Any]) -> tup
     finally:
         await conn.close()
     return ids, timeline
+
+
+async def _replica_follows(
+    server: ServerProcess, primary: dict[str, Any], replica: dict[str, Any]
+) -> set[int]:
+    """Until the replica holds exactly the primary's rows, on its timeline; those rows (call it
+    once the writers stopped)."""
+    primary_ids, primary_timeline = await _instance_rows(server, primary)
+
+    async def replayed() -> bool:
+        ids, timeline = await _instance_rows(server, replica)
+        assert timeline == primary_timeline, (timeline, primary_timeline)
+        assert ids == primary_ids, (len(ids), len(primary_ids))
+        return True
+
+    await eventually(replayed, timeout=60, what=f"{replica['id']} to hold the primary's rows")
+    return primary_ids
 
 
 async def _switchover(api: httpx.AsyncClient, candidate: str) -> dict[str, Any]:
@@ -115,15 +142,7 @@ async def test_pitr_in_place_of_a_node_with_a_replica(
         assert members["rr-n1"]["role"] == "primary", members
         assert members["rr-n1-h2"]["role"] == "replica", members
         assert all(i["state"] == "available" for i in view["instances"]), view["instances"]
-        primary_ids, primary_timeline = await _instance_rows(ha_server, members["rr-n1"])
-
-        async def replayed() -> bool:
-            ids, timeline = await _instance_rows(ha_server, members["rr-n1-h2"])
-            assert timeline == primary_timeline, (timeline, primary_timeline)
-            assert ids == primary_ids, (len(ids), len(primary_ids))
-            return True
-
-        await eventually(replayed, timeout=60, what="the rebuilt replica to hold n1's rows")
+        primary_ids = await _replica_follows(ha_server, members["rr-n1"], members["rr-n1-h2"])
         assert found <= primary_ids
 
         # It is a real member of n1's new cluster: it holds the mesh's slots and takes over,
@@ -137,3 +156,55 @@ async def test_pitr_in_place_of_a_node_with_a_replica(
         assert by_id((await api.get("/v1/databases/rr")).json())["rr-n1-h2"]["role"] == "primary"
         await settle(database, timeout=120)
         await assert_holds(database, after.committed())
+
+
+@pytest.mark.parametrize(
+    "crash_point", ["node_restore:tear_down_replicas", "restore:make_cluster:leader_started"]
+)
+async def test_restore_of_a_node_with_a_replica_resumes_after_a_crash(
+    ha_server: ServerProcess, scratch_dir: Path, crash_point: str
+) -> None:
+    """n1 (primary on h1, replica on h2) is restored in place to its latest point while both
+    nodes write, and the control plane is SIGKILLed once the replica is torn down, or once
+    Patroni adopted the restored primary and before the replica is cloned again. Restarted, it
+    finishes the restore: every committed row is on both nodes, with equal digests, and the
+    replica streams from the restored primary with its rows."""
+    repo = scratch_dir / "repo"
+    async with ha_server.client(timeout=60) as api:
+        database = await create_and_wait(api, replica_body("rc", backup_config=posix(repo)))
+        view = await streaming(api, "rc")
+        await on_every(database, TABLE)
+        await slots_copied(view, "n1")
+        await backup(api, "rc", "n1")
+    plain = dict(ha_server.extra_env)
+    ha_server.terminate()
+    ha_server.extra_env = {**plain, "CONTROLPLANE_CRASH_AFTER_STEP": crash_point}
+    ha_server.start()
+    async with writers(database) as load:
+        await load.progress()
+        async with ha_server.client(timeout=60) as api:
+            config = restore_config("rc", "n1", posix_repository(repo))
+            response = await api.post(
+                "/v1/databases/rc/restore", json={"restore_config": config, "target_nodes": ["n1"]}
+            )
+            assert response.status_code == 202, response.text
+        assert ha_server.proc is not None
+        await asyncio.to_thread(ha_server.proc.wait, 300)
+        assert ha_server.proc.returncode == -signal.SIGKILL, ha_server.log_text()[-3000:]
+        ha_server.extra_env = plain
+        ha_server.start()
+        async with ha_server.client(timeout=60) as api:
+            task = await wait_task(api, "rc", response.json()["task"]["task_id"], timeout=400)
+            assert task["status"] == "completed", task
+            await load.progress()
+    async with ha_server.client(timeout=60) as api:
+        await settle(database, timeout=120)
+        await assert_holds(database, load.committed())
+        view = await streaming(api, "rc")
+        members = by_id(view)
+        assert (members["rc-n1"]["role"], members["rc-n1-h2"]["role"]) == ("primary", "replica")
+        assert all(i["state"] == "available" for i in view["instances"]), view["instances"]
+        assert (await api.get("/v1/databases/rc")).json()["state"] == "available"
+        assert await _replica_follows(ha_server, members["rc-n1"], members["rc-n1-h2"]) == (
+            await ids_on(database, "n2")
+        )
