@@ -13,11 +13,35 @@ import httpx
 import pytest
 
 from tests.support.api import create_and_wait, fresh_view, wait_task
-from tests.support.data import TABLE, on_every
+from tests.support.data import (
+    TABLE,
+    backup,
+    on_every,
+    posix,
+    posix_repository,
+    restore,
+    restore_config,
+)
 from tests.support.deployment import DockerDeployment, run_deployment
 from tests.support.eventually import eventually
-from tests.support.ha import by_id, replica_body, run_action, slots_copied, streaming, task_log
-from tests.support.load import assert_holds, ids_on, settle, writers
+from tests.support.ha import (
+    by_id,
+    connect_instance,
+    replica_body,
+    run_action,
+    slots_copied,
+    streaming,
+    task_log,
+)
+from tests.support.load import (
+    assert_between,
+    assert_holds,
+    assert_prefix,
+    ids_on,
+    mark,
+    settle,
+    writers,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +147,9 @@ async def test_lost_primary_container_fails_over_and_rejoins(
 
     await eventually(rejoined, timeout=180, what="the old primary back as a replica")
     print(f"old primary back as a replica {time.monotonic() - removed_at:.1f} s after")
+    # What n2 had received from the old primary and the new one had not is copied to it:
+    # every node ends with the same rows.
+    await settle(database, timeout=120)
     identity = await asyncio.to_thread(ha_deployment.instance_identity, "ha-n1")
     assert identity is not None, "no container runs ha-n1"
     # The monitor held its Patroni back until the replica led: started again while its own
@@ -152,3 +179,58 @@ async def test_lost_primary_container_fails_over_and_rejoins(
     assert task["status"] == "completed", task["error"]
     left = await asyncio.to_thread(ha_deployment.containers, database="ha")
     assert left == [], [c.name for c in left]
+
+
+async def test_pitr_in_place_of_a_node_with_a_replica(
+    ha_api: httpx.AsyncClient, ha_deployment: DockerDeployment
+) -> None:
+    """n1 (primary on h1, replica on h2) and n2 (h3) write all along; both nodes are restored
+    in place to a time read on n1. n1's replica container is removed, its primary released
+    from Patroni and restored, and the replica rebuilt: of what was written before, both nodes
+    hold exactly n1's rows at the target, every row committed afterwards is on both, and the
+    rebuilt replica streams from the restored primary with the same rows."""
+    api = ha_api
+    repo = ha_deployment.repo_dir("replica-pitr")
+    database = await create_and_wait(api, replica_body("rr", backup_config=posix(repo)))
+    view = await streaming(api, "rr")
+    await on_every(database, TABLE)
+    async with writers(database) as load:
+        await load.progress()
+        await slots_copied(view, "n1")
+        await backup(api, "rr", "n1")
+        await load.progress()
+        point = await mark(database, "n1")
+        await load.progress()
+        requested = time.time()
+        config = restore_config("rr", "n1", posix_repository(repo), type="time")
+        config["restore_options"]["target"] = point.target
+        await restore(api, "rr", {"restore_config": config})
+        restored = time.time()
+        await load.progress()
+    await settle(database, timeout=120)
+    found = await ids_on(database, "n1")
+    earlier = found - load.sent_after(requested)
+    assert_between(earlier, set(point.at_least), set(point.at_most), "the restored nodes")
+    assert_prefix(earlier, load, "the restored nodes")
+    await assert_holds(database, load.committed() & load.sent_after(restored))
+    containers = await asyncio.to_thread(ha_deployment.containers, database="rr", role="instance")
+    assert {c.labels["controlplane.instance"] for c in containers} == {"rr-n1", "rr-n1-h2", "rr-n2"}
+
+    view = await streaming(api, "rr")
+    members = by_id(view)
+    assert (members["rr-n1"]["role"], members["rr-n1-h2"]["role"]) == ("primary", "replica")
+
+    async def replayed() -> bool:
+        conn = await connect_instance(members["rr-n1-h2"])
+        try:
+            ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
+            assert await conn.fetchval("SELECT pg_is_in_recovery()")
+        finally:
+            await conn.close()
+        assert ids == found, (len(ids), len(found))
+        return True
+
+    await eventually(replayed, timeout=60, what="the rebuilt replica to hold n1's rows")
+    response = await api.delete("/v1/databases/rr")
+    assert response.status_code == 202, response.text
+    await wait_task(api, "rr", response.json()["task"]["task_id"], timeout=300)
