@@ -27,6 +27,7 @@ from tests.support.eventually import eventually
 from tests.support.ha import (
     by_id,
     connect_instance,
+    failover_log,
     replica_body,
     run_action,
     slots_copied,
@@ -155,6 +156,10 @@ async def test_lost_primary_container_fails_over_and_rejoins(
     # The monitor held its Patroni back until the replica led: started again while its own
     # leader lock lived, it would have taken the lock back.
     assert "ha-n1 still holds its node's leader lock" in ha_deployment.server.log_text()
+
+    # The failover shows as a task the control plane queued when it saw Patroni's promotion.
+    log = await failover_log(api, "ha")
+    assert "Patroni promoted ha-n1-h2 in place of ha-n1, which it lost" in log, log
 
     # A switchover back to h1 with writers on both nodes loses no committed row.
     view = await streaming(api, "ha")

@@ -90,14 +90,31 @@ class NodeCluster:
         raise AssertionError("unreachable")
 
     async def view(self) -> ClusterView:
-        """The cluster as the first member that answers sees it (the leader may be gone)."""
+        """The cluster as the first member to answer sees it (each reads it from etcd). All
+        are asked at once: a lost member's host may never answer, and must not hold up the
+        others for the client's whole timeout."""
+
+        async def ask(row: InstanceRow) -> ClusterView:
+            async with await self.client(row) as client:
+                return await client.cluster()
+
+        pending = {asyncio.create_task(ask(row)): row for row in self.rows}
         failures = []
-        for row in self.rows:
-            try:
-                async with await self.client(row) as client:
-                    return await client.cluster()
-            except ControlPlaneError as exc:
-                failures.append(exc.message)
+        try:
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    pending.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        return task.result()
+                    if not isinstance(error, ControlPlaneError):
+                        raise error
+                    failures.append(error.message)
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         raise DependencyError(
             f"no patroni member of node {self.node_name} answered: " + "; ".join(failures)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from controlplane.orchestrator.hba import (
     spec_lines,
 )
 from controlplane.orchestrator.local_patroni import PatroniProcesses, release_data_dir
+from controlplane.orchestrator.patroni import refuse_held_lock
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.system.files import OwnedFiles
@@ -296,6 +298,8 @@ class LocalOrchestrator:
         self, ref: InstanceRef, *, on_line: LineSink, options: Mapping[str, str] | None = None
     ) -> None:
         if ref.supervisor == "patroni":
+            text = (self._dir(ref) / local_patroni.CONFIG_FILE).read_text()
+            await refuse_held_lock(ref.instance_id, json.loads(text))
             await self._start_patroni(ref, role=None)
             return
         if await self.status(ref) != "running":

@@ -57,11 +57,12 @@ member of a cluster has the same ones, as it has the same three database roles.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -581,3 +582,33 @@ async def wait_for_role(
     raise ExternalCommandError(
         f"instance {member} did not become {role} in {limit:g}s: {await log_tail()}"
     )
+
+
+async def refuse_held_lock(instance_id: str, config: Mapping[str, Any]) -> None:
+    """A member lost while it led (its host, its container, or its Patroni and Postgres
+    killed) holds the leader lock until it expires. Started again at once, its Patroni would
+    take the lock back as its own and no replica would take over: refuse until another member
+    leads or the lock expired (the monitor tries again on its next pass), as if the host had
+    come back after the failover; the member then rejoins as a replica."""
+    hosts = [str(h) for h in config.get("etcd3", {}).get("hosts", [])]
+    key = f"{config.get('namespace', '/service/')}{config['scope']}/leader"
+    if await etcd_get(hosts, key) == str(config["name"]):
+        raise PreconditionError(
+            f"instance {instance_id} still holds its node's leader lock (it was lost while it "
+            "led): it starts once another member leads or the lock expires"
+        )
+
+
+async def etcd_get(hosts: Sequence[str], key: str) -> str | None:
+    """One key's value through etcd's v3 JSON gateway (None: absent, or etcd unreachable)."""
+    body = {"key": base64.b64encode(key.encode()).decode()}
+    async with httpx.AsyncClient(timeout=5) as client:
+        for host in hosts:
+            try:
+                response = await client.post(f"http://{host}/v3/kv/range", json=body)
+                response.raise_for_status()
+            except httpx.HTTPError:
+                continue
+            kvs = response.json().get("kvs") or []
+            return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+    return None

@@ -10,15 +10,17 @@ import time
 
 import asyncpg
 
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, OperationInProgressError
 from controlplane.nodes.common import ref_of
 from controlplane.nodes.following import follow_failover
 from controlplane.server.health import Since, assess
 from controlplane.server.instance_facts import InstanceFactsBook, InstanceObserver
-from controlplane.store import databases, instances, task_runs
+from controlplane.store import databases, instances, task_runs, tasks
 from controlplane.store.databases import DatabaseRow
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
+from controlplane.tasks.inputs import NodeActionInput
+from controlplane.workflows.failover_node import FAILOVER
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,8 @@ class Monitor:
                 database_id,
                 row.id,
             )
+            if await self._failover_task(database_id, row):
+                continue
             try:
                 # The mesh first: the role is recorded once it follows (else the next sweep
                 # tries again).
@@ -191,6 +195,41 @@ class Monitor:
                 continue
             async with pool.acquire() as conn:
                 await instances.set_primary(conn, database_id, row.node_name, row.id)
+
+    async def _failover_task(self, database_id: str, row: InstanceRow) -> bool:
+        """Queue a `failover` task (trigger `system`) in which the mesh follows `row`, so that
+        the task list and its log show the failover; True when one is queued or runs already.
+        False when another operation holds the database: the mesh then follows at once here,
+        without a task, rather than wait for it."""
+        task_input = NodeActionInput(candidate_instance_id=row.id, skip_validation=True)
+        async with self._services.pool.acquire() as conn:
+            try:
+                task = await tasks.insert_task(
+                    conn,
+                    database_id=database_id,
+                    type=FAILOVER.type,
+                    node_name=row.node_name,
+                    steps=FAILOVER.step_names,
+                    trigger="system",
+                    input=task_input,
+                )
+            except OperationInProgressError:
+                held = await tasks.find_blocking_task(
+                    conn, database_id, row.node_name, FAILOVER.type
+                )
+                return (
+                    held is not None
+                    and held.type == FAILOVER.type
+                    and held.node_name == row.node_name
+                )
+        log.warning(
+            "node %s of %s: failover task %s follows %s",
+            row.node_name,
+            database_id,
+            task.task_id,
+            row.id,
+        )
+        return True
 
     async def _set_health(
         self, database: DatabaseRow, rows: list[InstanceRow], healthy: list[bool]

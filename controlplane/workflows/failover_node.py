@@ -1,6 +1,10 @@
 """failover: promote one of a node's replicas without its primary's consent, for a primary
 that is lost or must be abandoned. Refused while the primary is healthy (a switchover loses
-nothing; a failover may lose what the primary had not streamed), unless told otherwise."""
+nothing; a failover may lose what the primary had not streamed), unless told otherwise.
+
+When Patroni fails over by itself, the monitor queues this task (trigger `system`) naming the
+promoted replica: its steps then find the candidate leading, and the mesh follows it, so the
+failover shows in the task list with its log like one an operator asked for."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Any
 
 from controlplane.errors import DependencyError, PreconditionError
 from controlplane.nodes.cluster import NodeCluster, describe, pick_candidate, running_leader
+from controlplane.orchestrator.patroni import ClusterView
+from controlplane.store import instances
 from controlplane.tasks.context import StepContext
 from controlplane.tasks.inputs import NodeActionInput
 from controlplane.tasks.workflow import Step, Workflow
@@ -31,6 +37,8 @@ async def check_cluster(ctx: StepContext) -> dict[str, Any]:
     cluster = await NodeCluster.of(ctx.services, ctx.database_id, node)
     view = await cluster.view()
     leader = running_leader(view)
+    if leader is not None and leader.name == request.candidate_instance_id:
+        return await _promoted_by_patroni(ctx, node, leader.name, view)
     if leader is not None and not request.skip_validation:
         raise PreconditionError(healthy_primary_refusal(node, leader.name))
     candidate = pick_candidate(view, request.candidate_instance_id, node)
@@ -41,6 +49,23 @@ async def check_cluster(ctx: StepContext) -> dict[str, Any]:
         node=node,
     )
     return {"leader": view.leader.name if view.leader else None, "candidate": candidate.name}
+
+
+async def _promoted_by_patroni(
+    ctx: StepContext, node: str, promoted: str, view: ClusterView
+) -> dict[str, Any]:
+    """The candidate leads already: Patroni failed over by itself (the monitor queues such a
+    task when it sees it), or an earlier attempt of this task got it done. What is left is
+    the mesh following it, from the primary the store still names."""
+    primary = await instances.get_instance(ctx.services.pool, ctx.database_id, node)
+    old = primary.id if primary is not None and primary.id != promoted else None
+    await ctx.log.info(f"node {node}: {describe(view)}", node=node)
+    if old is not None:
+        await ctx.log.warning(
+            f"node {node}: Patroni promoted {promoted} in place of {old}, which it lost",
+            node=node,
+        )
+    return {"leader": old, "candidate": promoted}
 
 
 async def fail_over(ctx: StepContext) -> dict[str, Any]:

@@ -104,7 +104,9 @@ async def follow_handover(ctx: StepContext, *, lossy: bool) -> None:
     )
 
     def all_streaming(view: ClusterView) -> ClusterMember | None:
-        if old is not None and not any(m.name == old for m in view.replicas):
+        # After a switchover the old primary follows the new one; after a failover it may be
+        # lost for good, and comes back by itself if ever.
+        if not lossy and old is not None and not any(m.name == old for m in view.replicas):
             return None
         if all(m.state in ("streaming", "running") for m in view.replicas):
             return view.leader

@@ -16,7 +16,14 @@ import pytest
 from tests.support.api import create_and_wait, database_body, fresh_view
 from tests.support.data import TABLE, on_every
 from tests.support.eventually import eventually
-from tests.support.ha import by_id, replica_body, serving_hosts, slots_copied, streaming
+from tests.support.ha import (
+    by_id,
+    failover_log,
+    replica_body,
+    serving_hosts,
+    slots_copied,
+    streaming,
+)
 from tests.support.load import assert_holds, ids_on, settle, writers
 from tests.support.processes import postmasters_under
 from tests.support.server import ServerProcess
@@ -40,7 +47,11 @@ async def _mesh_report(server: ServerProcess, view: dict[str, Any]) -> str:
     """Subscriptions and slots of every primary (for failure messages), as the superuser."""
     report = []
     for node in (i for i in view["instances"] if i["role"] == "primary"):
-        conn = await _superuser(server, node)
+        try:
+            conn = await _superuser(server, node)
+        except OSError as exc:
+            report.append(f"{node['id']}: {exc}")
+            continue
         try:
             subs = await conn.fetch(
                 "SELECT subscription_name, status FROM pglogical.show_subscription_status()"
@@ -58,9 +69,12 @@ async def _mesh_report(server: ServerProcess, view: dict[str, Any]) -> str:
     return "; ".join(report)
 
 
-def _patroni_pid(server: ServerProcess, instance: dict[str, Any]) -> int:
+def _lose_host(server: ServerProcess, instance: dict[str, Any]) -> None:
+    """SIGKILL the instance's Patroni, then every postmaster of its host."""
     home = server.data_dir / "hosts" / instance["host_id"] / instance["id"]
-    return int((home / "patroni.pid").read_text())
+    os.kill(int((home / "patroni.pid").read_text()), signal.SIGKILL)
+    for pid in postmasters_under(server.data_dir / "hosts" / instance["host_id"]):
+        os.kill(pid, signal.SIGKILL)
 
 
 async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: ServerProcess) -> None:
@@ -88,12 +102,9 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
             await load.progress(25)
             old = by_id(view)["ha-n1"]
             killed_at = time.monotonic()
-            # h1 is cut off: its Postgres dies, its Patroni hangs (it can neither renew the
-            # leader lock nor be restarted by the monitor, which sees it alive).
-            frozen = _patroni_pid(ha_server, old)
-            os.kill(frozen, signal.SIGSTOP)
-            for pid in postmasters_under(ha_server.data_dir / "hosts" / "h1"):
-                os.kill(pid, signal.SIGKILL)
+            # h1 is lost: its Patroni and its Postgres are SIGKILLed. The monitor starts it
+            # again only once another member leads (else it would take its lock back).
+            _lose_host(ha_server, old)
 
             async def promoted() -> dict[str, Any] | None:
                 now = (await api.get("/v1/databases/ha")).json()
@@ -127,10 +138,8 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
             lost = load.committed(node) - await ids_on(database, "n1")
             assert len(lost) <= 25, (node, sorted(lost))
 
-        # h1 comes back (its Patroni thaws) well after the new primary took over: it finds a
-        # new leader and follows it.
-        os.kill(frozen, signal.SIGCONT)
-
+        # h1 comes back (the monitor starts its Patroni) once the new primary took over: it
+        # finds a new leader and follows it.
         async def rejoined() -> dict[str, Any] | None:
             now = await fresh_view(api, "ha")
             mine = by_id(now)
@@ -163,7 +172,10 @@ async def test_lost_primary_host_fails_over_and_the_mesh_follows(ha_server: Serv
             error = refused.json()["details"]["errors"][0]
             assert error["path"] == f"spec.{field}" and "replicas" in error["message"], error
         tasks = (await api.get("/v1/databases/ha/tasks")).json()["tasks"]
-        assert [t["type"] for t in tasks] == ["create"]
+        assert sorted(t["type"] for t in tasks) == ["create", "failover"], tasks
+        log = await failover_log(api, "ha")
+        assert "Patroni promoted ha-n1-h2 in place of ha-n1, which it lost" in log, log
+        assert "ha-n1-h2 is the primary; the mesh follows it" in log, log
 
 
 async def test_killed_postmaster_takes_writes_again_within_30_s(ha_server: ServerProcess) -> None:
@@ -200,57 +212,58 @@ async def test_rows_the_replica_never_got_reach_the_new_primary(ha_server: Serve
         await on_every(database, TABLE)
         await slots_copied(view, "n1")
         old = by_id(view)["uw-n1"]
-        frozen = _patroni_pid(ha_server, old)
-        try:
-            async with writers(database) as load:
-                await load.progress(30)
+        async with writers(database) as load:
+            await load.progress(30)
+
+            async def streaming_to_replica() -> int | None:
                 conn = await _superuser(ha_server, old)
                 try:
-                    walsender = await conn.fetchval(
+                    pid = await conn.fetchval(
                         "SELECT active_pid FROM pg_replication_slots"
                         " WHERE slot_type = 'physical' AND active"
                     )
                 finally:
                     await conn.close()
-                assert walsender, "no walsender streams to the replica"
-                os.kill(walsender, signal.SIGSTOP)
-                cut_at = time.time()
-                await load.progress(40, "n1")
-                unstreamed = load.committed("n1") - load.committed_before(cut_at)
+                return None if pid is None else int(pid)
 
-                async def on_n2() -> bool:
-                    missing = unstreamed - await ids_on(database, "n2")
-                    assert not missing, f"n2 misses {len(missing)}"
-                    return True
+            # (Patroni restarts the replica once to load each slot copy it makes.)
+            walsender = await eventually(
+                streaming_to_replica, timeout=60, what="a walsender streaming to the replica"
+            )
+            os.kill(walsender, signal.SIGSTOP)
+            cut_at = time.time()
+            await load.progress(40, "n1")
+            unstreamed = load.committed("n1") - load.committed_before(cut_at)
 
-                await eventually(on_n2, timeout=30, what="n1's rows on n2")
-                # h1 is lost: its Patroni hangs, its Postgres dies, WAL the replica never got
-                # with it.
-                os.kill(frozen, signal.SIGSTOP)
-                for pid in postmasters_under(ha_server.data_dir / "hosts" / "h1"):
-                    os.kill(pid, signal.SIGKILL)
-                os.kill(walsender, signal.SIGKILL)
-
-                async def promoted() -> bool:
-                    now = by_id((await api.get("/v1/databases/uw")).json())
-                    return now["uw-n1-h2"]["role"] == "primary"
-
-                await eventually(promoted, timeout=60, interval=0.5, what="the replica promoted")
-                await load.progress(30)
-
-            async def copied() -> bool:
-                missing = unstreamed - await ids_on(database, "n1")
-                assert not missing, f"the new primary misses {len(missing)} of n2's rows from n1"
+            async def on_n2() -> bool:
+                missing = unstreamed - await ids_on(database, "n2")
+                assert not missing, f"n2 misses {len(missing)}"
                 return True
 
-            await eventually(copied, timeout=60, what="n2's rows from n1 on the new primary")
-            states = await settle(database, timeout=120)
-            assert states["n1"].count >= len(unstreamed)
-            # Every row n2 wrote, and every row of n1 it had received, is on both nodes; only
-            # what n1 committed in the instant of its loss, sent to neither, may be gone.
-            await assert_holds(database, load.committed("n2") | unstreamed)
-            lost = load.committed("n1") - await ids_on(database, "n1")
-            assert len(lost) <= 25, sorted(lost)
-            assert "copied to uw-n1-h2" in ha_server.log_text()
-        finally:
-            os.kill(frozen, signal.SIGCONT)
+            await eventually(on_n2, timeout=30, what="n1's rows on n2")
+            # h1 is lost, and the WAL the replica never got with it.
+            _lose_host(ha_server, old)
+            os.kill(walsender, signal.SIGKILL)
+
+            async def promoted() -> bool:
+                now = by_id((await api.get("/v1/databases/uw")).json())
+                return now["uw-n1-h2"]["role"] == "primary"
+
+            await eventually(promoted, timeout=60, interval=0.5, what="the replica promoted")
+            await load.progress(30)
+
+        async def copied() -> bool:
+            missing = unstreamed - await ids_on(database, "n1")
+            assert not missing, f"the new primary misses {len(missing)} of n2's rows from n1"
+            return True
+
+        await eventually(copied, timeout=60, what="n2's rows from n1 on the new primary")
+        states = await settle(database, timeout=120)
+        assert states["n1"].count >= len(unstreamed)
+        # Every row n2 wrote, and every row of n1 it had received, is on both nodes; only
+        # what n1 committed in the instant of its loss, sent to neither, may be gone.
+        await assert_holds(database, load.committed("n2") | unstreamed)
+        lost = load.committed("n1") - await ids_on(database, "n1")
+        assert len(lost) <= 25, sorted(lost)
+        log = await failover_log(api, "uw")
+        assert "copied to uw-n1-h2: " in log, log

@@ -146,3 +146,19 @@ async def task_log(api: httpx.AsyncClient, task: dict[str, Any]) -> str:
     )
     assert response.status_code == 200, response.text
     return "\n".join(e["message"] for e in response.json()["entries"])
+
+
+async def failover_log(api: httpx.AsyncClient, database_id: str) -> str:
+    """The log of the failover task the control plane queued when Patroni failed over by
+    itself, once it completed."""
+
+    async def finished() -> dict[str, Any] | None:
+        found = (await api.get(f"/v1/databases/{database_id}/tasks")).json()["tasks"]
+        failovers = [t for t in found if t["type"] == "failover"]
+        if not failovers or failovers[0]["status"] not in ("completed", "failed"):
+            return None
+        return dict(failovers[0])
+
+    task = await eventually(finished, timeout=120, what="the failover task")
+    assert (task["status"], task["trigger"]) == ("completed", "system"), task
+    return await task_log(api, task)
