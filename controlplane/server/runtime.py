@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from controlplane.errors import ConflictError
 from controlplane.nodes.backups import effective_backup_config
 from controlplane.nodes.common import task_secrets
 from controlplane.orchestrator.base import Orchestrator
@@ -113,7 +114,12 @@ class Runtime:
             if not path.exists():
                 log.info("admin token exists in the store; create more with `controlplane token`")
             return
-        token = await tokens.create_token(self.services.pool, "admin", "admin")
+        try:
+            token = await tokens.create_token(self.services.pool, "admin", "admin")
+        except ConflictError:
+            # Another server on this store (a second replica starting at once) made it first.
+            log.info("admin token created by another server; it is in that server's data dir")
+            return
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
