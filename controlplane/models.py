@@ -17,7 +17,10 @@ DatabaseState = Literal[
     "degraded",
     "failed",
 ]
-InstanceState = Literal["creating", "available", "backing_up", "restoring", "stopped", "failed"]
+# `unreachable`: its host's engine or swarm node does not answer (whether it runs is unknown).
+InstanceState = Literal[
+    "creating", "available", "backing_up", "restoring", "stopped", "failed", "unreachable"
+]
 TaskType = Literal[
     "create",
     "update",

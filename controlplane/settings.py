@@ -30,7 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # swarm's nodes labelled `controlplane.host=<host id>`.
     swarm_url: str | None = None
     # Docker orchestrator hosts: "id=url,id2=url2", or the path of a file with one id=url per
-    # line; unset means one host "local" at docker_url (or DOCKER_HOST).
+    # line; unset means one host "local" at docker_url (or DOCKER_HOST). Under the swarm
+    # orchestrator: the engine of each swarm node by host id (unset: the manager's for all).
     docker_hosts: str | None = None
     instance_image: str = "controlplane/postgres:15"
     # Local orchestrator hosts: "h1,h2,h3" names hosts on this one machine, each with its own

@@ -37,6 +37,7 @@ _STATE_STYLES = {
     "stopped": "yellow",
     "disabled": "yellow",
     "failed": "bold red",
+    "unreachable": "bold red",
     "failing": "bold red",
     "down": "bold red",
     "unknown": "yellow",

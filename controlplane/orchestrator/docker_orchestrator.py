@@ -10,13 +10,13 @@ immediate shutdown) without the engine restarting what it just stopped.
 Hosts: one engine per host id (`CONTROLPLANE_DOCKER_HOSTS`, default one host `local` at
 `CONTROLPLANE_DOCKER_URL`/`DOCKER_HOST`). Every engine must see the control plane's data
 directory and the posix repositories at the same paths (same machine, or a shared filesystem),
-and instances listen on 127.0.0.1 of the host network.
+and instances listen on 127.0.0.1 of the host network (`address`, which the Swarm orchestrator
+gives each host from its node).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 
 from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.models import Host
@@ -46,7 +45,7 @@ from controlplane.orchestrator.hba import (
     client_ident,
     spec_lines,
 )
-from controlplane.orchestrator.patroni import wait_for_role
+from controlplane.orchestrator.patroni import refuse_held_lock, wait_for_role
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.system.files import OwnedFiles
@@ -106,9 +105,18 @@ class DockerOrchestrator:
     def default_host(self) -> str:
         return next(iter(self._engines))
 
+    def address(self, host_id: str) -> str:
+        """The address the host's instances listen on and are reached at: 127.0.0.1 of the
+        host network (every engine is on this machine, see the module docstring)."""
+        return _ADDRESS
+
     def port_is_free(self, host_id: str, port: int) -> bool:
-        """True when nothing listens on 127.0.0.1:port (host networking: the engine's machine
-        is this one, see the module docstring)."""
+        """True when nothing listens on the host's address and `port`: a bind attempt on
+        127.0.0.1 (host networking on this machine), a connection attempt to a host reached
+        at another address (another machine's ports cannot be bound from here)."""
+        address = self.address(host_id)
+        if address != _ADDRESS:
+            return _answers(address, port) is False
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
                 probe.bind((_ADDRESS, port))
@@ -117,11 +125,19 @@ class DockerOrchestrator:
         return True
 
     def pick_port(self, host_id: str, exclude: set[int]) -> int:
+        address = self.address(host_id)
         for _ in range(100):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 probe.bind((_ADDRESS, 0))
                 port = int(probe.getsockname()[1])
-            if port not in exclude:
+            if port in exclude:
+                continue
+            if address == _ADDRESS:
+                return port
+            answers = _answers(address, port)
+            if answers is None:
+                raise PreconditionError(f"host {host_id} at {address} does not answer")
+            if not answers:
                 return port
         raise PreconditionError(f"no free port found on host {host_id}")
 
@@ -147,14 +163,15 @@ class DockerOrchestrator:
         return {}
 
     def connection_info(self, ref: InstanceRef) -> tuple[str, int]:
-        return _ADDRESS, ref.port
+        return self.address(ref.host_id), ref.port
 
     def replication_dsn(self, ref: InstanceRef, database: str) -> str:
         """TCP on the host network; the password comes from the database's passfile (mounted
         in every container of the database), so pglogical's catalog never stores it."""
         passfile = str(self._secrets_dir(ref.database_id) / layout.PGPASS_FILE)
         return (
-            f"host={_ADDRESS} port={ref.port} dbname={layout.dsn_value(database)} "
+            f"host={self.address(ref.host_id)} port={ref.port} "
+            f"dbname={layout.dsn_value(database)} "
             f"user=postgres passfile={layout.dsn_value(passfile)}"
         )
 
@@ -221,6 +238,11 @@ class DockerOrchestrator:
             marker.unlink(missing_ok=True)
         return self._write_client_files(ref, fenced=fenced)
 
+    def _host_rules(self, ref: InstanceRef) -> str:
+        """The control plane's own pg_hba.conf rules for the instance (loopback: every client
+        is on this machine)."""
+        return layout.HBA
+
     def _write_client_files(self, ref: InstanceRef, *, fenced: bool) -> bool:
         """pg_hba.conf and pg_ident.conf with the spec's rules (handed over as files beside
         them, see hba.write_client_rules); True when either changed."""
@@ -229,7 +251,7 @@ class DockerOrchestrator:
             spec_lines((directory / name).read_text() if (directory / name).exists() else None)
             for name in (USER_HBA_FILE, USER_IDENT_FILE)
         )
-        text = client_hba(layout.HBA, fenced=fenced, user_rules=rules)
+        text = client_hba(self._host_rules(ref), fenced=fenced, user_rules=rules)
         changed = self._files.write(directory / layout.HBA_FILE, text)
         return self._files.write(directory / layout.IDENT_FILE, client_ident(maps)) or changed
 
@@ -613,7 +635,7 @@ class DockerOrchestrator:
             await self._reap(ref)
             await engine.create_volume(self._volume(ref), self._labels(ref, "data"))
             await asyncio.to_thread(self._prepare_patroni, ref)
-            await self._refuse_held_lock(ref, config)
+            await refuse_held_lock(ref.instance_id, config)
             container = self._options(ref)
             image = self._image_of(container)
             mounts = await asyncio.to_thread(self._mounts, ref, with_data=True)
@@ -651,20 +673,6 @@ class DockerOrchestrator:
                     f"{await self._engine(ref).log_tail(self._name(ref), 8)}"
                 )
             await asyncio.sleep(0.1)
-
-    async def _refuse_held_lock(self, ref: InstanceRef, config: dict[str, Any]) -> None:
-        """A member whose container vanished while it led (its host lost) holds the leader
-        lock until it expires. Started again at once, its Patroni would take the lock back as
-        its own and no replica would take over: refuse until another member leads or the lock
-        expired (the monitor tries again on its next pass), as if the host had come back after
-        the failover; the member then rejoins as a replica."""
-        hosts = [str(h) for h in config.get("etcd3", {}).get("hosts", [])]
-        key = f"{config.get('namespace', '/service/')}{config['scope']}/leader"
-        if await _etcd_get(hosts, key) == str(config["name"]):
-            raise PreconditionError(
-                f"instance {ref.instance_id} still holds its node's leader lock (its container "
-                "was lost while it led): it starts once another member leads or the lock expires"
-            )
 
     async def _wait_role(self, ref: InstanceRef, config: dict[str, Any], role: str) -> None:
         async def alive() -> bool:
@@ -758,9 +766,9 @@ class DockerOrchestrator:
         return await self._engine(ref).run_one_off(name, spec, on_line=on_line)
 
     async def connect(self, ref: InstanceRef, database: str = "postgres") -> asyncpg.Connection:
-        """TCP on 127.0.0.1 as the superuser, with the database's password."""
+        """TCP to the host's address as the superuser, with the database's password."""
         conn: asyncpg.Connection = await asyncpg.connect(
-            host=_ADDRESS,
+            host=self.address(ref.host_id),
             port=ref.port,
             user="postgres",
             password=self._password(ref.database_id),
@@ -770,19 +778,16 @@ class DockerOrchestrator:
         return conn
 
 
-async def _etcd_get(hosts: Sequence[str], key: str) -> str | None:
-    """One key's value through etcd's v3 JSON gateway (None: absent, or etcd unreachable)."""
-    body = {"key": base64.b64encode(key.encode()).decode()}
-    async with httpx.AsyncClient(timeout=5) as client:
-        for host in hosts:
-            try:
-                response = await client.post(f"http://{host}/v3/kv/range", json=body)
-                response.raise_for_status()
-            except httpx.HTTPError:
-                continue
-            kvs = response.json().get("kvs") or []
-            return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
-    return None
+def _answers(address: str, port: int, timeout: float = 2.0) -> bool | None:
+    """Whether something accepts TCP connections at address:port: True, False (refused), or
+    None when the address does not answer at all (timed out, no route)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return None
 
 
 async def _quiet(line: str) -> None:

@@ -203,10 +203,19 @@ class SwarmEngine:
         )
 
     async def _check_host(self, host_id: str, name: str, error: str) -> None:
-        if not any(node.host_id == host_id for node in await self.nodes()):
+        """A task Swarm cannot place: fail at once when no node is the host, or when the
+        host's node is not ready (it would wait until the node is back)."""
+        nodes = [node for node in await self.nodes() if node.host_id == host_id]
+        if not nodes:
             raise NotFoundError(
                 f"service {name} cannot be placed: no swarm node is host {host_id} "
                 f"(no node has the label {layout.HOST_LABEL}={host_id}; swarm says: {error})"
+            )
+        if all(layout.node_state(node) == layout.UNREACHABLE for node in nodes):
+            raise ExternalCommandError(
+                f"service {name} cannot be placed: host {host_id} is unreachable (its swarm "
+                f"node is {nodes[0].state or 'unknown'}; swarm says: {error})",
+                retryable=True,
             )
 
     async def logs(self, name: str) -> list[str]:

@@ -33,6 +33,9 @@ TERMINAL_TASK_STATES = frozenset(
 )
 # Why a task stays pending when no node satisfies its placement constraints.
 NO_SUITABLE_NODE = "no suitable node"
+# A host whose node the manager does not hear from (the Docker orchestrator's word for an
+# engine it cannot reach).
+UNREACHABLE = "unreachable"
 
 RestartCondition = Literal["none", "on-failure", "any"]
 
@@ -80,7 +83,8 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SwarmNode(msgspec.Struct, frozen=True, kw_only=True):
-    """A swarm node as the manager reports it; `host_id` is its `controlplane.host` label."""
+    """A swarm node as the manager reports it; `host_id` is its `controlplane.host` label and
+    `addr` the address the node is reached at (its instances listen there)."""
 
     id: str
     hostname: str
@@ -88,6 +92,7 @@ class SwarmNode(msgspec.Struct, frozen=True, kw_only=True):
     state: str
     labels: dict[str, str]
     host_id: str | None
+    addr: str = ""
 
 
 class TaskReading(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,15 +158,47 @@ def read_node(attrs: Mapping[str, Any]) -> SwarmNode:
         state=str(attrs.get("Status", {}).get("State", "")),
         labels=labels,
         host_id=labels.get(HOST_LABEL),
+        addr=node_addr(attrs),
     )
 
 
+def node_addr(attrs: Mapping[str, Any]) -> str:
+    """The node's address: `Status.Addr`; a manager that reports 0.0.0.0 there (it was given
+    no advertise address) is reached at its manager address instead."""
+    addr = str(attrs.get("Status", {}).get("Addr") or "")
+    if addr in ("", "0.0.0.0"):
+        manager = str((attrs.get("ManagerStatus") or {}).get("Addr") or "")
+        addr = manager.rsplit(":", 1)[0].strip("[]") if manager else addr
+    return addr
+
+
 def node_state(node: SwarmNode) -> str:
-    """A node's state in words for /v1/hosts: `available` when ready and active, else the
-    availability (`pause`, `drain`) of a ready node or the node's state (`down`, …)."""
+    """A node's state in words for /v1/hosts: `available` when ready and active, the
+    availability (`pause`, `drain`) of a ready node, and `unreachable` for a node the manager
+    does not hear from (`down`, `disconnected`, `unknown`): as the Docker orchestrator says of
+    an engine it cannot reach."""
     if node.state != "ready":
-        return node.state or "unknown"
+        return UNREACHABLE
     return "available" if node.availability == "active" else node.availability
+
+
+def node_hba(base: str, addresses: Sequence[str]) -> str:
+    """pg_hba.conf rules `base` (loopback) plus `host` rules (all users, and replication, by
+    SCRAM) for each address alone: the swarm's nodes (replication links between instances on
+    different nodes) and the control plane's own address toward them. Loopback addresses are
+    covered by `base` already."""
+    extra = []
+    for addr in sorted(set(addresses)):
+        if not addr or addr.startswith("127.") or addr == "0.0.0.0":
+            continue
+        cidr = f"{addr}/128" if ":" in addr else f"{addr}/32"
+        extra += [
+            f"host    all             all             {cidr:<23} scram-sha-256",
+            f"host    replication     all             {cidr:<23} scram-sha-256",
+        ]
+    if not extra:
+        return base
+    return base.rstrip("\n") + "\n# The swarm's node addresses.\n" + "\n".join(extra) + "\n"
 
 
 def hosts(nodes: Sequence[SwarmNode], instances: Mapping[str, int] | None = None) -> list[Host]:

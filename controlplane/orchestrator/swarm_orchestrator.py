@@ -22,15 +22,24 @@ directory, mounts, argv and workflows, with tasks where it has containers.
 - Stopping signals the task's container (SIGINT: fast shutdown, then SIGQUIT) and leaves the
   ended task for its log; the restart condition is `none` (restarting is the monitor's job). A
   start replaces the service. `exec` runs in the running task's container through the engine
-  of the node (reached at the manager's URL: a single-node swarm, or a manager that is the
-  instance's node); a stopped instance's commands run as one-off jobs pinned to its node,
-  which remove themselves when they end.
+  of the node: the one `CONTROLPLANE_DOCKER_HOSTS` gives for the host (`h1=unix:///…,h2=…`),
+  else the manager's (a single-node swarm); the node's engine also holds its volumes. A
+  stopped instance's commands run as one-off jobs pinned to its node, which remove themselves
+  when they end.
+- Addresses: a host's instances listen on its node's address (`Status.Addr`, what the node
+  advertises to the swarm) and are reached there, by clients, the control plane and the other
+  nodes' replication links; pg_hba.conf admits every node's address and this machine's own
+  toward them. On a single-node swarm advertised on 127.0.0.1 that is loopback, as on Docker.
+- A node the manager does not hear from (down, disconnected) is an `unreachable` host: the
+  status and start of its instances fail at once instead of waiting for a task Swarm cannot
+  place, and its instances are started again once it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,14 +47,14 @@ from typing import Any
 import docker
 import docker.errors
 
-from controlplane.errors import ExternalCommandError
+from controlplane.errors import ExternalCommandError, PreconditionError
 from controlplane.models import Host
 from controlplane.orchestrator import docker_layout
 from controlplane.orchestrator import instance_secrets as staged
 from controlplane.orchestrator import swarm_layout as layout
-from controlplane.orchestrator.base import InstanceRef
+from controlplane.orchestrator.base import InstanceRef, InstanceStatus
 from controlplane.orchestrator.docker_engine import API_VERSION, ContainerSpec, Engine, running
-from controlplane.orchestrator.docker_orchestrator import DockerOrchestrator
+from controlplane.orchestrator.docker_orchestrator import DockerOrchestrator, load_docker_hosts
 from controlplane.orchestrator.swarm_engine import SwarmEngine
 from controlplane.settings import Settings
 from controlplane.system.process import CommandResult, LineSink
@@ -73,16 +82,38 @@ def _secret_path(target: str) -> str:
     return f"{layout.SECRETS_DIR}/{target}"
 
 
+def _source_address(address: str) -> str | None:
+    """This machine's own address toward `address` (the one its connections there come from):
+    a UDP socket's local address once connected, which sends nothing."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((address, 9))
+        except OSError:
+            return None
+        return str(probe.getsockname()[0])
+
+
 class SwarmTasks(Engine):
     """The Docker orchestrator's engine calls on Swarm: a "container" is a service's task.
 
-    Container-level calls (signals, exec) go to the engine at the manager's URL, which runs the
-    task on a single-node swarm."""
+    Container-level calls (signals, exec, volumes) go to the engine at `url`: the engine of the
+    host's node when one is configured for it, else the manager's (a single-node swarm)."""
 
-    def __init__(self, swarm: SwarmEngine, url: str | None, *, grace_seconds: float) -> None:
-        super().__init__("swarm", url, grace_seconds=grace_seconds)
+    def __init__(
+        self,
+        swarm: SwarmEngine,
+        url: str | None,
+        *,
+        grace_seconds: float,
+        host_id: str = "swarm",
+        node_engine: bool = False,
+    ) -> None:
+        super().__init__(host_id, url, grace_seconds=grace_seconds)
         self.swarm = swarm
         self.owner = "0:0"
+        # True when `url` is the engine of the host's own node: it has the task's container.
+        self.node_engine = node_engine
 
     async def inspect(self, name: str) -> dict[str, Any] | None:
         """The service's newest task as container attributes (running, mounts, labels)."""
@@ -93,13 +124,23 @@ class SwarmTasks(Engine):
         spec = service["Spec"]["TaskTemplate"]["ContainerSpec"]
         return {
             "Id": task.container_id if task else None,
-            "State": {"Running": task is not None and task.state == "running"},
+            "State": {"Running": await self._task_running(task)},
             "Mounts": [
                 {"Destination": m["Target"], "RW": not m.get("ReadOnly", False)}
                 for m in spec.get("Mounts") or []
             ],
             "Config": {"Labels": dict(spec.get("Labels") or {})},
         }
+
+    async def _task_running(self, task: layout.TaskReading | None) -> bool:
+        """The task runs as the manager sees it and, asked of the node's own engine when there
+        is one, its container runs: a node back from an outage is shown with the task it had
+        until its engine reports the container gone."""
+        if task is None or task.state != "running":
+            return False
+        if not self.node_engine or task.container_id is None:
+            return True
+        return running(await super().inspect(task.container_id))
 
     async def _container(self, name: str) -> str | None:
         task = await self.swarm.task(name)
@@ -236,11 +277,32 @@ class SwarmOrchestrator(DockerOrchestrator):
         super().__init__(settings, hosts={DEFAULT_HOST_ID: url})
         self._url = url
         self._swarm = SwarmEngine(url)
-        self._tasks = SwarmTasks(self._swarm, url, grace_seconds=settings.cancel_grace_seconds)
-        self._tasks.owner = self._files.owner_ids()
+        self._tasks = self._new_tasks("swarm", url)
+        # The engines of the nodes by host id (CONTROLPLANE_DOCKER_HOSTS), for what only a
+        # node's own engine reaches: its containers (exec, signals) and its volumes.
+        self._node_urls = (
+            load_docker_hosts(settings.docker_hosts, default_url=url)
+            if settings.docker_hosts
+            else {}
+        )
+        self._node_tasks: dict[str, SwarmTasks] = {}
         self._client: Any = None
         self._hosts: list[Host] = []
         self._hosts_at = 0.0
+        # Each host's node address as last seen (kept while the manager does not answer).
+        self._addresses: dict[str, str] = {}
+        self._node_states: dict[str, str] = {}
+
+    def _new_tasks(self, host_id: str, url: str | None, *, node: bool = False) -> SwarmTasks:
+        tasks = SwarmTasks(
+            self._swarm,
+            url,
+            grace_seconds=self._settings.cancel_grace_seconds,
+            host_id=host_id,
+            node_engine=node,
+        )
+        tasks.owner = self._files.owner_ids()
+        return tasks
 
     # -- placement -------------------------------------------------------------------------
     def _nodes_client(self) -> Any:
@@ -264,16 +326,68 @@ class SwarmOrchestrator(DockerOrchestrator):
         except (docker.errors.DockerException, OSError) as exc:
             log.warning("swarm manager unreachable: %s", exc)
             return [Host(id=h.id, orchestrator=self.name, state="unreachable") for h in self._hosts]
+        for node in nodes:
+            if node.host_id:
+                self._node_states[node.host_id] = node.state
+                if node.addr:
+                    self._addresses[node.host_id] = node.addr
         self._hosts = layout.hosts(nodes)
         self._hosts_at = now
         return self._hosts
+
+    def address(self, host_id: str) -> str:
+        """The address of the host's node (its `Status.Addr`, as it advertises itself to the
+        swarm): the host network its instances listen on, where clients and the other nodes
+        reach them. The last one seen while the manager does not answer."""
+        self.hosts()
+        found = self._addresses.get(host_id)
+        if found is None:
+            raise PreconditionError(
+                f"host {host_id} is not a swarm node (no node has the label "
+                f"{layout.HOST_LABEL}={host_id}, or the manager does not answer)"
+            )
+        return found
+
+    def _host_rules(self, ref: InstanceRef) -> str:
+        """Loopback, and every node's address with this machine's own toward it: instances on
+        other nodes (replication links) and the control plane connect from there."""
+        self.hosts()
+        nodes = [a for a in self._addresses.values() if not a.startswith("127.")]
+        own = [a for a in (_source_address(n) for n in nodes) if a is not None]
+        return layout.node_hba(docker_layout.HBA, [*nodes, *own])
+
+    def _refuse_unreachable(self, ref: InstanceRef, what: str) -> None:
+        """Fail at once for an instance whose node the manager does not hear from: its task
+        cannot be reached, and a new one would wait for the node to come back."""
+        host = next((h for h in self.hosts() if h.id == ref.host_id), None)
+        if host is not None and host.state == layout.UNREACHABLE:
+            node = self._node_states.get(ref.host_id) or "not answering"
+            raise ExternalCommandError(
+                f"{what} of instance {ref.instance_id} failed: host {ref.host_id} is "
+                f"unreachable (its swarm node is {node})",
+                retryable=True,
+            )
 
     def default_host(self) -> str:
         found = self.hosts()
         return found[0].id if found else DEFAULT_HOST_ID
 
     def _engine(self, ref: InstanceRef) -> Engine:
-        return self._tasks
+        return self._tasks_of(ref.host_id)
+
+    def _tasks_of(self, host_id: str) -> SwarmTasks:
+        """The host's node engine when one is configured, else the manager's."""
+        url = self._node_urls.get(host_id)
+        if url is None:
+            return self._tasks
+        found = self._node_tasks.get(host_id)
+        if found is None:
+            found = self._node_tasks[host_id] = self._new_tasks(host_id, url, node=True)
+        return found
+
+    async def status(self, ref: InstanceRef) -> InstanceStatus:
+        await asyncio.to_thread(self._refuse_unreachable, ref, "reading the status")
+        return await super().status(ref)
 
     # -- files -----------------------------------------------------------------------------
     def _postmaster_secret_base(self, ref: InstanceRef) -> str:
@@ -298,8 +412,9 @@ class SwarmOrchestrator(DockerOrchestrator):
     ) -> None:
         """Replace the instance's service by a new one on its volume, wait until Postgres
         accepts writes, then make sure the superuser answers to this database's password."""
+        await asyncio.to_thread(self._refuse_unreachable, ref, "the start")
         extra = docker_layout.check_start_options(options)
-        tasks = self._tasks
+        tasks = self._tasks_of(ref.host_id)
         container = self._options(ref)
         image = self._image_of(container)
         digest = docker_layout.options_digest(image, container)

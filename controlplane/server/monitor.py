@@ -13,6 +13,7 @@ import asyncpg
 from controlplane.errors import ControlPlaneError, OperationInProgressError
 from controlplane.nodes.common import ref_of
 from controlplane.nodes.following import follow_failover
+from controlplane.orchestrator.base import Orchestrator
 from controlplane.server.health import Since, assess
 from controlplane.server.instance_facts import InstanceFactsBook, InstanceObserver
 from controlplane.store import databases, instances, task_runs, tasks
@@ -50,6 +51,12 @@ WHERE id = $1 AND state = $4 AND error IS NOT DISTINCT FROM $5
   AND NOT EXISTS (SELECT 1 FROM tasks WHERE database_id = $1 AND {_OPERATING})
 """
 _BEING_MADE = frozenset({"creating", "restoring"})
+
+
+def _host_unreachable(orchestrator: Orchestrator, host_id: str) -> bool:
+    """The host's engine or swarm node does not answer: its instance is not known to have
+    failed, only to be out of reach (it is started again once the host answers)."""
+    return any(h.id == host_id and h.state == "unreachable" for h in orchestrator.hosts())
 
 
 class Monitor:
@@ -155,9 +162,11 @@ class Monitor:
                 log.info("instance %s started by the monitor", row.id)
         except (ControlPlaneError, OSError) as exc:
             message = exc.message if isinstance(exc, ControlPlaneError) else str(exc)
-            if row.state != "failed" or row.error != message:
-                log.error("instance %s cannot run: %s", row.id, message)
-                await instances.set_state_of(pool, row.id, "failed", error=message)
+            lost = await asyncio.to_thread(_host_unreachable, orchestrator, row.host_id)
+            state = "unreachable" if lost else "failed"
+            if row.state != state or row.error != message:
+                log.error("instance %s cannot run (%s): %s", row.id, state, message)
+                await instances.set_state_of(pool, row.id, state, error=message)
             return False
         if row.state != "available" or row.error:
             await instances.set_state_of(pool, row.id, "available")

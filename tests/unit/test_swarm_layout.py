@@ -71,11 +71,13 @@ def test_a_node_reads_as_its_host() -> None:
         state="ready",
         labels={"controlplane.host": "h1"},
         host_id="h1",
+        addr="127.0.0.1",
     )
 
 
 def test_hosts_are_labelled_nodes_with_their_availability() -> None:
-    """Only labelled nodes are hosts; drained, paused and down nodes say so."""
+    """Only labelled nodes are hosts; drained and paused nodes say so, a node the manager does
+    not hear from is unreachable."""
     nodes = [
         node("a", host="h2", availability="drain"),
         node("b", host="h1"),
@@ -86,9 +88,46 @@ def test_hosts_are_labelled_nodes_with_their_availability() -> None:
     assert layout.hosts(nodes, {"h1": 2}) == [
         Host(id="h1", orchestrator="swarm", state="available", instances=2),
         Host(id="h2", orchestrator="swarm", state="drain"),
-        Host(id="h3", orchestrator="swarm", state="down"),
+        Host(id="h3", orchestrator="swarm", state="unreachable"),
         Host(id="h4", orchestrator="swarm", state="pause"),
     ]
+
+
+@pytest.mark.parametrize("state", ["down", "disconnected", "unknown", ""])
+def test_a_node_not_ready_is_unreachable(state: str) -> None:
+    assert layout.node_state(node("a", host="h1", state=state)) == "unreachable"
+
+
+def test_a_node_is_reached_at_its_status_address_or_its_manager_address() -> None:
+    """`Status.Addr` as it is; a manager reporting 0.0.0.0 there is reached at the host part
+    of its manager address (IPv6 brackets removed)."""
+    worker = {**NODE, "Status": {"State": "down", "Addr": "100.64.0.2"}}
+    assert layout.read_node(worker).addr == "100.64.0.2"
+    manager = {
+        **NODE,
+        "Status": {"State": "ready", "Addr": "0.0.0.0"},
+        "ManagerStatus": {"Addr": "100.64.0.1:2377", "Leader": True},
+    }
+    assert layout.read_node(manager).addr == "100.64.0.1"
+    six = {**manager, "ManagerStatus": {"Addr": "[fd00::1]:2377"}}
+    assert layout.read_node(six).addr == "fd00::1"
+    assert layout.read_node({"ID": "x"}).addr == ""
+
+
+def test_node_addresses_get_their_own_host_rules_and_loopback_none() -> None:
+    """Each non-loopback address once, for all users and replication, after the base rules."""
+    base = "# Managed.\nhost    all    all    127.0.0.0/8    scram-sha-256\n"
+    text = layout.node_hba(base, ["100.64.0.2", "127.0.0.1", "100.64.0.1", "100.64.0.2", ""])
+    lines = text.splitlines()
+    assert lines[:2] == base.splitlines()
+    rules = [line.split() for line in lines[2:] if not line.startswith("#")]
+    assert rules == [
+        ["host", "all", "all", "100.64.0.1/32", "scram-sha-256"],
+        ["host", "replication", "all", "100.64.0.1/32", "scram-sha-256"],
+        ["host", "all", "all", "100.64.0.2/32", "scram-sha-256"],
+        ["host", "replication", "all", "100.64.0.2/32", "scram-sha-256"],
+    ]
+    assert layout.node_hba(base, ["127.0.0.1"]) == base
 
 
 def test_the_newest_task_is_read_with_its_error() -> None:
