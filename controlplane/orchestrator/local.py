@@ -298,8 +298,9 @@ class LocalOrchestrator:
         self, ref: InstanceRef, *, on_line: LineSink, options: Mapping[str, str] | None = None
     ) -> None:
         if ref.supervisor == "patroni":
-            text = (self._dir(ref) / local_patroni.CONFIG_FILE).read_text()
-            await refuse_held_lock(ref.instance_id, json.loads(text))
+            if self.patroni.pid(self._dir(ref)) is None:
+                text = (self._dir(ref) / local_patroni.CONFIG_FILE).read_text()
+                await refuse_held_lock(ref.instance_id, json.loads(text))
             await self._start_patroni(ref, role=None)
             return
         if await self.status(ref) != "running":
