@@ -20,7 +20,7 @@ import pytest
 from controlplane.orchestrator.docker_layout import LABEL, namespace_of
 from tests.support.api import create_and_wait, database_body
 from tests.support.data import TABLE, backup, digest, on_every, restore, restore_config, write
-from tests.support.object_storage import S3_KEY, S3_KEY_SECRET, S3_REGION
+from tests.support.object_storage import S3_KEY, S3_KEY_SECRET, S3_REGION, s3_keys
 from tests.support.os_user import OS_USER, give_to_os_user
 from tests.support.pgcluster import free_port
 from tests.support.tls import TlsFiles, make_test_tls
@@ -169,23 +169,7 @@ def test_compose_stack_runs_the_curl_tour(stack: Stack) -> None:
 
 
 def _s3_objects(stack: Stack, prefix: str) -> list[str]:
-    import boto3  # type: ignore[import-untyped]
-    from botocore.config import Config  # type: ignore[import-untyped]
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"https://localhost:{stack.s3_port}",
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_KEY_SECRET,
-        region_name=S3_REGION,
-        verify=str(stack.tls.ca_file),
-        config=Config(s3={"addressing_style": "path"}, proxies={}),
-    )
-    try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
-    finally:
-        client.close()
+    return s3_keys(stack.s3_port, stack.tls.ca_file, BUCKET, prefix)
 
 
 async def test_compose_stack_keeps_its_state_in_store_and_backs_up_to_s3(stack: Stack) -> None:

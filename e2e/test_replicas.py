@@ -26,9 +26,9 @@ from tests.support.deployment import DockerDeployment, run_deployment
 from tests.support.eventually import eventually
 from tests.support.ha import (
     by_id,
-    connect_instance,
     failover_log,
     replica_body,
+    replica_holds,
     run_action,
     slots_copied,
     streaming,
@@ -225,17 +225,7 @@ async def test_pitr_in_place_of_a_node_with_a_replica(
     members = by_id(view)
     assert (members["rr-n1"]["role"], members["rr-n1-h2"]["role"]) == ("primary", "replica")
 
-    async def replayed() -> bool:
-        conn = await connect_instance(members["rr-n1-h2"])
-        try:
-            ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
-            assert await conn.fetchval("SELECT pg_is_in_recovery()")
-        finally:
-            await conn.close()
-        assert ids == found, (len(ids), len(found))
-        return True
-
-    await eventually(replayed, timeout=60, what="the rebuilt replica to hold n1's rows")
+    await replica_holds(members["rr-n1-h2"], found)
     response = await api.delete("/v1/databases/rr")
     assert response.status_code == 202, response.text
     await wait_task(api, "rr", response.json()["task"]["task_id"], timeout=300)

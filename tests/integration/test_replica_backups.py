@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.api import create_and_wait, database_body, wait_task
 from tests.support.data import TABLE, backup, on_every, posix, posix_repository
-from tests.support.eventually import eventually
 from tests.support.ha import (
-    connect_instance,
     replica_body,
+    replica_holds,
     run_action,
     serving_hosts,
     slots_copied,
@@ -28,22 +26,6 @@ from tests.support.server import ServerProcess
 @pytest.fixture
 def ha_server(scratch_dir: Path, store_url: str) -> Iterator[ServerProcess]:
     yield from serving_hosts(scratch_dir, store_url)
-
-
-async def _replica_holds(replica: dict[str, Any], expected: set[int]) -> None:
-    """Until the replica, in recovery, holds exactly `expected` (the ids of `items`)."""
-
-    async def replayed() -> bool:
-        conn = await connect_instance(replica)
-        try:
-            ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
-            assert await conn.fetchval("SELECT pg_is_in_recovery()")
-        finally:
-            await conn.close()
-        assert ids == expected, (len(ids), len(expected))
-        return True
-
-    await eventually(replayed, timeout=60, what=f"{replica['id']} to hold its primary's rows")
 
 
 async def test_backup_from_a_replica_restores_the_rows(
@@ -98,7 +80,7 @@ async def test_backup_from_a_replica_restores_the_rows(
         roles = {i["id"]: (i["host_id"], i["role"]) for i in view["instances"]}
         assert roles == {"rbcopy-n1": ("h3", "primary"), "rbcopy-n1-h1": ("h1", "replica")}
         replica = next(i for i in view["instances"] if i["role"] == "replica")
-        await _replica_holds(replica, expected)
+        await replica_holds(replica, expected)
 
         # A node added from n1's backup, with a replica of its own, while n1 and n2 write.
         body["spec"]["nodes"].append(
@@ -124,7 +106,7 @@ async def test_backup_from_a_replica_restores_the_rows(
         added = [i for i in view["instances"] if i["node_name"] == "n3"]
         roles = {i["id"]: (i["host_id"], i["role"]) for i in added}
         assert roles == {"rb-n3": ("h2", "primary"), "rb-n3-h3": ("h3", "replica")}, roles
-        await _replica_holds(next(i for i in added if i["role"] == "replica"), expected)
+        await replica_holds(next(i for i in added if i["role"] == "replica"), expected)
 
         # A replica stopped by an operator stays stopped through a backup of its node (the
         # backup marks and clears the primary only).

@@ -162,3 +162,19 @@ async def failover_log(api: httpx.AsyncClient, database_id: str) -> str:
     task = await eventually(finished, timeout=120, what="the failover task")
     assert (task["status"], task["trigger"]) == ("completed", "system"), task
     return await task_log(api, task)
+
+
+async def replica_holds(replica: dict[str, Any], expected: set[int]) -> None:
+    """Until the replica, in recovery, holds exactly `expected` (the ids of `items`)."""
+
+    async def replayed() -> bool:
+        conn = await connect_instance(replica)
+        try:
+            ids = {int(r[0]) for r in await conn.fetch("SELECT id FROM items")}
+            assert await conn.fetchval("SELECT pg_is_in_recovery()")
+        finally:
+            await conn.close()
+        assert ids == expected, (len(ids), len(expected))
+        return True
+
+    await eventually(replayed, timeout=60, what=f"{replica['id']} to hold its primary's rows")

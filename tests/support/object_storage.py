@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from tests.support.tls import TlsFiles, make_test_tls
 
@@ -434,24 +434,36 @@ def start_s3(
     return _start(3, launch)
 
 
-def _create_s3_bucket(port: int, bucket: str, ca_file: Path) -> None:
+def s3_client(port: int, ca_file: Path, **config: Any) -> Any:
+    """A boto3 client of the test S3 server on localhost:`port` (path-style, TLS verified
+    with the test CA, no proxies); `config` adds botocore Config options."""
     import boto3  # type: ignore[import-untyped]  # lazily: only needed for S3
     from botocore.config import Config  # type: ignore[import-untyped]
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=f"https://{ENDPOINT}:{port}",
         aws_access_key_id=S3_KEY,
         aws_secret_access_key=S3_KEY_SECRET,
         region_name=S3_REGION,
         verify=str(ca_file),
-        config=Config(
-            connect_timeout=5,
-            read_timeout=15,
-            retries={"max_attempts": 1},
-            s3={"addressing_style": "path"},
-            proxies={},
-        ),
+        config=Config(s3={"addressing_style": "path"}, proxies={}, **config),
+    )
+
+
+def s3_keys(port: int, ca_file: Path, bucket: str, prefix: str) -> list[str]:
+    """The keys under `prefix` in a bucket of the test S3 server on localhost:`port`."""
+    client = s3_client(port, ca_file)
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+    finally:
+        client.close()
+
+
+def _create_s3_bucket(port: int, bucket: str, ca_file: Path) -> None:
+    client = s3_client(
+        port, ca_file, connect_timeout=5, read_timeout=15, retries={"max_attempts": 1}
     )
     try:
         client.create_bucket(Bucket=bucket)
