@@ -11,7 +11,7 @@ from controlplane.replication.attach import (
     set_origin,
     slot_start,
 )
-from controlplane.replication.drain import drain, end_client_sessions
+from controlplane.replication.drain import Drained, drain, end_client_sessions
 from controlplane.replication.errors import ReplicationError
 from controlplane.replication.joins import prepare_join, undo_join
 from controlplane.replication.mesh import MeshChanges, converge_mesh
@@ -45,6 +45,7 @@ from controlplane.replication.subscriptions import (
 __all__ = [
     "FENCED_START_SETTINGS",
     "REPLICATION_SETS",
+    "Drained",
     "MeshChanges",
     "MeshNode",
     "PgTools",

@@ -63,10 +63,13 @@ async def end_client_sessions(conn: Connection, *, settle: float = 0.05) -> int:
 
 
 class Drained(msgspec.Struct, frozen=True):
-    """Where the node's WAL stood once drained, and the nodes that did not apply it all."""
+    """Where the node's WAL stood once drained, the nodes that did not apply it all, and how
+    far the node had applied each provider's writes when its subscriptions paused (provider ->
+    LSN in the provider's WAL)."""
 
     end: str
     behind: tuple[str, ...] = ()
+    applied: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 async def drain(
@@ -91,7 +94,7 @@ async def drain(
     cut.
     """
     own = conns[node]
-    await pause_subscriptions(own, node, providers)
+    applied = await pause_subscriptions(own, node, providers)
     end = str(await own.fetchval("SELECT pg_current_wal_lsn()::text"))
     # A replicated no-op commit after E: an idle node's stream then moves past E too, and a
     # subscriber that applied it has applied everything before it.
@@ -128,7 +131,7 @@ async def drain(
             await asyncio.sleep(POLL_INTERVAL)
     for subscriber in cut:
         await drop_subscription(conns[subscriber], subscription_name(node, subscriber))
-    return Drained(end=end, behind=tuple(behind))
+    return Drained(end=end, behind=tuple(behind), applied=applied)
 
 
 async def _applied(conn: Connection, provider: str, subscriber: str, lsn: str) -> bool:

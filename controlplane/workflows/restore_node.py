@@ -108,7 +108,10 @@ async def drain_node(ctx: StepContext) -> dict[str, Any]:
         if await orchestrator.status(ref) == "running":
             await orchestrator.fence_clients(ref, fenced=True)
             await reload_settings(orchestrator, ref)
-            state["drained_at"] = await _drain(ctx, spec, row, config, running, targets)
+            drained = await _drain(ctx, spec, row, config, running, targets)
+            if drained is not None:
+                state["drained_at"] = drained.end
+                state["applied_at_drain"] = drained.applied
     join_source = ctx.input_as(NodeRestoreInput).join_source
     if join_source:
         await mesh.drop_links_of(ctx, spec, row.node_name, rows)
@@ -124,7 +127,7 @@ async def _drain(
     config: RestoreConfig,
     running: list[InstanceRow],
     targets: set[str],
-) -> str | None:
+) -> replication.Drained | None:
     async with mesh.connections(ctx.services, [row, *running], spec.database_name) as conns:
         own = conns[row.node_name]
         ended = await replication.end_client_sessions(own)
@@ -135,30 +138,28 @@ async def _drain(
                 node=row.node_name,
             )
         if not await replication.is_pglogical_node(own):
-            end = None
-        else:
-            peers = sorted(r.node_name for r in running)
-            drained = await replication.drain(
-                conns,
-                row.node_name,
-                providers=peers,
-                confirm=[p for p in peers if p not in targets],
-                cut=peers,
-                strict=_own_latest(ctx, row, config),
-            )
-            end = drained.end
-            await ctx.log.info(
-                f"node {row.node_name}: drained at {end}; its clients are fenced",
+            return None
+        peers = sorted(r.node_name for r in running)
+        drained = await replication.drain(
+            conns,
+            row.node_name,
+            providers=peers,
+            confirm=[p for p in peers if p not in targets],
+            cut=peers,
+            strict=_own_latest(ctx, row, config),
+        )
+        await ctx.log.info(
+            f"node {row.node_name}: drained at {drained.end}; its clients are fenced",
+            node=row.node_name,
+        )
+        for peer in drained.behind:
+            await ctx.log.warning(
+                f"node {peer} had not applied all of node {row.node_name}'s writes (its "
+                f"subscription was not replicating): it lacks those it had not received, "
+                f"and receives the restored node's writes from now on",
                 node=row.node_name,
             )
-            for peer in drained.behind:
-                await ctx.log.warning(
-                    f"node {peer} had not applied all of node {row.node_name}'s writes (its "
-                    f"subscription was not replicating): it lacks those it had not received, "
-                    f"and receives the restored node's writes from now on",
-                    node=row.node_name,
-                )
-    return end
+    return drained
 
 
 async def tear_down_replicas(ctx: StepContext) -> dict[str, Any]:
@@ -344,10 +345,12 @@ async def _record_points(
     config: RestoreConfig,
     origins: dict[str, str],
 ) -> None:
-    """Origins for every running node that is not restored too: the restored catalog's
-    progress, or the start of the slot that node kept for this one when that lies later (a
-    node restored to an earlier point then lacks what was applied in between: it diverges,
-    as the parent says); then this node's own slots for every other node."""
+    """Origins for every running node that is not restored too, at the latest of: the
+    restored catalog's progress; the start of the slot that node kept for this one; how far
+    this node had applied that node's writes when it was drained. A node restored to an
+    earlier point then lacks what it had applied before it stopped (it diverges, as the parent
+    says) and receives every write made since; how much it lacks does not depend on when the
+    slot last heard from it. Then this node's own slots for every other node."""
     targets = _targets(ctx)
     same_database = config.source_database_id == ctx.database_id
     rows = await instances.list_instances(ctx.services.pool, ctx.database_id)
@@ -369,7 +372,9 @@ async def _record_points(
                     node=row.node_name,
                 )
             held = origins.get(member) if same_database else None
-            point = held if held and lsn_value(held) > lsn_value(start) else start
+            drained = ctx.state.get("applied_at_drain", {}).get(member)
+            point = max((p for p in (held, drained) if p), key=lsn_value, default=start)
+            point = point if lsn_value(point) > lsn_value(start) else start
             await replication.set_origin(conn, member, row.node_name, point)
             held_by[member] = point
     for other in spec.nodes:
