@@ -30,6 +30,8 @@ _LOCK_KEY = 0x6D6F6E69746F72
 _SETTLED = ("available", "degraded", "failed")
 _PRUNE_EVERY = 3600.0
 _ALL_DOWN = "no instance is running"
+# After a failover task the monitor queued has failed, it follows inline for this long.
+FAILOVER_TASK_BACKOFF = 60.0
 
 
 async def _quiet(line: str) -> None:
@@ -208,10 +210,23 @@ class Monitor:
     async def _failover_task(self, database_id: str, row: InstanceRow) -> bool:
         """Queue a `failover` task (trigger `system`) in which the mesh follows `row`, so that
         the task list and its log show the failover; True when one is queued or runs already.
-        False when another operation holds the database: the mesh then follows at once here,
-        without a task, rather than wait for it."""
+        False when another operation holds the database, or when such a task failed less than
+        FAILOVER_TASK_BACKOFF seconds ago: the mesh then follows at once here, without a task,
+        rather than wait for it or queue a failed task on every pass."""
         task_input = NodeActionInput(candidate_instance_id=row.id, skip_validation=True)
         async with self._services.pool.acquire() as conn:
+            failed = await tasks.failed_recently(
+                conn,
+                database_id,
+                row.node_name,
+                FAILOVER.type,
+                trigger="system",
+                seconds=FAILOVER_TASK_BACKOFF,
+            )
+            if failed is not None:
+                # One failed task says why; until the back-off passes, each pass retries here
+                # without adding another failed task to the list.
+                return False
             try:
                 task = await tasks.insert_task(
                     conn,

@@ -167,6 +167,30 @@ async def find_blocking_task(
     return None if record is None else _row(record)
 
 
+async def failed_recently(
+    db: Executor,
+    database_id: str,
+    node_name: str,
+    type: str,
+    *,
+    trigger: str,
+    seconds: float,
+) -> TaskRow | None:
+    """The newest task of `type` and `trigger` on a node that failed in the last `seconds`."""
+    record = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM tasks WHERE database_id = $1 AND node_name = $2"
+        " AND type = $3 AND trigger = $4 AND status = 'failed'"
+        " AND completed_at > now() - make_interval(secs => $5)"
+        " ORDER BY completed_at DESC LIMIT 1",
+        database_id,
+        node_name,
+        type,
+        trigger,
+        seconds,
+    )
+    return None if record is None else _row(record)
+
+
 async def insert_skipped_task(
     db: Executor,
     *,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import uuid
 from typing import Any
 
 import asyncpg
@@ -350,7 +351,47 @@ async def test_terminal_states_are_final_in_sql(
         with pytest.raises(asyncpg.RaiseError, match="illegal status transition"):
             await store.execute(
                 "UPDATE tasks SET status = 'running' WHERE task_id = $1",
-                __import__("uuid").UUID(task_id),
+                uuid.UUID(task_id),
             )
+    finally:
+        await store.close()
+
+
+async def test_failed_recently_sees_only_recent_failed_tasks_of_its_kind(
+    server: ServerProcess,
+) -> None:
+    """The monitor's back-off after a failed failover task it queued: only a failed task of
+    that node, type and trigger that finished within the window counts."""
+    from controlplane.store import tasks
+
+    store = await asyncpg.connect(server.database_url)
+
+    async def add(number: int, node: str, trigger: str, status: str, ago: float) -> None:
+        await store.execute(
+            "INSERT INTO tasks (task_id, database_id, node_name, type, trigger, status,"
+            " created_at, completed_at) VALUES ($1, 'db', $2, 'failover', $3, $4,"
+            " now() - make_interval(secs => $5), now() - make_interval(secs => $5))",
+            uuid.UUID(f"00000000-0000-7000-8000-{number:012d}"),
+            node,
+            trigger,
+            status,
+            ago,
+        )
+
+    async def found(node: str) -> str | None:
+        row = await tasks.failed_recently(
+            store, "db", node, "failover", trigger="system", seconds=60
+        )
+        return None if row is None else str(row.task_id)[-2:]
+
+    try:
+        await add(1, "n1", "system", "failed", 200)
+        await add(2, "n1", "manual", "failed", 5)
+        await add(3, "n2", "system", "failed", 5)
+        await add(4, "n1", "system", "completed", 5)
+        assert await found("n1") is None
+        assert await found("n2") == "03"
+        await add(5, "n1", "system", "failed", 10)
+        assert await found("n1") == "05"
     finally:
         await store.close()
