@@ -73,6 +73,10 @@ def _build_context(context: Path) -> None:
     _run([*pip, "moto[s3]", "flask", "flask-cors", "gunicorn"])
 
 
+# One worker runs this module: its deployment is the module's own.
+pytestmark = pytest.mark.xdist_group("compose")
+
+
 @pytest.fixture(scope="module")
 def stack(work_dir: Path, docker_url: str) -> Iterator[Stack]:
     """The controlplane and s3 images built from this checkout, a TLS certificate for

@@ -32,6 +32,10 @@ DESTINATION = "/backups"
 MiB = 1024 * 1024
 
 
+# One worker runs this module: its deployment is the module's own.
+pytestmark = pytest.mark.xdist_group("container_options")
+
+
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[DockerDeployment]:
     """A control plane whose backup roots admit the guide's in-container path."""

@@ -13,6 +13,9 @@ from tests.support.api import create_and_wait, database_body, wait_task
 from tests.support.data import TABLE, converged, on_every, write
 from tests.support.deployment import DockerDeployment, run_deployment
 
+# One worker runs this module: its deployment is the module's own.
+pytestmark = pytest.mark.xdist_group("hosts")
+
 
 @pytest.fixture(scope="module")
 def hosts_deployment() -> Iterator[DockerDeployment]:

@@ -44,6 +44,9 @@ from tests.support.load import (
     writers,
 )
 
+# One worker runs this module: its deployment is the module's own.
+pytestmark = pytest.mark.xdist_group("replicas")
+
 
 @pytest.fixture(scope="module")
 def ha_deployment() -> Iterator[DockerDeployment]:

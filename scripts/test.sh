@@ -11,8 +11,9 @@ scripts/bootstrap.sh --test
 # Each integration test runs its own server, ports and directories: they run three at a time.
 # tests/scenarios are the user scenarios, here on the local orchestrator; tests/compat holds
 # pgEdge's fields and the request bodies of its guide.
+# The slowest twenty are listed at the end, so a run that grows shows where.
 .venv/bin/pytest tests/integration tests/scenarios tests/security tests/compat \
-  --orchestrator local -n 3 "$@"
+  --orchestrator local -n 3 --durations=20 "$@"
 # The same scenarios on the Docker orchestrator against a private dockerd, plus the Docker-only
 # checks (it installs docker.io and builds the images on first run). CONTROLPLANE_SKIP_E2E=1
 # skips it.
