@@ -1,5 +1,8 @@
-"""pgEdge's container options on the Docker orchestrator: cpus, memory, extra labels, an image
-and extra volumes, with a posix repository on an extra volume as in pgEdge's NFS recipe."""
+"""pgEdge's container options on the Docker and Swarm orchestrators (`--orchestrator docker`,
+or `swarm` in `e2e/swarm scenarios`): cpus, memory, extra labels, an image and extra volumes,
+with a posix repository on an extra volume as in pgEdge's NFS recipe. On swarm they are the
+instance service's resource limits, labels, image and bind mounts, seen on its task's
+container."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from tests.support.data import (
     update_and_wait,
     write,
 )
-from tests.support.deployment import DockerDeployment, run_deployment
+from tests.support.deployment import DockerDeployment, SwarmDeployment, run_deployment
 
 # pgEdge's guide: the share is mounted at /backups in the container, and the repository's
 # base_path is that destination. The host never sees /backups itself.
@@ -37,10 +40,12 @@ pytestmark = pytest.mark.xdist_group("container_options")
 
 
 @pytest.fixture(scope="module")
-def deployment() -> Iterator[DockerDeployment]:
-    """A control plane whose backup roots admit the guide's in-container path."""
+def deployment(request: pytest.FixtureRequest) -> Iterator[DockerDeployment]:
+    """A control plane whose backup roots admit the guide's in-container path, on swarm when
+    that is the orchestrator asked for, else on docker."""
     roots = "/tmp,/var/tmp,/var/backups,/backups"
-    for found in run_deployment("docker", {"CONTROLPLANE_BACKUP_ROOTS": roots}):
+    orchestrator = "swarm" if "swarm" in request.config.getoption("orchestrator") else "docker"
+    for found in run_deployment(orchestrator, {"CONTROLPLANE_BACKUP_ROOTS": roots}):
         assert isinstance(found, DockerDeployment)
         yield found
 
@@ -52,8 +57,19 @@ async def api(deployment: DockerDeployment) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _instance(deployment: DockerDeployment, database_id: str) -> Any:
-    [container] = deployment.containers(database=database_id, role="instance")
+    found = deployment.containers(database=database_id, role="instance")
+    [container] = [c for c in found if c.status == "running"]
     return container
+
+
+def _service_limits(deployment: DockerDeployment, database_id: str) -> dict[str, int] | None:
+    """On swarm, the instance service's resource limits as `docker service inspect` shows
+    them; None on docker."""
+    if not isinstance(deployment, SwarmDeployment):
+        return None
+    [service] = deployment.services(database=database_id, role="instance")
+    limits: dict[str, int] = service.attrs["Spec"]["TaskTemplate"]["Resources"]["Limits"]
+    return limits
 
 
 def _share(deployment: DockerDeployment, name: str) -> Path:
@@ -99,6 +115,10 @@ async def test_options_reach_the_container_and_backups_land_on_the_share(
     assert container.labels["team"] == "payments"
     assert "scope" not in container.labels  # the node's orchestrator_opts replace the database's
     assert container.labels["controlplane.node"] == "n1"
+    limits = await asyncio.to_thread(_service_limits, deployment, "boxed")
+    on_swarm = deployment.server.extra_env["CONTROLPLANE_ORCHESTRATOR"] == "swarm"
+    expected = {"NanoCPUs": 1_500_000_000, "MemoryBytes": 256 * MiB} if on_swarm else None
+    assert limits == expected
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert (mounts[DESTINATION]["Source"], mounts[DESTINATION]["RW"]) == (str(share), True)
     # The repository is reached through the share, not mounted at its own path.

@@ -1,8 +1,8 @@
 """What an instance runs on: CPU and memory limits, container options and versions.
 
 pgEdge's `cpus`, `memory` and `orchestrator_opts.swarm` describe the instance's container; the
-docker orchestrator applies them, the local one (plain processes) has nothing to apply them to
-and refuses them with that reason. Versions are pgEdge's `"15"` / `"15.x"` form.
+docker and swarm orchestrators apply them, the local one (plain processes) has nothing to apply
+them to and refuses them with that reason. Versions are pgEdge's `"15"` / `"15.x"` form.
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ _RESERVED_MOUNTS = ("/var/lib/postgresql", "/var/run/postgresql", "/run/controlp
 LOCAL_ORCHESTRATOR = "local"
 DOCKER_ORCHESTRATOR = "docker"
 SWARM_ORCHESTRATOR = "swarm"
-_USE_DOCKER = "the docker orchestrator applies it (CONTROLPLANE_ORCHESTRATOR=docker)"
-# What the docker orchestrator applies to an instance's container: bind mounts, labels, its
+_USE_DOCKER = (
+    "the docker and swarm orchestrators apply it (CONTROLPLANE_ORCHESTRATOR=docker or swarm)"
+)
+# What the docker and swarm orchestrators apply to an instance's container (on swarm, its
+# service: bind mounts, labels, its image, and resource limits): bind mounts, labels, its
 # image, nano_cpus and mem_limit. Not extra_networks: instances use the host's network.
 DOCKER_APPLIES = frozenset({"cpus", "memory", "extra_volumes", "extra_labels", "image"})
 
@@ -56,10 +59,8 @@ def _not_applied(orchestrator: str | None, name: str) -> str | None:
             "the local orchestrator runs Postgres as a plain process on this machine: there is "
             f"no container for {name}; {_USE_DOCKER}"
         )
-    if orchestrator == DOCKER_ORCHESTRATOR and name not in DOCKER_APPLIES:
-        return f"the docker orchestrator does not apply {name} yet"
-    if orchestrator == SWARM_ORCHESTRATOR:
-        return f"the swarm orchestrator does not apply {name} yet; {_USE_DOCKER}"
+    if orchestrator in (DOCKER_ORCHESTRATOR, SWARM_ORCHESTRATOR) and name not in DOCKER_APPLIES:
+        return f"the {orchestrator} orchestrator does not apply {name} yet"
     return None
 
 

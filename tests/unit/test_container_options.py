@@ -255,3 +255,20 @@ async def test_options_are_recorded_for_refs_that_do_not_carry_them(tmp_path: Pa
     await orchestrator.write_file(clash, "x", "y")
     with pytest.raises(PreconditionError, match="hide the control plane's own mounts"):
         orchestrator._mounts(plain, with_data=True)
+
+
+def test_swarm_accepts_what_docker_does_and_refuses_networks() -> None:
+    """On swarm the same options validate as on docker (they become the service's resource
+    limits, labels, image and bind mounts); extra networks are refused for the same reason."""
+    options = swarm(
+        extra_volumes=[{"host_path": "/mnt/db-backups", "destination_path": "/backups"}],
+        extra_labels={"team": "payments"},
+        image="registry.local/pg:15",
+    )
+    accepted = body(cpus="1.5", memory="2GiB", orchestrator_opts=options)
+    spec = parse(accepted, "swarm")
+    assert container_options(spec, spec.nodes[0]).volumes == (SHARE,)
+    networks = swarm(extra_networks=[{"id": "traefik-public"}])
+    errors = refused(body(orchestrator_opts=networks), "swarm")
+    assert list(errors) == ["spec.orchestrator_opts.swarm.extra_networks[0]"]
+    assert "host's network" in errors["spec.orchestrator_opts.swarm.extra_networks[0]"]
