@@ -32,7 +32,7 @@ from controlplane.orchestrator.patroni import refuse_held_lock
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
 from controlplane.system.files import OwnedFiles
-from controlplane.system.postgres import hba
+from controlplane.system.postgres import hba, postmaster_running
 from controlplane.system.process import CommandResult, LineSink, as_user, run_command
 
 LOCAL_HOST_ID = "local"
@@ -269,8 +269,13 @@ class LocalOrchestrator:
         pgdata = Path(self.data_dir(ref))
         if not (pgdata / "PG_VERSION").exists():
             return "missing"
-        result = await run_command(self._as_user([self._pg("pg_ctl"), "status", "-D", str(pgdata)]))
-        return "running" if result.exit_code == 0 else "stopped"
+        running = postmaster_running(pgdata)
+        if running is None:
+            result = await run_command(
+                self._as_user([self._pg("pg_ctl"), "status", "-D", str(pgdata)])
+            )
+            running = result.exit_code == 0
+        return "running" if running else "stopped"
 
     async def _pg_ctl_status(self, ref: InstanceRef) -> InstanceStatus:
         return await self.status(msgspec.structs.replace(ref, supervisor="pg_ctl"))

@@ -1,5 +1,6 @@
 """What the control plane writes for Postgres itself, once: password verifiers and the client
-authentication rules every instance shares (each orchestrator adds why its socket is safe)."""
+authentication rules every instance shares (each orchestrator adds why its socket is safe);
+and whether a data directory's postmaster runs, read as `pg_ctl status` reads it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import os
+from pathlib import Path
 
 SCRAM_ITERATIONS = 4096
 
@@ -43,3 +45,32 @@ def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
         return base64.b64encode(data).decode()
 
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def postmaster_running(pgdata: Path) -> bool | None:
+    """Whether the postmaster of `pgdata` runs, as `pg_ctl status` decides it: postmaster.pid
+    names a live process, here one whose command line is postgres's (a PID reused after a
+    crash is not). None when this process may not read the directory (another OS user's, and
+    this one not root) or the file is being written: ask `pg_ctl status` then. The monitor
+    asks this of every instance on every pass, so no process is started for it."""
+    try:
+        first = (pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        pid = int(first)
+    except ValueError:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc to tell: the PID is alive, as pg_ctl would say
+    return b"postgres" in cmdline
