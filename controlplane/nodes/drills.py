@@ -23,7 +23,6 @@ from controlplane.orchestrator.base import InstanceRef
 from controlplane.pgbackrest import command as pgb
 from controlplane.pgbackrest.config import NOOP_ARCHIVE_COMMAND
 from controlplane.spec.models import DatabaseSpec
-from controlplane.spec.postgresql_conf import quote_conf
 from controlplane.store.instances import InstanceRow
 from controlplane.system.process import LineSink
 from controlplane.tasks.context import Services, StepContext
@@ -119,9 +118,10 @@ async def restore_scratch(
             pg_data = orchestrator.data_dir(ref)
             raise restore_error(exc, subject=subject, label=label, pg_data=pg_data) from None
     settings = await managed_settings(ctx, spec, ref, archive_command=NOOP_ARCHIVE_COMMAND)
-    # Loopback only (the docker orchestrator reaches an instance over TCP on 127.0.0.1), and
-    # fenced below: nobody but the control plane's superuser logs in to the scratch.
-    settings |= {"listen_addresses": quote_conf("127.0.0.1"), "archive_mode": "off"}
+    # It listens where the orchestrator reaches its host (loopback on one machine, the node's
+    # address on another swarm node), and is fenced below: nobody but the control plane's
+    # superuser logs in to the scratch.
+    settings |= {"archive_mode": "off"}
     await orchestrator.write_postgresql_conf(ref, settings)
     await orchestrator.fence_clients(ref, fenced=True)
 
