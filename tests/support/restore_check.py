@@ -36,6 +36,9 @@ def restore_and_query(
                 "--stanza=db",
                 f"--pg1-path={target}",
                 f"--set={label}",
+                # Not the live instance's spool: a restore clears the archive-get queue there
+                # while the instance's own archiving may be writing (pgBackRest [061]).
+                f"--spool-path={scratch / f'spool-{label}'}",
                 "--type=immediate",
                 "--target-action=promote",
                 "--archive-mode=off",
