@@ -4,6 +4,8 @@ each node's backup catalog and the tasks in flight; and the watch loop that redr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -90,20 +92,44 @@ def print_report(report: StatusReport, output: str, header: str | None, clear: b
 async def watch(
     connection: Connection, database_id: str | None, output: str, interval: float
 ) -> None:
-    """Draw a frame every `interval` seconds until cancelled (Ctrl-C); an unknown database
-    ends it, an unreachable server only shows in the frame."""
+    """Draw a frame every `interval` seconds until Ctrl-C, which ends it at once, mid-fetch
+    included; an unknown database ends it, an unreachable server only shows in the frame.
+
+    Ctrl-C is this loop's own signal handler, not a cancellation of `asyncio.run`'s task: a
+    cancellation landing inside the HTTP client could be lost, and the frames went on."""
     from controlplane.cli.status_render import watch_header
 
-    async with async_client_of(connection) as client:
-        while True:
-            try:
-                report = await gather_report(client, database_id)
-            except ApiNotFound:
-                raise
-            except ApiError as exc:
-                report = StatusReport(observed_at=datetime.now(UTC), error=exc.message)
-            print_report(report, output, watch_header(interval, report.observed_at), clear=True)
-            await asyncio.sleep(interval)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = True
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here: asyncio.run's
+        handled = False
+    try:
+        async with async_client_of(connection) as client:
+            while not stop.is_set():
+                fetch = asyncio.ensure_future(gather_report(client, database_id))
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if stop.is_set():
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ApiError):
+                        await fetch
+                    break
+                try:
+                    report = fetch.result()
+                except ApiNotFound:
+                    raise
+                except ApiError as exc:
+                    report = StatusReport(observed_at=datetime.now(UTC), error=exc.message)
+                print_report(report, output, watch_header(interval, report.observed_at), clear=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
 
 
 async def once(connection: Connection, database_id: str | None) -> StatusReport:
