@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _POLL_SECONDS = 0.5
+# How often a task that waits to run has its node's state looked at.
+_NODE_CHECK_SECONDS = 2.0
 _KEEP_LINES = 200
 
 
@@ -181,9 +183,13 @@ class SwarmEngine:
 
     async def wait_running(self, spec: layout.ServiceSpec, within: float) -> layout.TaskReading:
         """Wait for the service's task to run; its error text when it fails, NotFoundError
-        when no node carries the host label it is pinned to."""
+        when no node carries the host label it is pinned to. While the task waits, the host's
+        node is looked at every few seconds: a node lost after the task was assigned to it (a
+        daemon shutting down) fails the start as soon as the manager sees the node down,
+        rather than when `within` runs out."""
         deadline = time.monotonic() + within
         reading: layout.TaskReading | None = None
+        node_checked = time.monotonic()
         while time.monotonic() < deadline:
             reading = await self.task(spec.name)
             if reading is not None and reading.state == "running":
@@ -195,6 +201,10 @@ class SwarmEngine:
                 )
             if reading is not None and layout.NO_SUITABLE_NODE in reading.error:
                 await self._check_host(spec.host_id, spec.name, reading.error)
+            elif time.monotonic() - node_checked >= _NODE_CHECK_SECONDS:
+                node_checked = time.monotonic()
+                state = f"task {reading.state}" if reading else "no task yet"
+                await self._check_host(spec.host_id, spec.name, state)
             await asyncio.sleep(_POLL_SECONDS)
         state = f"{reading.state}: {reading.error}" if reading else "no task"
         raise ExternalCommandError(
@@ -203,8 +213,8 @@ class SwarmEngine:
         )
 
     async def _check_host(self, host_id: str, name: str, error: str) -> None:
-        """A task Swarm cannot place: fail at once when no node is the host, or when the
-        host's node is not ready (it would wait until the node is back)."""
+        """A task Swarm cannot place or has not started: fail at once when no node is the
+        host, or when the host's node is not ready (it would wait until the node is back)."""
         nodes = [node for node in await self.nodes() if node.host_id == host_id]
         if not nodes:
             raise NotFoundError(
