@@ -39,9 +39,13 @@ OBSERVE_CONCURRENCY = 16
 _UNOBSERVED_DATABASE_STATES = frozenset({"creating", "restoring", "deleting"})
 _UNOBSERVED_INSTANCE_STATES = frozenset({"creating", "restoring", "stopped"})
 
+# A replica's timeline is the one it streams (its control file names the timeline of its
+# last restartpoint, which a replica that followed a promotion without a rewind keeps until
+# the next one); a primary's, or a replica's that does not stream, its last checkpoint's.
 _INSTANCE_SQL = """
 SELECT pg_is_in_recovery() AS in_recovery,
-       (SELECT timeline_id FROM pg_control_checkpoint()) AS timeline,
+       coalesce((SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+                (SELECT timeline_id FROM pg_control_checkpoint())) AS timeline,
        a.archived_count, a.failed_count, a.last_archived_time, a.last_failed_time,
        a.last_failed_wal,
        (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') AS ready_files
