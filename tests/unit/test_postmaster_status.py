@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,9 @@ def pgdata(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def postgres_like() -> Iterator[int]:
-    """A live process whose command line says postgres."""
-    proc = subprocess.Popen(["sh", "-c", "sleep 30", "postgres"])
+    """A live process whose command line says postgres, from the moment it runs: Python runs
+    the code itself (a shell may exec its last command, and its command line change)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "postgres"])
     yield proc.pid
     proc.kill()
     proc.wait()
