@@ -4,7 +4,9 @@ dockerd in its own network namespace, so every instance is reached at its node's
 One instance per node, pinned by the node label; rows written on either replicate to the
 other; a node whose dockerd stops is an unreachable host and its instance `unreachable`, while
 the other node's instance keeps taking writes; the node back, its instance is available again
-with every row."""
+with every row. A node with a replica on another swarm node fails over when its primary's
+node is lost, with the etcd an operator provides (CONTROLPLANE_ETCD_HOSTS) on this machine's
+address toward the nodes."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -26,10 +29,13 @@ import docker.errors
 import httpx
 import pytest
 
-from tests.support.api import create_and_wait, database_body
+from tests.support.api import create_and_wait, database_body, fresh_view
 from tests.support.data import TABLE, converged, digest, on_every, write
 from tests.support.eventually import eventually
+from tests.support.ha import by_id, failover_log, replica_holds, slots_copied, streaming
+from tests.support.load import assert_holds, ids_on, settle, writers
 from tests.support.os_user import give_to_os_user
+from tests.support.patroni import EtcdServer
 from tests.support.server import ServerProcess
 
 ROOT = Path(os.environ.get("CONTROLPLANE_SWARM_MULTI_ROOT", "/var/tmp/controlplane-swarm-multi"))
@@ -114,6 +120,20 @@ class Swarm:
         return tasks[0] if len(tasks) == 1 else None
 
 
+def print_instance_logs(nodes: list[Node]) -> None:
+    """The end of every instance container's output, on each node (Patroni's and its
+    Postgres's lines; shown on failure)."""
+    for node in nodes:
+        with contextlib.suppress(docker.errors.DockerException, OSError):
+            client = node.client()
+            for container in client.containers.list(
+                all=True, filters={"label": ["controlplane.role=instance"]}
+            ):
+                text = container.logs(tail=600).decode(errors="replace")
+                lines = [ln for ln in text.splitlines() if "INFO: no action" not in ln][-80:]
+                print(f"---- {node.host_id}: {container.name} ----\n" + "\n".join(lines))
+
+
 def remove_everything(nodes: list[Node]) -> None:
     """Every service, secret, config, task container and volume of ours, on every node."""
     manager = nodes[0].client()
@@ -139,11 +159,21 @@ def remove_everything(nodes: list[Node]) -> None:
                 volume.remove(force=True)
 
 
+def address_toward(address: str) -> str:
+    """This machine's own address toward `address` (a UDP socket's, once connected: nothing
+    is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, 9))
+        return str(probe.getsockname()[0])
+
+
 @pytest.fixture(scope="module")
 def swarm() -> Iterator[Swarm]:
     """`controlplane serve` on the swarm orchestrator against the first node (the manager),
-    with every node's own engine for container calls; everything removed afterwards and
-    every node's dockerd running again."""
+    with every node's own engine for container calls, and Patroni's etcd the operator's: one
+    on this machine's address toward the nodes (the embedded one listens on loopback, which
+    a task in another node's network does not share). Everything removed afterwards, every
+    node's dockerd running again and etcd stopped by its pid."""
     nodes = read_nodes()
     assert len(nodes) >= 2, nodes
     work = ROOT / "work"
@@ -151,6 +181,8 @@ def swarm() -> Iterator[Swarm]:
     give_to_os_user(work)
     work_dir = Path(tempfile.mkdtemp(prefix="cps-multi-", dir=work))
     give_to_os_user(work_dir)
+    etcd = EtcdServer(work_dir, address=address_toward(nodes[0].addr))
+    etcd.start()
     server = ServerProcess(
         work_dir / "cp",
         database_url=None,
@@ -159,19 +191,24 @@ def swarm() -> Iterator[Swarm]:
             "CONTROLPLANE_SWARM_URL": nodes[0].url,
             "CONTROLPLANE_DOCKER_HOSTS": ",".join(f"{n.host_id}={n.url}" for n in nodes),
             "CONTROLPLANE_INSTANCE_IMAGE": IMAGE,
+            "CONTROLPLANE_ETCD_HOSTS": etcd.host,
         },
     )
-    server.start()
     try:
+        server.start()
         yield Swarm(nodes, server, nodes[0].client())
     finally:
         server.terminate()
+        print_instance_logs(nodes)
         for node in nodes:
             if node.pid() is None:
                 start_node(node)
         remove_everything(nodes)
         server.stop_instances()
-        print("---- swarm server log (tail) ----\n" + server.log_text()[-8000:])
+        etcd.stop()
+        # The control plane's own lines (not the API's access log), end first.
+        lines = [ln for ln in server.log_text().splitlines() if "controlplane.access" not in ln]
+        print("---- swarm server log (tail) ----\n" + "\n".join(lines[-150:]))
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -271,3 +308,91 @@ async def create_spread(api: httpx.AsyncClient, nodes: list[dict[str, Any]]) -> 
     body = database_body("spread", nodes=2)
     body["spec"]["nodes"] = nodes
     return await create_and_wait(api, body)
+
+
+async def test_a_replica_on_another_node_takes_over_when_its_primary_node_is_lost(
+    swarm: Swarm, api: httpx.AsyncClient
+) -> None:
+    """n1 has its primary on the second swarm node and a replica on the first (the manager,
+    which stays up), n2 runs on the first: each of n1's members is a service running Patroni,
+    pinned by label. With writers on both nodes the second node's dockerd stops, taking n1's
+    primary down: the replica is promoted, the API shows it and the lost member
+    `unreachable`, and rows written afterwards on either node reach both. The node back, the
+    old primary rejoins as a replica on the new timeline, and every node and the rejoined
+    replica end with the same rows."""
+    kept, lost = swarm.nodes[0], swarm.nodes[1]
+    body = database_body("hs", nodes=2)
+    body["spec"]["nodes"] = [
+        {"name": "n1", "host_ids": [lost.host_id, kept.host_id]},
+        {"name": "n2", "host_ids": [kept.host_id]},
+    ]
+    database = await create_and_wait(api, body)
+    view = await streaming(api, "hs")
+    replica_id = f"hs-n1-{kept.host_id}"
+    roles = {i["id"]: (i["host_id"], i["role"]) for i in view["instances"]}
+    assert roles == {
+        "hs-n1": (lost.host_id, "primary"),
+        replica_id: (kept.host_id, "replica"),
+        "hs-n2": (kept.host_id, "primary"),
+    }
+    for instance_id, node in (("hs-n1", lost), (replica_id, kept), ("hs-n2", kept)):
+        task = swarm.running_task(instance_id)
+        assert task is not None, f"no running task for {instance_id}"
+        placed = swarm.manager.nodes.get(task["NodeID"])
+        assert placed.attrs["Spec"]["Labels"][HOST_LABEL] == node.host_id
+        command = task["Spec"]["ContainerSpec"].get("Command") or []
+        # n1's members run Patroni as their task's process; n2's runs Postgres itself.
+        assert ("/usr/bin/patroni" in command) == instance_id.startswith("hs-n1"), command
+
+    await on_every(database, TABLE)
+    async with writers(database) as load:
+        await load.progress(50)
+        await slots_copied(view, "n1")
+        await load.progress(25)
+        lost_at = time.monotonic()
+        await asyncio.to_thread(stop_node, lost)
+
+        async def promoted() -> bool:
+            now = by_id((await api.get("/v1/databases/hs")).json())
+            seen = {i: (m["role"], m["state"]) for i, m in now.items()}
+            assert seen[replica_id][0] == "primary", seen
+            assert seen["hs-n1"][1] == "unreachable", seen
+            return True
+
+        await eventually(promoted, timeout=90, interval=0.5, what="the replica promoted")
+        print(f"replica promoted {time.monotonic() - lost_at:.1f} s after the node was lost")
+        promoted_at = time.time()
+        await load.progress(50)  # both nodes take writes again, n1 through its new primary
+    after = load.committed() & load.sent_after(promoted_at)
+    assert after, "no row written after the failover"
+
+    async def flowed() -> bool:
+        for node in ("n1", "n2"):
+            missing = after - await ids_on(database, node)
+            assert not missing, f"{node} misses {len(missing)}: {sorted(missing)[:5]}"
+        return True
+
+    await eventually(flowed, timeout=60, what="rows written after the failover everywhere")
+    log = await failover_log(api, "hs")
+    assert f"Patroni promoted {replica_id} in place of hs-n1" in log, log
+
+    # The node back: the monitor starts the old primary's service, and Patroni makes it a
+    # replica of the new primary.
+    await asyncio.to_thread(start_node, lost)
+
+    async def rejoined() -> bool:
+        now = by_id(await fresh_view(api, "hs"))
+        seen = {i: (m["role"], m["state"], m["timeline"]) for i, m in now.items()}
+        # In recovery again, on the new primary's timeline: rewound, and following it.
+        assert seen["hs-n1"] == ("replica", "available", seen[replica_id][2]), seen
+        return True
+
+    await eventually(rejoined, timeout=240, interval=1, what="the old primary back as a replica")
+    # The shutdown on the lost node was clean (dockerd stopped its task): nothing committed
+    # was lost, and every node ends with the same rows, the rejoined replica included.
+    await settle(database, timeout=120)
+    await assert_holds(database, load.committed())
+    found = await ids_on(database, "n1")
+    await replica_holds(by_id((await api.get("/v1/databases/hs")).json())["hs-n1"], found)
+    response = await api.delete("/v1/databases/hs")
+    assert response.status_code == 202, response.text

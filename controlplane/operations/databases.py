@@ -171,16 +171,6 @@ async def _check_replica_hosts(
                 continue
             added = wanted - recorded[node.name]
         port = node_port(spec, node)
-        if len(node.host_ids) > 1 and services.orchestrator.name not in ("local", "docker"):
-            errors.append(
-                {
-                    "path": f"spec.nodes[{i}].host_ids",
-                    "message": "nodes with replicas run on the local and docker orchestrators"
-                    f" for now; on {services.orchestrator.name} a node has one instance"
-                    " (one host id)",
-                }
-            )
-            continue
         for k, host in enumerate(node.host_ids):
             if host not in added:
                 continue

@@ -126,7 +126,7 @@ _EMPTY_SCRIPT = 'rm -rf -- "$1" "$1.init" && mkdir -m 0700 -- "$1"'
 # The secrets file staged for this start (memory-backed, see instance_secrets) is opened on
 # descriptor 9 for Postgres and its children, then deleted: it is never in the environment,
 # so neither `docker inspect` nor /proc shows it, and it does not outlive the start.
-_RUN_SCRIPT = f"""\
+RUN_SCRIPT = f"""\
 if [ -f "$0" ]; then exec {SECRETS_FD}<"$0" && rm -f -- "$0"; fi
 exec "$@"
 """
@@ -360,7 +360,7 @@ def postgres_argv(instance_dir: str, options: Sequence[str]) -> list[str]:
     argv = [
         "sh",
         "-c",
-        _RUN_SCRIPT,
+        RUN_SCRIPT,
         CONTAINER_SECRETS_FILE,
         f"{PG_BIN}/postgres",
         "-D",
@@ -379,7 +379,7 @@ def patroni_argv(config_file: str) -> list[str]:
     return [
         "sh",
         "-c",
-        _RUN_SCRIPT,
+        RUN_SCRIPT,
         CONTAINER_SECRETS_FILE,
         "sh",
         "-c",

@@ -629,17 +629,14 @@ class DockerOrchestrator:
     ) -> None:
         """A fresh container running the member's Patroni, unless one runs; then, if `role`
         is given, wait until the member serves as that role."""
-        engine, name = self._engine(ref), self._name(ref)
         config = self._patroni_config(ref)
         if not await self._running(ref):
             await self._reap(ref)
-            await engine.create_volume(self._volume(ref), self._labels(ref, "data"))
+            await self._engine(ref).create_volume(self._volume(ref), self._labels(ref, "data"))
             await asyncio.to_thread(self._prepare_patroni, ref)
             await refuse_held_lock(ref.instance_id, config)
             container = self._options(ref)
             image = self._image_of(container)
-            mounts = await asyncio.to_thread(self._mounts, ref, with_data=True)
-            secrets_mount = await asyncio.to_thread(self._stage_secrets, ref)
             own = {
                 **self._labels(ref, layout.ROLE_INSTANCE),
                 layout.OPTIONS_LABEL: layout.options_digest(image, container),
@@ -648,19 +645,28 @@ class DockerOrchestrator:
                 image=image,
                 command=layout.patroni_argv(str(self._dir(ref) / local_patroni.CONFIG_FILE)),
                 labels=layout.container_labels(own, container),
-                mounts=sorted([*mounts, secrets_mount]),
+                mounts=sorted(await asyncio.to_thread(self._mounts, ref, with_data=True)),
                 nano_cpus=container.nano_cpus,
                 mem_limit=container.memory_bytes,
             )
-            try:
-                # SIGTERM: Patroni stops its Postgres, and a leader hands its lock over first.
-                await engine.run_service(name, spec, stop_signal="SIGTERM")
-                await on_line(f"container {name} started (patroni)")
-                await self._wait_patroni_started(ref)
-            finally:
-                await asyncio.to_thread(self._unstage_secrets, ref)
+            await self._run_patroni(ref, spec, on_line=on_line)
         if role is not None:
             await self._wait_role(ref, config, role)
+
+    async def _run_patroni(
+        self, ref: InstanceRef, spec: ContainerSpec, *, on_line: LineSink
+    ) -> None:
+        """The member's container, with its repository secrets staged for it (see
+        instance_secrets). SIGTERM stops it: Patroni stops its Postgres, and a leader hands
+        its lock over first."""
+        secrets_mount = await asyncio.to_thread(self._stage_secrets, ref)
+        spec.mounts = sorted([*spec.mounts, secrets_mount])
+        try:
+            await self._engine(ref).run_service(self._name(ref), spec, stop_signal="SIGTERM")
+            await on_line(f"container {self._name(ref)} started (patroni)")
+            await self._wait_patroni_started(ref)
+        finally:
+            await asyncio.to_thread(self._unstage_secrets, ref)
 
     async def _wait_patroni_started(self, ref: InstanceRef, limit: float = 30.0) -> None:
         """Until the container has taken its staged secrets (the file is gone), or it died."""

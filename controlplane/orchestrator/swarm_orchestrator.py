@@ -19,6 +19,10 @@ directory, mounts, argv and workflows, with tasks where it has containers.
   the container's environment. A new secret object is made when they change; old ones are
   removed once no service uses them. One-off jobs get the secrets their command needs the same
   way (`/run/secrets/controlplane-job-env`, sourced into the job's own process only).
+- A member of a node with replicas is a service running Patroni (docker_layout's argv), with
+  the same Swarm secret on descriptor 9: Patroni hands it to the Postgres it starts. Its etcd
+  must be one every node reaches (`CONTROLPLANE_ETCD_HOSTS`, or the embedded one on a
+  single-node swarm advertised on loopback).
 - Stopping signals the task's container (SIGINT: fast shutdown, then SIGQUIT) and leaves the
   ended task for its log; the restart condition is `none` (restarting is the monitor's job). A
   start replaces the service. `exec` runs in the running task's container through the engine
@@ -80,6 +84,16 @@ _JOB_SCRIPT = '. "$0" && exec "$@"'
 
 def _secret_path(target: str) -> str:
     return f"{layout.SECRETS_DIR}/{target}"
+
+
+def secret_argv(argv: Sequence[str]) -> list[str]:
+    """A Docker layout command (Postgres's or Patroni's, which take their staged secrets file
+    first) with the postmaster's Swarm secret in place of that file, opened on descriptor 9
+    and left in place."""
+    staged_prefix = ["sh", "-c", docker_layout.RUN_SCRIPT, staged.CONTAINER_SECRETS_FILE]
+    if list(argv[:4]) != staged_prefix:
+        raise ValueError(f"not a command of the Docker layout: {list(argv[:4])}")
+    return ["sh", "-c", _RUN_SCRIPT, _secret_path(POSTMASTER_SECRET), *argv[4:]]
 
 
 def _source_address(address: str) -> str | None:
@@ -413,6 +427,9 @@ class SwarmOrchestrator(DockerOrchestrator):
         """Replace the instance's service by a new one on its volume, wait until Postgres
         accepts writes, then make sure the superuser answers to this database's password."""
         await asyncio.to_thread(self._refuse_unreachable, ref, "the start")
+        if ref.supervisor == "patroni":
+            await self._start_patroni(ref, role=None, on_line=on_line)
+            return
         extra = docker_layout.check_start_options(options)
         tasks = self._tasks_of(ref.host_id)
         container = self._options(ref)
@@ -439,8 +456,7 @@ class SwarmOrchestrator(DockerOrchestrator):
                 docker_layout.OPTIONS_LABEL: digest,
             }
             argv = docker_layout.postgres_argv(str(self._dir(ref)), extra)
-            # docker_layout's run script, with our secret file in place of its staged one.
-            command = ["sh", "-c", _RUN_SCRIPT, _secret_path(POSTMASTER_SECRET), *argv[4:]]
+            command = secret_argv(argv)
             spec = ContainerSpec(
                 image=image,
                 command=command,
@@ -457,6 +473,22 @@ class SwarmOrchestrator(DockerOrchestrator):
         else:
             await self._wait_writable(ref)
         await self._ensure_password(ref)
+
+    async def _run_patroni(
+        self, ref: InstanceRef, spec: ContainerSpec, *, on_line: LineSink
+    ) -> None:
+        """The member's service on its host's node: Patroni gets the repository secrets on
+        descriptor 9 from the Swarm secret, as Postgres itself does, and hands them to the
+        Postgres it starts (see local_patroni.postgres_wrapper). SIGTERM stops it: Patroni
+        stops its Postgres, and a leader hands its lock over first."""
+        await asyncio.to_thread(self._refuse_unreachable, ref, "the start")
+        secret = await self._postmaster_secret(ref)
+        spec.command = secret_argv(spec.command)
+        tasks, name = self._tasks_of(ref.host_id), self._name(ref)
+        service = tasks.service_spec(name, spec, secrets=[secret], stop_signal="SIGTERM")
+        await tasks.replace_service(service)
+        await on_line(f"service {name} started (patroni)")
+        await self._forget_secrets(ref, keep={secret.name})
 
     async def _forget_secrets(self, ref: InstanceRef, keep: set[str] | None = None) -> None:
         try:

@@ -80,17 +80,19 @@ def _reap(process: subprocess.Popen[bytes], timeout: float) -> bool:
 
 
 class EtcdServer:
-    """One etcd member on free ports, its data under `root/etcd`."""
+    """One etcd member on free ports, its data under `root/etcd`; clients reach it at
+    `address` (an operator's etcd, when the members run somewhere loopback is not ours)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, address: str = "127.0.0.1") -> None:
         self.root = root
+        self.address = address
         self.client_port = free_port()
         self.peer_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.address}:{self.client_port}"
 
     def start(self) -> None:
         client, peer = f"http://{self.host}", f"http://127.0.0.1:{self.peer_port}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from docker.types import ServiceMode
 
 from controlplane.orchestrator import docker_layout
@@ -11,7 +12,7 @@ from controlplane.orchestrator import instance_secrets as staged
 from controlplane.orchestrator import swarm_layout as layout
 from controlplane.orchestrator.docker_engine import ContainerSpec
 from controlplane.orchestrator.swarm_engine import SwarmEngine, _service_kwargs
-from controlplane.orchestrator.swarm_orchestrator import POSTMASTER_SECRET, SwarmTasks
+from controlplane.orchestrator.swarm_orchestrator import POSTMASTER_SECRET, SwarmTasks, secret_argv
 
 
 def tasks() -> SwarmTasks:
@@ -83,3 +84,18 @@ def test_the_runner_takes_secrets_only_from_the_postmaster_secret() -> None:
     """pgBackRest run by Postgres sources descriptor 9 when it is the swarm secret file."""
     assert f"{layout.SECRETS_DIR}/{POSTMASTER_SECRET}" == staged.SWARM_SECRET_FILE
     assert f"| {staged.SWARM_SECRET_FILE})" in staged.RUNNER
+
+
+def test_postgres_and_patroni_take_their_secrets_from_the_swarm_secret() -> None:
+    """Both commands of the Docker layout run the same program with the Swarm secret on
+    descriptor 9 (kept: it is read-only) instead of a staged file they delete."""
+    postgres = docker_layout.postgres_argv("/cp/instances/db-n1", ["port=5433"])
+    patroni = docker_layout.patroni_argv("/cp/instances/db-n1/patroni.json")
+    for argv in (postgres, patroni):
+        swarm = secret_argv(argv)
+        assert swarm[3] == staged.SWARM_SECRET_FILE
+        assert swarm[4:] == argv[4:]
+        assert f"exec {staged.SECRETS_FD}<" in swarm[2] and "rm " not in swarm[2]
+    assert docker_layout.PATRONI in secret_argv(patroni)
+    with pytest.raises(ValueError, match="not a command of the Docker layout"):
+        secret_argv(["postgres", "-D", docker_layout.PGDATA, "-c"])
