@@ -33,7 +33,7 @@ from tests.support.api import create_and_wait, database_body, fresh_view
 from tests.support.data import TABLE, converged, digest, on_every, write
 from tests.support.eventually import eventually
 from tests.support.ha import by_id, failover_log, replica_holds, slots_copied, streaming
-from tests.support.load import assert_holds, ids_on, settle, writers
+from tests.support.load import assert_holds, ids_on, reaches_every_node, settle, writers
 from tests.support.os_user import give_to_os_user
 from tests.support.patroni import EtcdServer
 from tests.support.server import ServerProcess
@@ -366,13 +366,7 @@ async def test_a_replica_on_another_node_takes_over_when_its_primary_node_is_los
     after = load.committed() & load.sent_after(promoted_at)
     assert after, "no row written after the failover"
 
-    async def flowed() -> bool:
-        for node in ("n1", "n2"):
-            missing = after - await ids_on(database, node)
-            assert not missing, f"{node} misses {len(missing)}: {sorted(missing)[:5]}"
-        return True
-
-    await eventually(flowed, timeout=60, what="rows written after the failover everywhere")
+    await reaches_every_node(database, after, what="rows written after the failover")
     log = await failover_log(api, "hs")
     assert f"Patroni promoted {replica_id} in place of hs-n1" in log, log
 

@@ -344,6 +344,19 @@ async def assert_holds(
     assert not problems, "; ".join(problems)
 
 
+async def reaches_every_node(
+    database: dict[str, Any], expected: set[int], *, timeout: float = 60, what: str = "rows"
+) -> None:
+    """Until every node holds every id of `expected` (as `assert_holds` checks it), while
+    replication may still carry them."""
+
+    async def held() -> bool:
+        await assert_holds(database, expected)
+        return True
+
+    await eventually(held, timeout=timeout, what=f"{what} on every node")
+
+
 def assert_between(found: set[int], at_least: set[int], at_most: set[int], what: str) -> None:
     """`found` holds every id of `at_least` and, of the writers' ids, none outside `at_most`."""
     missing = at_least - found
