@@ -29,9 +29,9 @@ from tests.support.ha import (
     failover_log,
     replica_body,
     replica_holds,
-    run_action,
     slots_copied,
     streaming,
+    switch_over,
     task_log,
 )
 from tests.support.load import (
@@ -164,9 +164,7 @@ async def test_lost_primary_container_fails_over_and_rejoins(
     await slots_copied(view, "n1")
     async with writers(database) as load:
         await load.progress(30)
-        task = await run_action(
-            api, "/v1/databases/ha/nodes/n1/switchover", {"candidate_instance_id": "ha-n1"}
-        )
+        task = await switch_over(api, "ha", "n1", "ha-n1")
         assert task["status"] == "completed", (task, await task_log(api, task))
         await _primary_is(api, "ha", "ha-n1")
         await load.progress(30)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from tests.support.api import create_and_wait, full_log, wait_task
@@ -26,7 +25,14 @@ from tests.support.data import (
     restore_config,
 )
 from tests.support.eventually import eventually
-from tests.support.ha import by_id, replica_body, serving_hosts, slots_copied, streaming
+from tests.support.ha import (
+    by_id,
+    replica_body,
+    serving_hosts,
+    slots_copied,
+    streaming,
+    switch_over,
+)
 from tests.support.load import (
     assert_between,
     assert_holds,
@@ -75,22 +81,6 @@ async def _replica_follows(
 
     await eventually(replayed, timeout=60, what=f"{replica['id']} to hold the primary's rows")
     return primary_ids
-
-
-async def _switchover(api: httpx.AsyncClient, candidate: str) -> dict[str, Any]:
-    """A switchover of n1 to `candidate`, asked again while Patroni restarts the candidate (to
-    load a slot copy it made): only a streaming replica may take over."""
-    path = "/v1/databases/rr/nodes/n1/switchover"
-
-    async def accepted() -> dict[str, Any] | None:
-        response = await api.post(path, json={"candidate_instance_id": candidate})
-        if response.status_code == 409 and "a streaming replica can" in response.text:
-            return None
-        assert response.status_code == 202, response.text
-        return dict(response.json()["task"])
-
-    task = await eventually(accepted, timeout=90, interval=2, what=f"{candidate} to stream")
-    return await wait_task(api, "rr", task["task_id"], timeout=300)
 
 
 async def test_pitr_in_place_of_a_node_with_a_replica(
@@ -150,7 +140,7 @@ async def test_pitr_in_place_of_a_node_with_a_replica(
         await slots_copied(view, "n1")
         async with writers(database) as after:
             await after.progress()
-            task = await _switchover(api, "rr-n1-h2")
+            task = await switch_over(api, "rr", "n1", "rr-n1-h2")
             assert task["status"] == "completed", task
             await after.progress()
         assert by_id((await api.get("/v1/databases/rr")).json())["rr-n1-h2"]["role"] == "primary"

@@ -140,6 +140,25 @@ async def run_action(
     return await wait_task(api, task["database_id"], task["task_id"], timeout=timeout)
 
 
+async def switch_over(
+    api: httpx.AsyncClient, database_id: str, node: str, candidate: str
+) -> dict[str, Any]:
+    """A switchover of `node` to `candidate`, its task awaited. Asked again while the
+    candidate is not yet a streaming replica as Patroni sees it: Patroni restarts a member
+    once after loading a slot copy or a rewind, and only a streaming replica may take over."""
+    path = f"/v1/databases/{database_id}/nodes/{node}/switchover"
+
+    async def accepted() -> dict[str, Any] | None:
+        response = await api.post(path, json={"candidate_instance_id": candidate})
+        if response.status_code == 409 and "a streaming replica can" in response.text:
+            return None
+        assert response.status_code == 202, response.text
+        return dict(response.json()["task"])
+
+    task = await eventually(accepted, timeout=90, interval=2, what=f"{candidate} to stream")
+    return await wait_task(api, database_id, task["task_id"], timeout=300)
+
+
 async def task_log(api: httpx.AsyncClient, task: dict[str, Any]) -> str:
     response = await api.get(
         f"/v1/databases/{task['database_id']}/tasks/{task['task_id']}/log", params={"limit": 500}
