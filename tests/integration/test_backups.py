@@ -64,8 +64,7 @@ async def test_backup_survives_sigkill_after_backup_step(
         )
         await write_rows(database, 1, 200)
         response = await client.post("/v1/databases/crashbk/nodes/n1/backups", json={})
-    assert server.proc is not None
-    await asyncio.to_thread(server.proc.wait, 120)
+    await server.killed_at_crash_point("crashbk", response.json()["task"]["task_id"], 120)
     server.extra_env = {}
     server.start()
     async with server.client() as client:

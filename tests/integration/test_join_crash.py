@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,7 @@ async def _update_through_a_crash(
         response = await api.post(f"/v1/databases/{body['id']}", json=body)
         assert response.status_code == 202, response.text
         task_id = response.json()["task"]["task_id"]
-    assert server.proc is not None
-    assert await asyncio.to_thread(server.proc.wait, 180) != 0  # it SIGKILLed itself
+    await server.killed_at_crash_point(body["id"], task_id)
     server.extra_env = {}
     server.start()
     async with server.client(timeout=30) as api:

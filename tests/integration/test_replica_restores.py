@@ -4,8 +4,6 @@ the restored primary, while every node writes."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,9 +176,7 @@ async def test_restore_of_a_node_with_a_replica_resumes_after_a_crash(
                 "/v1/databases/rc/restore", json={"restore_config": config, "target_nodes": ["n1"]}
             )
             assert response.status_code == 202, response.text
-        assert ha_server.proc is not None
-        await asyncio.to_thread(ha_server.proc.wait, 300)
-        assert ha_server.proc.returncode == -signal.SIGKILL, ha_server.log_text()[-3000:]
+        await ha_server.killed_at_crash_point("rc", response.json()["task"]["task_id"], timeout=300)
         ha_server.extra_env = plain
         ha_server.start()
         async with ha_server.client(timeout=60) as api:

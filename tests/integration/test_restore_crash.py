@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 
 import pytest
@@ -59,9 +57,7 @@ async def test_restore_completes_after_sigkill_at_step(
             },
         )
         assert response.status_code == 202, response.text
-    assert server.proc is not None
-    await asyncio.to_thread(server.proc.wait, 180)
-    assert server.proc.returncode == -signal.SIGKILL
+    await server.killed_at_crash_point("crash", response.json()["task"]["task_id"])
     server.extra_env = {}
     server.start()
     async with server.client() as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import httpx
 from controlplane.server.etcd import stop_embedded_etcd
 from controlplane.settings import Settings
 from controlplane.spec.secrets import SecretBox
+from tests.support.api import TERMINAL
 from tests.support.os_user import as_os_user
 from tests.support.pgcluster import PG_BIN, free_port
 
@@ -132,6 +134,32 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+    async def killed_at_crash_point(
+        self, database_id: str, task_id: str | None = None, timeout: float = 180.0
+    ) -> None:
+        """Wait until the server SIGKILLs itself where CONTROLPLANE_CRASH_AFTER_STEP says.
+        When `task_id`'s task ends first, it never reached that point: fail at once, with its
+        error, rather than after `timeout`."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        async with self.client() as client:
+            while self.proc.poll() is None:
+                assert time.monotonic() < deadline, (
+                    f"the server did not reach its crash point in {timeout:g}s:\n"
+                    + self.log_text()[-3000:]
+                )
+                if task_id is not None:
+                    with contextlib.suppress(httpx.TransportError):  # it may die meanwhile
+                        task = (
+                            await client.get(f"/v1/databases/{database_id}/tasks/{task_id}")
+                        ).json()
+                        assert task["status"] not in TERMINAL, (
+                            f"task {task_id} ended {task['status']} before the crash point: "
+                            f"{task.get('error')}\n" + self.log_text()[-3000:]
+                        )
+                await asyncio.sleep(0.5)
+        assert self.proc.returncode == -signal.SIGKILL, self.log_text()[-3000:]
 
     def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
