@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +21,16 @@ def pgdata(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def postgres_like() -> Iterator[int]:
-    """A live process whose command line says postgres, from the moment it runs: Python runs
-    the code itself (a shell may exec its last command, and its command line change)."""
+    """A live process whose command line says postgres: Python runs the code itself (a shell
+    may exec its last command, and its command line change). Popen returns when the exec has
+    begun; the kernel fills in the new command line a moment later, so wait for it, as a
+    postmaster has long before it writes postmaster.pid."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "postgres"])
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while b"postgres" not in cmdline.read_bytes():
+        assert time.monotonic() < deadline, "the sleeper's command line never showed"
+        time.sleep(0.01)
     yield proc.pid
     proc.kill()
     proc.wait()
