@@ -105,6 +105,7 @@ class _TaskRun:
         self.row = row
         self.stop_reason: str | None = None
         self.body: asyncio.Task[None] | None = None
+        self.step: str | None = None  # the step running, named by an unexpected error
 
     async def run(self) -> None:
         workflow = self.worker._workflows.get(self.row.type)
@@ -183,11 +184,16 @@ class _TaskRun:
         except ControlPlaneError as exc:
             await self._compensate(ctx, workflow, "failed", exc.message)
         except asyncpg.PostgresError as exc:
-            log.exception("task %s step raised a Postgres error", self.row.task_id)
-            await self._compensate(ctx, workflow, "failed", f"postgres error: {exc}")
+            log.exception("task %s step %s raised a Postgres error", self.row.task_id, self.step)
+            await self._compensate(ctx, workflow, "failed", f"postgres error{self._in()}: {exc}")
         except Exception as exc:
-            log.exception("task %s step raised", self.row.task_id)
-            await self._compensate(ctx, workflow, "failed", f"internal error: {type(exc).__name__}")
+            log.exception("task %s step %s raised", self.row.task_id, self.step)
+            await self._compensate(
+                ctx, workflow, "failed", f"internal error{self._in()}: {type(exc).__name__}"
+            )
+
+    def _in(self) -> str:
+        return f" in step {self.step}" if self.step else ""
 
     async def _steps(self, ctx: StepContext, workflow: Workflow) -> None:
         pool = self.services.pool
@@ -201,6 +207,7 @@ class _TaskRun:
                 ctx.state.update(previous.state)
                 continue
             ctx.check_cancel()
+            self.step = step.name
             await task_runs.start_step(pool, self.row.task_id, position)
             await ctx.log.info(f"step {step.name} started", step=step.name)
             began = time.monotonic()
@@ -215,6 +222,7 @@ class _TaskRun:
                 f"step {step.name} completed in {time.monotonic() - began:.1f}s", step=step.name
             )
             ctx.failpoint(step.name)
+        self.step = None
         await self._finish(ctx, "completed", None, result=ctx.state.get("result"))
 
     async def _run_step(self, ctx: StepContext, workflow: Workflow, step: Any) -> dict[str, Any]:
