@@ -182,7 +182,9 @@ async def wait_for_sync(
         if status == "down" and now - nudged >= NUDGE_INTERVAL:
             # pglogical's manager restarts a crashed apply worker only when it next wakes, up
             # to 3 minutes after its provider came back; any change to the subscription wakes
-            # it, and enabling an enabled subscription changes nothing else.
+            # it, and enabling an enabled subscription changes nothing else. A worker it lost
+            # track of would make every restart fail: it is ended first.
+            await release_stranded_workers(subscriber_conn, older_than=NUDGE_INTERVAL)
             await subscriber_conn.execute("SELECT pglogical.alter_subscription_enable($1)", name)
             nudged = now
         await asyncio.sleep(POLL_INTERVAL)
@@ -233,9 +235,23 @@ async def drop_subscription(conn: Connection, name: str, *, drop_remote_slot: bo
     return True
 
 
+# The backends running a subscription's workers: pglogical names them "pglogical apply
+# <database oid>:<subscription id>" and "pglogical sync <table> <database oid>:<subscription
+# id>" (their application_name).
+_WORKERS_OF = (
+    "SELECT a.pid FROM pg_stat_activity a, pglogical.subscription s"
+    " WHERE s.sub_name = ANY($1::text[]) AND a.application_name LIKE 'pglogical %'"
+    "   AND a.application_name LIKE format('%% %s:%s', (SELECT oid FROM pg_database"
+    "          WHERE datname = current_database()), s.sub_id)"
+)
+STRAY_GRACE = 2.0  # seconds a disabled subscription's worker gets to exit by itself
+
+
 async def stop_workers(conn: Connection, names: Collection[str], *, limit: float = 30.0) -> None:
     """Disable the subscriptions `names` (immediately) and wait until none of their workers
-    (apply, or a table's sync) runs any more; they stay disabled."""
+    (apply, or a table's sync) runs any more; they stay disabled. A worker still running
+    after `STRAY_GRACE` is one pglogical lost track of (see `release_stranded_workers`):
+    disabling does not reach it, so it is terminated, as disabling would have done."""
     # One statement over the catalog: a subscription dropped meanwhile (by a concurrent mesh
     # change) is skipped rather than failing with pglogical's "subscriber ... not found".
     await conn.execute(
@@ -243,22 +259,48 @@ async def stop_workers(conn: Connection, names: Collection[str], *, limit: float
         " FROM pglogical.subscription WHERE sub_name = ANY($1::text[])",
         list(names),
     )
-    deadline = time.monotonic() + limit
-    while running := await conn.fetchval(
-        # pglogical names its workers "pglogical apply <database oid>:<subscription id>" and
-        # "pglogical sync <table> <database oid>:<subscription id>".
-        "SELECT count(*) FROM pg_stat_activity a, pglogical.subscription s"
-        " WHERE s.sub_name = ANY($1::text[]) AND a.application_name LIKE 'pglogical %'"
-        "   AND a.application_name LIKE format('%% %s:%s', (SELECT oid FROM pg_database"
-        "          WHERE datname = current_database()), s.sub_id)",
-        list(names),
-    ):
-        if time.monotonic() > deadline:
+    began = time.monotonic()
+    while pids := [r["pid"] for r in await conn.fetch(_WORKERS_OF, list(names))]:
+        waited = time.monotonic() - began
+        if waited > limit:
             raise ReplicationError(
-                f"{running} worker(s) of subscription(s) {', '.join(sorted(names))} did not "
+                f"{len(pids)} worker(s) of subscription(s) {', '.join(sorted(names))} did not "
                 f"stop in {limit:g}s"
             )
+        if waited > STRAY_GRACE:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
         await asyncio.sleep(WORKER_POLL_INTERVAL)
+
+
+STRANDED_AFTER = 10.0  # seconds: a worker starting shows `down` until it attaches, at once
+
+
+async def release_stranded_workers(
+    conn: Connection, *, older_than: float = STRANDED_AFTER
+) -> list[str]:
+    """Terminate the apply workers pglogical has lost track of; their subscriptions' names.
+
+    pglogical 2.4 can give a running apply worker's shared-memory slot to another worker
+    when its database managers restart in quick succession (each new subscription restarts
+    them). The first worker keeps streaming and holds its replication origin, but pglogical
+    no longer sees it: its subscription shows `down`, the worker the manager starts every
+    5 s fails at once ("replication origin ... is already active for PID"), and neither
+    disabling the subscription nor dropping it reaches the stray. A worker of a subscription
+    shown `down` that has run for `older_than` seconds is such a stray; once it is ended,
+    the manager's next worker, which it tracks, resumes from the origin."""
+    if not await is_pglogical_node(conn):
+        return []
+    rows = await conn.fetch(
+        "SELECT st.subscription_name AS name, pg_terminate_backend(a.pid) AS ended"
+        "  FROM pglogical.show_subscription_status() st"
+        "  JOIN pglogical.subscription s ON s.sub_name = st.subscription_name"
+        "  JOIN pg_stat_activity a ON a.application_name = format('pglogical apply %s:%s',"
+        "       (SELECT oid FROM pg_database WHERE datname = current_database()), s.sub_id)"
+        " WHERE st.status = 'down'"
+        "   AND a.backend_start < now() - make_interval(secs => $1)",
+        older_than,
+    )
+    return sorted({str(r["name"]) for r in rows if r["ended"]})
 
 
 async def _detach(conn: Connection, subscription: Subscription) -> None:

@@ -4,6 +4,9 @@ kept in memory for `/metrics` (up, role, timeline, archiver, WAL backlog, slots,
 Every instance is observed on its own, bounded by a short timeout, and a new round never waits
 for an instance whose previous observation is still running: a hung instance delays nothing but
 its own facts, and a scrape only ever reads the last facts recorded here.
+
+Observing changes one thing: an apply worker pglogical lost track of, found under a subscription
+shown `down`, is ended so that pglogical can start a worker it sees.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from controlplane.errors import ControlPlaneError
 from controlplane.nodes.common import ref_of
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.pgbackrest.config import STANZA
-from controlplane.replication.subscriptions import subscription_status
+from controlplane.replication.subscriptions import (
+    release_stranded_workers,
+    subscription_status,
+)
 from controlplane.store import databases, instances
 from controlplane.store.instances import InstanceRow
 from controlplane.tasks.context import Services
@@ -289,10 +295,23 @@ class InstanceObserver:
                     )
                     for s in await subscription_status(conn)
                 ]
+                if any(s.status == "down" for s in facts.subscriptions):
+                    await self._release_strays(conn, row)
             await conn.close(timeout=self._timeout)
         finally:
             if not conn.is_closed():
                 conn.terminate()
+
+    async def _release_strays(self, conn: asyncpg.Connection, row: InstanceRow) -> None:
+        """The one thing an observation changes: an apply worker pglogical lost track of keeps
+        its subscription `down` for good (`release_stranded_workers`), and is ended."""
+        for name in await release_stranded_workers(conn):
+            log.warning(
+                "instance %s: ended an apply worker of subscription %s that pglogical had "
+                "lost track of (its subscription showed down); pglogical starts it again",
+                row.id,
+                name,
+            )
 
     async def _archive_error(self, conn: asyncpg.Connection, ref: InstanceRef) -> str | None:
         """pgBackRest's newest `ERROR:` line in its archive-push logs, read by the instance

@@ -17,7 +17,9 @@ from controlplane.replication import (
     converge_mesh,
     drop_node_links,
     local_node_name,
+    release_stranded_workers,
     reset_restored_node,
+    stop_workers,
     subscription_name,
     subscription_status,
 )
@@ -145,6 +147,60 @@ async def test_every_subscription_reports_replicating(mesh: Mesh) -> None:
         assert [(s.provider_node, s.name, s.status) for s in statuses] == [
             (other, subscription_name(other, name), "replicating") for other in others
         ]
+
+
+async def _stray_worker(mesh: Mesh, node: str, subscription: str, *, origin: bool) -> Conn:
+    """A session that is, to every eye but pglogical's, `subscription`'s apply worker: named
+    as pglogical names it and, with `origin`, holding its replication origin. pglogical 2.4
+    leaves such a worker running when it gives the worker's slot to another one."""
+    conn = mesh.conns[node]
+    sub_id, slot = await conn.fetchrow(
+        "SELECT sub_id, sub_slot_name FROM pglogical.subscription WHERE sub_name = $1",
+        subscription,
+    )
+    dboid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = current_database()")
+    stray = await mesh.nodes[node].connect()
+    await stray.execute(
+        "SELECT set_config('application_name', $1, false)", f"pglogical apply {dboid}:{sub_id}"
+    )
+    if origin:
+        await stray.execute("SELECT pg_replication_origin_session_setup($1)", slot)
+    return stray
+
+
+async def _ended(stray: Conn) -> bool:
+    try:
+        await stray.fetchval("SELECT 1")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError):
+        return True
+    await stray.close()
+    return False
+
+
+async def test_an_apply_worker_pglogical_lost_track_of_is_ended(mesh: Mesh) -> None:
+    """An apply worker pglogical no longer sees keeps its subscription down (every worker the
+    manager starts finds the origin taken): release_stranded_workers ends it and replication
+    resumes; stop_workers ends one too, which disabling the subscription does not reach. The
+    workers pglogical tracks are never taken for strays."""
+    await converge(mesh)
+    conn = mesh.conns["n2"]
+    assert await release_stranded_workers(conn, older_than=0) == []
+    name = subscription_name("n1", "n2")
+    await stop_workers(conn, [name])
+    stray = await _stray_worker(mesh, "n2", name, origin=True)
+    await conn.execute("SELECT pglogical.alter_subscription_enable($1, true)", name)
+
+    async def released() -> list[str]:
+        return await release_stranded_workers(conn, older_than=0)
+
+    assert await eventually(released, timeout=SYNC, what="the stray to be found") == [name]
+    assert await _ended(stray)
+    await mesh.as_owner("n1", "INSERT INTO items VALUES (1, 'n1')")
+    await until_all_hold(mesh.conns, 1)
+
+    stray = await _stray_worker(mesh, "n2", name, origin=False)
+    await stop_workers(conn, [name], limit=SYNC)
+    assert await _ended(stray)
 
 
 async def test_tables_created_after_the_mesh_replicate(mesh: Mesh) -> None:
