@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,7 @@ import docker.errors
 import httpx
 import pytest
 
+from controlplane.orchestrator.swarm_orchestrator import source_address
 from tests.support.api import create_and_wait, database_body, fresh_view
 from tests.support.data import TABLE, converged, digest, on_every, write
 from tests.support.eventually import eventually
@@ -159,14 +159,6 @@ def remove_everything(nodes: list[Node]) -> None:
                 volume.remove(force=True)
 
 
-def address_toward(address: str) -> str:
-    """This machine's own address toward `address` (a UDP socket's, once connected: nothing
-    is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((address, 9))
-        return str(probe.getsockname()[0])
-
-
 @pytest.fixture(scope="module")
 def swarm() -> Iterator[Swarm]:
     """`controlplane serve` on the swarm orchestrator against the first node (the manager),
@@ -181,7 +173,9 @@ def swarm() -> Iterator[Swarm]:
     give_to_os_user(work)
     work_dir = Path(tempfile.mkdtemp(prefix="cps-multi-", dir=work))
     give_to_os_user(work_dir)
-    etcd = EtcdServer(work_dir, address=address_toward(nodes[0].addr))
+    own = source_address(nodes[0].addr)
+    assert own is not None, f"no route to {nodes[0].addr}"
+    etcd = EtcdServer(work_dir, address=own)
     etcd.start()
     server = ServerProcess(
         work_dir / "cp",

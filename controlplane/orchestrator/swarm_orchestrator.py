@@ -96,7 +96,7 @@ def secret_argv(argv: Sequence[str]) -> list[str]:
     return ["sh", "-c", _RUN_SCRIPT, _secret_path(POSTMASTER_SECRET), *argv[4:]]
 
 
-def _source_address(address: str) -> str | None:
+def source_address(address: str) -> str | None:
     """This machine's own address toward `address` (the one its connections there come from):
     a UDP socket's local address once connected, which sends nothing."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -367,7 +367,7 @@ class SwarmOrchestrator(DockerOrchestrator):
         other nodes (replication links) and the control plane connect from there."""
         self.hosts()
         nodes = [a for a in self._addresses.values() if not a.startswith("127.")]
-        own = [a for a in (_source_address(n) for n in nodes) if a is not None]
+        own = [a for a in (source_address(n) for n in nodes) if a is not None]
         return layout.node_hba(docker_layout.HBA, [*nodes, *own])
 
     def _refuse_unreachable(self, ref: InstanceRef, what: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from controlplane.orchestrator.base import InstanceRef
 from controlplane.orchestrator.docker_orchestrator import DockerOrchestrator, _answers
-from controlplane.orchestrator.swarm_orchestrator import _source_address
+from controlplane.orchestrator.swarm_orchestrator import source_address
 from controlplane.settings import Settings
 
 # Another loopback address: on this machine, yet not the Docker orchestrator's 127.0.0.1.
@@ -79,6 +79,6 @@ def test_docker_hosts_stay_on_loopback_and_bind_probes(tmp_path: Path) -> None:
 def test_this_machine_s_own_address_toward_a_node() -> None:
     """What connections to the node come from (pg_hba.conf admits it): a loopback address
     for a loopback node."""
-    found = _source_address(NODE_ADDRESS)
+    found = source_address(NODE_ADDRESS)
     assert found is not None
     assert found.startswith("127.")
