@@ -283,15 +283,16 @@ async def release_stranded_workers(
     pglogical 2.4 can give a running apply worker's shared-memory slot to another worker
     when its database managers restart in quick succession (each new subscription restarts
     them). The first worker keeps streaming and holds its replication origin, but pglogical
-    no longer sees it: its subscription shows `down`, the worker the manager starts every
-    5 s fails at once ("replication origin ... is already active for PID"), and neither
-    disabling the subscription nor dropping it reaches the stray. A worker of a subscription
-    shown `down` that has run for `older_than` seconds is such a stray; once it is ended,
-    the manager's next worker, which it tracks, resumes from the origin."""
+    no longer sees it: its subscription shows `down`, the worker the manager starts fails at
+    once ("replication origin ... is already active for PID"), and neither disabling the
+    subscription nor dropping it reaches the stray. A worker of a subscription shown `down`
+    that has run for `older_than` seconds is such a stray. Once it has exited, the manager
+    is woken (an unchanged enable), or it would sleep up to 3 minutes before starting a
+    worker it tracks, which resumes from the origin."""
     if not await is_pglogical_node(conn):
         return []
     rows = await conn.fetch(
-        "SELECT st.subscription_name AS name, pg_terminate_backend(a.pid) AS ended"
+        "SELECT st.subscription_name AS name, a.pid"
         "  FROM pglogical.show_subscription_status() st"
         "  JOIN pglogical.subscription s ON s.sub_name = st.subscription_name"
         "  JOIN pg_stat_activity a ON a.application_name = format('pglogical apply %s:%s',"
@@ -300,7 +301,20 @@ async def release_stranded_workers(
         "   AND a.backend_start < now() - make_interval(secs => $1)",
         older_than,
     )
-    return sorted({str(r["name"]) for r in rows if r["ended"]})
+    if not rows:
+        return []
+    pids = [r["pid"] for r in rows]
+    await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
+    for _ in range(round(STRAY_GRACE / WORKER_POLL_INTERVAL)):  # until they have exited
+        if not await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+        ):
+            break
+        await asyncio.sleep(WORKER_POLL_INTERVAL)
+    names = sorted({str(r["name"]) for r in rows})
+    for name in names:
+        await conn.execute("SELECT pglogical.alter_subscription_enable($1)", name)
+    return names
 
 
 async def _detach(conn: Connection, subscription: Subscription) -> None:
