@@ -42,6 +42,8 @@ ROOT = Path(os.environ.get("CONTROLPLANE_SWARM_MULTI_ROOT", "/var/tmp/controlpla
 SCRIPT = Path(__file__).parent / "swarm-multi"
 IMAGE = os.environ.get("CONTROLPLANE_INSTANCE_IMAGE", "controlplane-e2e/postgres:15")
 HOST_LABEL = "controlplane.host"
+# A create of a node with a replica on two swarm nodes took over 120 s beside the docker stage.
+CREATE_TIMEOUT = 300.0
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CONTROLPLANE_SWARM_MULTI"),
@@ -301,7 +303,7 @@ async def test_instances_on_two_nodes_replicate_and_a_lost_node_is_unreachable(
 async def create_spread(api: httpx.AsyncClient, nodes: list[dict[str, Any]]) -> dict[str, Any]:
     body = database_body("spread", nodes=2)
     body["spec"]["nodes"] = nodes
-    return await create_and_wait(api, body)
+    return await create_and_wait(api, body, CREATE_TIMEOUT)
 
 
 async def test_a_replica_on_another_node_takes_over_when_its_primary_node_is_lost(
@@ -320,7 +322,7 @@ async def test_a_replica_on_another_node_takes_over_when_its_primary_node_is_los
         {"name": "n1", "host_ids": [lost.host_id, kept.host_id]},
         {"name": "n2", "host_ids": [kept.host_id]},
     ]
-    database = await create_and_wait(api, body)
+    database = await create_and_wait(api, body, CREATE_TIMEOUT)
     view = await streaming(api, "hs")
     replica_id = f"hs-n1-{kept.host_id}"
     roles = {i["id"]: (i["host_id"], i["role"]) for i in view["instances"]}

@@ -52,11 +52,13 @@ async def wait_task(
     return await eventually(probe, timeout=timeout, what=f"task {task_id} to finish")
 
 
-async def create_and_wait(api: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+async def create_and_wait(
+    api: httpx.AsyncClient, body: dict[str, Any], timeout: float = 120.0
+) -> dict[str, Any]:
     """Create a database, wait for its task to complete, return the database view."""
     response = await api.post("/v1/databases", json=body)
     assert response.status_code == 202, response.text
-    task = await wait_task(api, body["id"], response.json()["task"]["task_id"])
+    task = await wait_task(api, body["id"], response.json()["task"]["task_id"], timeout)
     assert task["status"] == "completed", task
     database = await api.get(f"/v1/databases/{body['id']}")
     result: dict[str, Any] = database.json()
