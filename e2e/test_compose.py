@@ -31,9 +31,11 @@ S3_IMAGE = "controlplane-e2e/s3:latest"
 BUCKET = "controlplane-backups"
 
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("docker-compose") is None, reason="docker-compose missing"
-)
+pytestmark = [
+    pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose missing"),
+    # One worker runs this module: its deployment is the module's own.
+    pytest.mark.xdist_group("compose"),
+]
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,6 @@ def _build_context(context: Path) -> None:
     pip = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(context / "wheels")]
     _run([*pip, f"{context}[server]"])
     _run([*pip, "moto[s3]", "flask", "flask-cors", "gunicorn"])
-
-
-# One worker runs this module: its deployment is the module's own.
-pytestmark = pytest.mark.xdist_group("compose")
 
 
 @pytest.fixture(scope="module")
