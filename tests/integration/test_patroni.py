@@ -266,9 +266,8 @@ async def test_permanent_logical_slot_follows_the_leader(cluster: PatroniHarness
     """A logical slot made permanent with PATCH /config is on the new leader after a
     switchover, at its old position: the changes it had not yet given are still there."""
     await cluster.query("n1a", "CREATE TABLE t (id int PRIMARY KEY, payload text)")
-    await cluster.query(
-        "n1a", "SELECT pg_create_logical_replication_slot('app_slot', 'test_decoding')"
-    )
+    # Made permanent first: Patroni drops an inactive slot it does not know, and a slot made
+    # just before the configuration reached Patroni was dropped and made again after the rows.
     async with cluster.client("n1a") as client:
         stored = await client.patch_config(
             {
@@ -278,10 +277,15 @@ async def test_permanent_logical_slot_follows_the_leader(cluster: PatroniHarness
             }
         )
     assert stored["slots"]["app_slot"]["type"] == "logical"
+    sql = "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'app_slot'"
+
+    async def made() -> bool:
+        return bool(await cluster.try_query("n1a", sql))
+
+    await eventually(made, timeout=60, what="app_slot made on the leader n1a")
     await insert_rows(cluster, "n1a", 1, 50)
 
     async def copied() -> bool:
-        sql = "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'app_slot'"
         return bool(await cluster.try_query("n1b", sql))
 
     # Patroni copies the slot to the replica and restarts the replica's Postgres to load it.

@@ -20,14 +20,26 @@ def cmdlines() -> Iterator[tuple[int, list[str]]]:
 
 
 def postmasters_under(root: Path) -> list[int]:
-    """PIDs of postmasters whose data directory lies under `root` (orphans included)."""
-    return [
+    """PIDs of postmasters whose data directory lies under `root` (orphans included). A
+    backend the postmaster has just forked has its command line until it sets its title: a
+    process whose parent is one of them is not counted."""
+    found = [
         pid
         for pid, argv in cmdlines()
         if argv[0].endswith("/postgres")
         and "-D" in argv[:-1]
         and argv[argv.index("-D") + 1].startswith(str(root))
     ]
+    return [pid for pid in found if _parent(pid) not in found]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, the last ")" ends it.
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def secret_holders(needles: Iterable[str], *, allowed: frozenset[str]) -> list[str]:
