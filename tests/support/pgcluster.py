@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -11,10 +13,25 @@ from tests.support.os_user import as_os_user
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
+# Ports for the tests' own servers come from a range of this process's, below the kernel's
+# ephemeral ports (32768 on): a port picked free is bound a moment later, and a port the
+# kernel handed out (what a control plane under test picks) or another test process picked
+# could be taken in between. xdist workers gw0, gw1, … get ranges 0, 1, …; other processes
+# one of the ranges after those, by PID.
+_RANGE = 1000
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_SLOT = int(_WORKER[2:]) if _WORKER.startswith("gw") else 4 + os.getpid() % 8
+_BASE = 20000 + _SLOT * _RANGE
+_picks = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free on 127.0.0.1 now, from this process's range, never the one picked last."""
+    for _ in range(_RANGE):
+        port = _BASE + next(_picks) % _RANGE
+        if bind_succeeds("127.0.0.1", port) and bind_succeeds("0.0.0.0", port):
+            return port
+    raise AssertionError(f"no free port in {_BASE}-{_BASE + _RANGE - 1}")
 
 
 def bind_succeeds(address: str, port: int) -> bool:
