@@ -80,15 +80,21 @@ async def streaming(api: httpx.AsyncClient, database_id: str) -> dict[str, Any]:
 
 
 async def connect_instance(instance: dict[str, Any]) -> asyncpg.Connection:
-    """A connection to this very instance (a replica included), as the database owner."""
+    """A connection to this very instance (a replica included), as the database owner. An
+    instance not taking connections yet fails an assertion, which `eventually` retries: Patroni
+    restarts a replica to load the logical slots it copied, and it refuses connections ("the
+    database system is starting up") until it is consistent again."""
     info = instance["connection_info"]
-    return await asyncpg.connect(
-        host=info["host"],
-        port=info["port"],
-        database=info["database"],
-        user="admin",
-        password="s3cret-pass",
-    )
+    try:
+        return await asyncpg.connect(
+            host=info["host"],
+            port=info["port"],
+            database=info["database"],
+            user="admin",
+            password="s3cret-pass",
+        )
+    except (OSError, asyncpg.CannotConnectNowError) as exc:
+        raise AssertionError(f"{instance['id']}: {exc}") from exc
 
 
 async def query_instance(instance: dict[str, Any], sql: str) -> tuple[Any, ...]:
@@ -101,10 +107,7 @@ async def query_instance(instance: dict[str, Any], sql: str) -> tuple[Any, ...]:
 
 
 async def logical_slots(instance: dict[str, Any]) -> set[str]:
-    try:
-        conn = await connect_instance(instance)
-    except OSError as exc:  # a replica restarts to load a slot it copied
-        raise AssertionError(f"{instance['id']}: {exc}") from exc
+    conn = await connect_instance(instance)
     try:
         rows = await conn.fetch(
             "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical'"
