@@ -235,14 +235,17 @@ async def drop_subscription(conn: Connection, name: str, *, drop_remote_slot: bo
     return True
 
 
-# The backends running a subscription's workers: pglogical names them "pglogical apply
+# pglogical names a subscription's workers (their application_name) "pglogical apply
 # <database oid>:<subscription id>" and "pglogical sync <table> <database oid>:<subscription
-# id>" (their application_name).
+# id>": the suffix of subscription `s`'s, as SQL.
+_WORKER_SUFFIX = (
+    "format(' %s:%s', (SELECT oid FROM pg_database WHERE datname = current_database()), s.sub_id)"
+)
+# The backends running the workers of the subscriptions named in $1.
 _WORKERS_OF = (
     "SELECT a.pid FROM pg_stat_activity a, pglogical.subscription s"
-    " WHERE s.sub_name = ANY($1::text[]) AND a.application_name LIKE 'pglogical %'"
-    "   AND a.application_name LIKE format('%% %s:%s', (SELECT oid FROM pg_database"
-    "          WHERE datname = current_database()), s.sub_id)"
+    " WHERE s.sub_name = ANY($1::text[])"
+    f"   AND a.application_name LIKE ('pglogical %' || {_WORKER_SUFFIX})"
 )
 STRAY_GRACE = 2.0  # seconds a disabled subscription's worker gets to exit by itself
 
@@ -268,7 +271,19 @@ async def stop_workers(conn: Connection, names: Collection[str], *, limit: float
                 f"stop in {limit:g}s"
             )
         if waited > STRAY_GRACE:
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
+            await _end_backends(conn, pids)
+        else:
+            await asyncio.sleep(WORKER_POLL_INTERVAL)
+
+
+async def _end_backends(conn: Connection, pids: list[int]) -> None:
+    """Terminate the backends `pids` and wait, up to `STRAY_GRACE`, until they have exited."""
+    await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
+    for _ in range(round(STRAY_GRACE / WORKER_POLL_INTERVAL)):
+        if not await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+        ):
+            return
         await asyncio.sleep(WORKER_POLL_INTERVAL)
 
 
@@ -295,22 +310,14 @@ async def release_stranded_workers(
         "SELECT st.subscription_name AS name, a.pid"
         "  FROM pglogical.show_subscription_status() st"
         "  JOIN pglogical.subscription s ON s.sub_name = st.subscription_name"
-        "  JOIN pg_stat_activity a ON a.application_name = format('pglogical apply %s:%s',"
-        "       (SELECT oid FROM pg_database WHERE datname = current_database()), s.sub_id)"
+        f"  JOIN pg_stat_activity a ON a.application_name = ('pglogical apply' || {_WORKER_SUFFIX})"
         " WHERE st.status = 'down'"
         "   AND a.backend_start < now() - make_interval(secs => $1)",
         older_than,
     )
     if not rows:
         return []
-    pids = [r["pid"] for r in rows]
-    await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
-    for _ in range(round(STRAY_GRACE / WORKER_POLL_INTERVAL)):  # until they have exited
-        if not await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
-        ):
-            break
-        await asyncio.sleep(WORKER_POLL_INTERVAL)
+    await _end_backends(conn, [r["pid"] for r in rows])
     names = sorted({str(r["name"]) for r in rows})
     for name in names:
         await conn.execute("SELECT pglogical.alter_subscription_enable($1)", name)
