@@ -7,7 +7,8 @@ The node's primary is made, configured and joined to the mesh like any node's; t
    rewind roles), stops the primary and starts its Patroni, which adopts the data directory
    and leads (a promotion: the timeline moves on by one);
 2. makes the node's pglogical slots permanent slots of the cluster, so Patroni keeps them on
-   whichever member leads and at the right position (an unknown slot it would drop);
+   whichever member leads and at the right position (an unknown slot it would drop), and
+   takes out the slot of a subscriber that left the mesh (Patroni would make it again);
 3. starts a Patroni for each replica, which clones the leader and streams from it;
 4. restarts at once the subscriptions other nodes hold to this one: pglogical's manager would
    otherwise retry a worker that failed during the adoption only after 180 s.
@@ -28,7 +29,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from controlplane.errors import PreconditionError
+from controlplane import replication
+from controlplane.errors import ControlPlaneError, PreconditionError
 from controlplane.nodes import backups
 from controlplane.nodes.cluster_settings import apply_settings
 from controlplane.nodes.common import load_spec, managed_settings, ref_of
@@ -140,11 +142,17 @@ async def make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) -> 
     ctx.failpoint("make_cluster:leader_started")
     async with PatroniClient.for_member(leader) as client:
         # 2. The mesh's slots on this node, kept by the cluster (again: a cluster adopted
-        # earlier knows the slots its founder knew then).
-        if slots:
-            await client.patch_config({"slots": slots_config(slots)})
+        # earlier knows the slots its founder knew then), and no other: Patroni makes a
+        # permanent slot again when it is missing, so the slot of a node that left the mesh
+        # would hold this node's WAL forever.
+        current = set((await client.dynamic_config()).get("slots") or {})
+        if slots or current:
+            dropped = dict.fromkeys(sorted(current - set(slots)))
+            await client.patch_config({"slots": {**dropped, **slots_config(slots)}})
             await ctx.log.info(
-                f"node {node.name}: permanent slots {', '.join(sorted(slots))}", node=node.name
+                f"node {node.name}: permanent slots {', '.join(sorted(slots)) or 'none'}"
+                + (f"; no longer {', '.join(dropped)}" if dropped else ""),
+                node=node.name,
             )
         # 3. A replica on each other host, cloned from the leader.
         for row in replicas:
@@ -402,6 +410,9 @@ def _unquoted(value: str) -> str:
 async def _logical_slots(
     ctx: StepContext, primary: InstanceRow, database: str
 ) -> dict[str, LogicalSlot]:
+    """The logical slots of the node's database on its primary that the cluster must keep:
+    all, except a pglogical slot no subscription of another node streams from (its subscriber
+    left the mesh; it may be on the primary again only because it was permanent)."""
     conn = await ctx.services.orchestrator.connect(ref_of(primary))
     try:
         rows = await conn.fetch(
@@ -411,7 +422,42 @@ async def _logical_slots(
         )
     finally:
         await conn.close()
-    return {
+    slots = {
         str(r["slot_name"]): LogicalSlot(database=str(r["database"]), plugin=str(r["plugin"]))
         for r in rows
     }
+    used = await _slots_streamed_from(ctx, primary.node_name, database)
+    if used is None:
+        return slots
+    return {
+        name: slot
+        for name, slot in slots.items()
+        if slot.plugin != replication.PLUGIN or name in used
+    }
+
+
+async def _slots_streamed_from(ctx: StepContext, node_name: str, database: str) -> set[str] | None:
+    """The slots on `node_name` that the subscriptions of the other nodes' primaries stream
+    from; None when one of those primaries cannot tell (it is down): then none is known
+    unused."""
+    used: set[str] = set()
+    for row in await instances.list_instances(ctx.services.pool, ctx.database_id):
+        if row.node_name == node_name:
+            continue
+        try:
+            conn = await ctx.services.orchestrator.connect(ref_of(row), database)
+        except (OSError, asyncpg.PostgresError, ControlPlaneError) as exc:
+            await ctx.log.info(
+                f"node {node_name}: keeping every slot permanent, as {row.id} cannot tell "
+                f"which it streams from ({exc})",
+                node=node_name,
+            )
+            return None
+        try:
+            if not await replication.is_pglogical_node(conn):
+                continue  # not in the mesh yet: no subscription
+            statuses = await replication.subscription_status(conn)
+        finally:
+            await conn.close()
+        used |= {s.slot_name for s in statuses if s.provider_node == node_name}
+    return used

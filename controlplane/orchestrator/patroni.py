@@ -47,7 +47,8 @@ Replication slots: with `use_slots` Patroni keeps each replica's physical slot o
 drops any slot that is neither a member's, nor permanent (`slots`), nor active. A pglogical slot
 must be made permanent once its subscription has created it (`patch_config` with
 `slots_config`); Patroni then copies it to the replicas, restarting their Postgres once per copy,
-and it is on whichever member leads, at its position.
+and it is on whichever member leads, at its position. A permanent slot that is missing Patroni
+creates again: take it out (a null value) once its subscriber has left.
 
 REST authentication: writes (`POST`, `PATCH`, `DELETE`) need `restapi.authentication`; reads do
 not. Members call each other's API with their own credentials (failsafe mode does), so every

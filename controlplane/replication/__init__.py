@@ -16,6 +16,7 @@ from controlplane.replication.errors import ReplicationError
 from controlplane.replication.joins import prepare_join, undo_join
 from controlplane.replication.mesh import MeshChanges, converge_mesh
 from controlplane.replication.names import (
+    PLUGIN,
     REPLICATION_SETS,
     MeshNode,
     pglogical_node_name,
@@ -45,6 +46,7 @@ from controlplane.replication.subscriptions import (
 
 __all__ = [
     "FENCED_START_SETTINGS",
+    "PLUGIN",
     "REPLICATION_SETS",
     "Drained",
     "MeshChanges",

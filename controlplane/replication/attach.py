@@ -30,7 +30,12 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from controlplane.replication.errors import ReplicationError
-from controlplane.replication.names import MeshNode, pglogical_node_name, subscription_name
+from controlplane.replication.names import (
+    PLUGIN,
+    MeshNode,
+    pglogical_node_name,
+    subscription_name,
+)
 from controlplane.replication.subscriptions import (
     create_subscription,
     list_subscriptions,
@@ -60,9 +65,7 @@ async def create_slot(conn: Connection, provider: str, subscriber: str) -> str:
     slot = await slot_name(conn, provider, subscriber)
     lsn = await _slot_start(conn, slot)
     if lsn is None:
-        await conn.execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pglogical_output')", slot
-        )
+        await conn.execute("SELECT pg_create_logical_replication_slot($1, $2)", slot, PLUGIN)
         lsn = await _slot_start(conn, slot)
     assert lsn is not None
     return lsn

@@ -10,6 +10,8 @@ import msgspec
 # `cp_sub_<provider>_to_<subscriber>` unambiguous and well below NAMEDATALEN.
 NODE_NAME = re.compile(r"^[a-z][a-z0-9]{0,29}$")
 SUBSCRIPTION_PREFIX = "cp_sub_"
+# The output plugin of every slot pglogical streams from.
+PLUGIN = "pglogical_output"
 
 # Every subscription carries all three sets pglogical creates with a node: tables with a primary
 # key go to `default`, tables without one to `default_insert_only` (pglogical refuses them in

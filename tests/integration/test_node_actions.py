@@ -17,6 +17,8 @@ from tests.support.data import TABLE, on_every, update_and_wait, write
 from tests.support.eventually import eventually
 from tests.support.ha import (
     by_id,
+    logical_slots,
+    permanent_slots,
     query_instance,
     replica_body,
     run_action,
@@ -188,6 +190,50 @@ async def test_update_adds_and_removes_a_replica(ha_server: ServerProcess) -> No
         await settle(database, timeout=120)
         await assert_holds(database, load.committed())
         assert not home.exists()
+
+
+async def test_a_node_added_and_removed_beside_a_node_with_replicas(
+    ha_server: ServerProcess,
+) -> None:
+    """With writers on every node, an update that adds n3 makes its slot on n1 a permanent slot
+    of n1's cluster, copied to the replica (a failover must not leave n3 without it); one that
+    removes n3 takes that slot out of the cluster for good: Patroni makes a permanent slot
+    again when it is missing, and it would hold n1's WAL forever."""
+    async with ha_server.client(timeout=60) as api:
+        database, view = await _create(api, "an")
+        body = replica_body("an")
+        body["spec"]["nodes"].append({"name": "n3", "host_ids": ["h3"]})
+        async with writers(database) as load:
+            await load.progress(20)
+            database = await update_and_wait(api, body)
+            await load.progress(20)
+        await settle(database, timeout=120)
+        await assert_holds(database, load.committed())
+        view = await streaming(api, "an")
+        await slots_copied(view, "n1")
+        primary = by_id(view)["an-n1"]
+        to_n3 = {s for s in await logical_slots(primary) if s.endswith("_to_n3")}
+        assert len(to_n3) == 1, await logical_slots(primary)
+        assert to_n3 <= await permanent_slots(ha_server, primary)
+
+        body["spec"]["nodes"].pop()
+        async with writers(database, ["n1", "n2"]) as load:
+            await load.progress(20)
+            database = await update_and_wait(api, body)
+            await load.progress(20)
+        await settle(database, timeout=120)
+        await assert_holds(database, load.committed())
+        kept = await permanent_slots(ha_server, primary)
+        assert kept and not kept & to_n3, kept
+        members = [i for i in view["instances"] if i["node_name"] == "n1"]
+
+        async def gone() -> bool:
+            for member in members:
+                held = await logical_slots(member)
+                assert not held & to_n3, (member["id"], held)
+            return True
+
+        await eventually(gone, timeout=60, what="n3's slot gone from n1's members")
 
 
 async def test_settings_that_need_a_restart_roll_through_the_cluster(

@@ -3,6 +3,7 @@ Patroni cluster to stream and to hold the mesh's slots on every member."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +132,18 @@ async def slots_copied(view: dict[str, Any], node: str) -> None:
         return True
 
     await eventually(copied, timeout=60, what=f"{node}'s slots on its replicas")
+
+
+async def permanent_slots(server: ServerProcess, instance: dict[str, Any]) -> set[str]:
+    """The names of the permanent slots of the Patroni cluster `instance` is a member of, as
+    its DCS holds them (read through the member's REST API, which reads without a password)."""
+    home = server.data_dir / "hosts" / instance["host_id"] / instance["id"]
+    config = json.loads((home / "patroni.json").read_text())
+    url = f"http://{config['restapi']['connect_address']}/config"
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(url)
+    response.raise_for_status()
+    return set(response.json().get("slots") or {})
 
 
 async def run_action(
