@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.support.api import create_and_wait, database_body, full_log, wait_task
 from tests.support.data import backup, checksum, posix, write_rows
 from tests.support.server import ServerProcess
@@ -24,12 +22,14 @@ PARENT_STEPS = ["run_node_restores", "recreate_subscriptions"]
 CRASH_POINTS = [f"node_restore:{s}" for s in NODE_STEPS] + [f"restore:{s}" for s in PARENT_STEPS]
 
 
-@pytest.mark.parametrize("crash_point", CRASH_POINTS)
-async def test_restore_completes_after_sigkill_at_step(
-    server: ServerProcess, scratch_dir: Path, crash_point: str
+async def test_restore_completes_after_sigkill_at_every_step(
+    server: ServerProcess, scratch_dir: Path
 ) -> None:
-    """Killed right after a restore step commits, the restarted server finishes the restore
-    once, with exactly the backed-up rows, the node writable and the database available."""
+    """One restore, SIGKILLed right after each of its steps commits in turn (the server is
+    started again each time, to die after the next step): the last start finishes it, once,
+    with exactly the backed-up rows, the node writable and the database available. Every step
+    boundary is a crash point, and each step runs in a server that has just resumed the task
+    from what the one before it committed."""
     async with server.client() as client:
         database = await create_and_wait(
             client,
@@ -40,7 +40,7 @@ async def test_restore_completes_after_sigkill_at_step(
         expected = await checksum(database)
         await write_rows(database, 101, 100)
     server.terminate()
-    server.extra_env = {"CONTROLPLANE_CRASH_AFTER_STEP": crash_point}
+    server.extra_env = {"CONTROLPLANE_CRASH_AFTER_STEP": CRASH_POINTS[0]}
     server.start()
     async with server.client() as client:
         response = await client.post(
@@ -57,17 +57,21 @@ async def test_restore_completes_after_sigkill_at_step(
             },
         )
         assert response.status_code == 202, response.text
-    await server.killed_at_crash_point("crash", response.json()["task"]["task_id"])
+    task_id = response.json()["task"]["task_id"]
+    for crash_point in CRASH_POINTS:
+        if crash_point != CRASH_POINTS[0]:
+            server.extra_env = {"CONTROLPLANE_CRASH_AFTER_STEP": crash_point}
+            server.start()
+        await server.killed_at_crash_point("crash", task_id)
     server.extra_env = {}
     server.start()
     async with server.client() as client:
-        task = await wait_task(client, "crash", response.json()["task"]["task_id"], timeout=300)
+        task = await wait_task(client, "crash", task_id, timeout=300)
         assert task["status"] == "completed", task["error"]
         node_task = response.json()["node_tasks"][0]["task_id"]
-        step = crash_point.split(":")[1]
         log = [e["message"] for e in await full_log(client, "crash", node_task)]
-        if crash_point.startswith("node_restore"):
-            assert log.count(f"step {step} started") == 1
+        for step in NODE_STEPS:
+            assert log.count(f"step {step} started") == 1, (step, log)
         assert (await client.get("/v1/databases/crash")).json()["state"] == "available"
         pre = [
             t
