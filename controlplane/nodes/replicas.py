@@ -124,7 +124,7 @@ async def make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) -> 
 
     # 1. The primary: adopted by its Patroni, which knows the mesh's slots on it from the
     # start (an unknown slot it would drop at once).
-    slots = await _logical_slots(ctx, primary, spec.database_name)
+    slots, used = await _logical_slots(ctx, primary, spec.database_name)
     leader = await _member(ctx, spec, primary, creds, rest_ports, etcd, founder=True, slots=slots)
     if primary.supervisor != "patroni":
         await ctx.log.info(f"node {node.name}: Patroni takes over {primary.id}", node=node.name)
@@ -147,7 +147,9 @@ async def make_cluster(ctx: StepContext, spec: DatabaseSpec, node: NodeSpec) -> 
         # would hold this node's WAL forever.
         current = set((await client.dynamic_config()).get("slots") or {})
         if slots or current:
-            dropped = dict.fromkeys(sorted(current - set(slots)))
+            # Only a slot known unused: one the mesh uses but missing just now stays.
+            gone = current - set(slots) - used if used is not None else set()
+            dropped = dict.fromkeys(sorted(gone))
             await client.patch_config({"slots": {**dropped, **slots_config(slots)}})
             await ctx.log.info(
                 f"node {node.name}: permanent slots {', '.join(sorted(slots)) or 'none'}"
@@ -409,10 +411,11 @@ def _unquoted(value: str) -> str:
 
 async def _logical_slots(
     ctx: StepContext, primary: InstanceRow, database: str
-) -> dict[str, LogicalSlot]:
+) -> tuple[dict[str, LogicalSlot], set[str] | None]:
     """The logical slots of the node's database on its primary that the cluster must keep:
     all, except a pglogical slot no subscription of another node streams from (its subscriber
-    left the mesh; it may be on the primary again only because it was permanent)."""
+    left the mesh; it may be on the primary again only because it was permanent); and the
+    names of the slots the other nodes stream from (None when one of them cannot tell)."""
     conn = await ctx.services.orchestrator.connect(ref_of(primary))
     try:
         rows = await conn.fetch(
@@ -428,12 +431,13 @@ async def _logical_slots(
     }
     used = await _slots_streamed_from(ctx, primary.node_name, database)
     if used is None:
-        return slots
-    return {
+        return slots, None
+    kept = {
         name: slot
         for name, slot in slots.items()
         if slot.plugin != replication.PLUGIN or name in used
     }
+    return kept, used
 
 
 async def _slots_streamed_from(ctx: StepContext, node_name: str, database: str) -> set[str] | None:
