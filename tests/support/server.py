@@ -88,16 +88,20 @@ class ServerProcess:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, *, may_crash: bool = False) -> None:
         """Start `serve` and wait until it answers. Its port is picked free before the server
         binds it, so something else (an instance picking its own port) can take it meanwhile:
-        then the server is started again on another port."""
+        then the server is started again on another port. With `may_crash`, a server that
+        resumes a task and reaches its crash point (CONTROLPLANE_CRASH_AFTER_STEP) before it
+        has answered is started: `killed_at_crash_point` then finds it killed."""
         for _ in range(3):
             logged = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
                 self._start_once(timeout)
                 return
             except AssertionError:
+                if may_crash and self.proc is not None and self.proc.returncode == -signal.SIGKILL:
+                    return
                 if "address already in use" not in self.log_text()[logged:]:
                     raise
                 self.port = free_port()
